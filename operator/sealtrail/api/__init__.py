@@ -1,0 +1,1 @@
+"""Pydantic models: the one source of truth for what sealtrail accepts. Imports nothing of ours."""

@@ -1,0 +1,213 @@
+"""The audit event as applications send it, and its limits.
+
+An event becomes a chain row once the store adds `seq`, `tenant_seq`, `prev_hash` and
+`record_hash`. Everything here is about what a *client* may say: the store's own rows (signed
+checkpoints, `sealtrail.*` types) are built by the store and never pass through this model.
+
+Why so strict: a row is hashed as canonical JSON and re-checked inside the SIEM by other
+languages, so every value must have exactly one spelling. Strings only (no floats, no
+coercion of `1` into `"1"`), timestamps normalised to one RFC 3339 UTC form, and absent,
+null, empty-list and empty-map fields all mean "not there" and are left out of the row.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+
+__all__ = [
+    "EVENT_TYPES",
+    "MAX_EVENT_BYTES",
+    "RESERVED_EVENT_PREFIX",
+    "SYSTEM_TENANT",
+    "Decision",
+    "Event",
+    "Severity",
+    "format_timestamp",
+]
+
+#: Largest serialized event (canonical row JSON) the store accepts.
+MAX_EVENT_BYTES: Final = 256 * 1024
+
+#: Tenant of chain-wide rows: events that belong to no one tenant.
+SYSTEM_TENANT: Final = "_system"
+
+#: Event types under this prefix are written by sealtrail itself (checkpoints); a client that
+#: could send one could forge evidence, so the model refuses them.
+RESERVED_EVENT_PREFIX: Final = "sealtrail."
+
+#: The well-known types from the product this grew from; any other `domain.name` is allowed.
+EVENT_TYPES: Final = (
+    "safety.decision",
+    "safety.approval",
+    "safety.policy_change",
+    "safety.violation",
+    "system.auth",
+)
+
+
+class Severity(enum.StrEnum):
+    """How much a security team should care, highest first."""
+
+    CRITICAL = "CRITICAL"
+    HIGH = "HIGH"
+    MEDIUM = "MEDIUM"
+    LOW = "LOW"
+    INFO = "INFO"
+
+    @property
+    def rank(self) -> int:
+        """4 for CRITICAL down to 0 for INFO, so that `>=` means "at least as severe"."""
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK: Final = {
+    Severity.CRITICAL: 4,
+    Severity.HIGH: 3,
+    Severity.MEDIUM: 2,
+    Severity.LOW: 1,
+    Severity.INFO: 0,
+}
+
+
+class Decision(enum.StrEnum):
+    """Outcome of a policy decision."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    REQUIRE_APPROVAL = "require_approval"
+    THROTTLE = "throttle"
+
+
+_TENANT_RE: Final = re.compile(r"^(_system|[A-Za-z0-9][A-Za-z0-9_.-]{0,62})$")
+_EVENT_TYPE_RE: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+# Keys of `extra` are identifiers. Keeping them ASCII also makes JCS key order (UTF-16 code
+# units) coincide with plain byte order, which is what lets us canonicalize at C speed.
+_EXTRA_KEY_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}$")
+
+
+def _no_lone_surrogates(value: str) -> str:
+    # A lone surrogate has no UTF-8 encoding, so it could not be hashed or shipped.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains an unpaired surrogate; text must be valid Unicode") from None
+    return value
+
+
+_Valid = AfterValidator(_no_lone_surrogates)
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256), _Valid]
+MediumText = Annotated[str, StringConstraints(min_length=1, max_length=1024), _Valid]
+LongText = Annotated[str, StringConstraints(min_length=1, max_length=16 * 1024), _Valid]
+Tag = ShortText
+
+
+def _check_tenant(value: str) -> str:
+    if not _TENANT_RE.match(value):
+        raise ValueError(
+            "must be 1-63 characters of letters, digits, '_', '.', '-', starting with a "
+            "letter or digit (or be exactly '_system')"
+        )
+    return value
+
+
+def _check_event_type(value: str) -> str:
+    if len(value) > 128 or not _EVENT_TYPE_RE.match(value):
+        raise ValueError(
+            "must look like 'domain.name': lowercase words of letters, digits and '_' "
+            "joined by dots, at most 128 characters (known types: " + ", ".join(EVENT_TYPES) + ")"
+        )
+    if value.startswith(RESERVED_EVENT_PREFIX):
+        raise ValueError(
+            f"types starting with {RESERVED_EVENT_PREFIX!r} are written by sealtrail only"
+        )
+    return value
+
+
+def _check_extra_key(value: str) -> str:
+    if not _EXTRA_KEY_RE.match(value):
+        raise ValueError(
+            "keys must be 1-128 ASCII characters of letters, digits and '_.:/-', "
+            "not starting with a punctuation mark"
+        )
+    return value
+
+
+ExtraKey = Annotated[str, AfterValidator(_check_extra_key)]
+ExtraValue = Annotated[str, StringConstraints(max_length=8 * 1024), _Valid]
+
+
+def format_timestamp(moment: datetime) -> str:
+    """Spell a moment the one way rows spell it: UTC, microseconds, `Z`."""
+    if moment.tzinfo is None:
+        raise ValueError("a timestamp needs a timezone")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Event(BaseModel):
+    """One audit event as a client sends it (snake_case, as SIEM schemas spell it).
+
+    Unknown fields are refused rather than dropped: a misspelt `decison` silently lost would be
+    an audit gap nobody notices.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    event_type: Annotated[str, AfterValidator(_check_event_type)]
+    # Strict mode would refuse the plain string for an enum when validating Python objects;
+    # lax mode on these two fields accepts exactly the enum's spellings and nothing else.
+    severity: Annotated[Severity, Field(strict=False)]
+    tenant_id: Annotated[str, AfterValidator(_check_tenant)] | None = None
+    timestamp: str | None = Field(
+        default=None,
+        description="RFC 3339 with a timezone; normalised to UTC. Defaults to the append time.",
+    )
+    agent_id: ShortText | None = None
+    job_id: ShortText | None = None
+    action: ShortText | None = None
+    decision: Annotated[Decision, Field(strict=False)] | None = None
+    matched_rule: MediumText | None = None
+    reason: LongText | None = None
+    risk_tags: Annotated[list[Tag], Field(max_length=64)] | None = None
+    capabilities: Annotated[list[Tag], Field(max_length=64)] | None = None
+    policy_version: ShortText | None = None
+    identity: MediumText | None = None
+    extra: Annotated[dict[ExtraKey, ExtraValue], Field(max_length=64)] | None = None
+
+    @field_validator("timestamp")
+    @classmethod
+    def _normalise_timestamp(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if len(value) > 64:
+            raise ValueError("is not an RFC 3339 timestamp")
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                "is not an RFC 3339 timestamp (e.g. 2026-11-22T10:42:25Z)"
+            ) from None
+        if moment.tzinfo is None:
+            raise ValueError("needs a timezone ('Z' or an offset such as +02:00)")
+        return format_timestamp(moment)
+
+    @field_validator("risk_tags", "capabilities", "extra")
+    @classmethod
+    def _empty_is_absent(cls, value: Any) -> Any:
+        # `[]`, `{}` and a missing field mean the same; one spelling keeps the hash unambiguous.
+        return value or None
+
+    def row_fields(self) -> dict[str, Any]:
+        """The event's part of a row: the fields that are set, enums as their strings."""
+        return self.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,1 @@
+"""The tamper-evident log: canonical bytes, hashes, signed checkpoints, the store, verify."""

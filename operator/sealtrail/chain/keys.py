@@ -1,0 +1,125 @@
+"""Ed25519 signing keys for checkpoints.
+
+The private key signs checkpoints; the public key is what an auditor keeps (outside the
+writer's reach) to tell a genuine checkpoint from a forged one. Keys are PEM files: PKCS#8 for
+the private key (written with mode 0600), SubjectPublicKeyInfo for the public one, so that
+`openssl pkey -in KEY.pub -pubin -text` can read them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+__all__ = [
+    "KeyFileError",
+    "PublicKey",
+    "Signer",
+    "generate_keypair",
+    "load_public_key",
+    "load_signer",
+]
+
+
+class KeyFileError(Exception):
+    """A key file is missing, unreadable or not an Ed25519 key."""
+
+
+def _key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A verifying key and its id (the first 8 bytes of SHA-256 of the raw key, in hex)."""
+
+    key: Ed25519PublicKey
+    key_id: str
+
+    def verifies(self, signature: bytes, message: bytes) -> bool:
+        """True when `signature` is this key's signature over `message`."""
+        try:
+            self.key.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A signing key with its public half."""
+
+    key: Ed25519PrivateKey
+    public: PublicKey
+
+    @property
+    def key_id(self) -> str:
+        """Id of the public half, carried in every checkpoint."""
+        return self.public.key_id
+
+    def sign(self, message: bytes) -> bytes:
+        """Ed25519 signature over `message`."""
+        return self.key.sign(message)
+
+
+def generate_keypair(out: Path) -> Signer:
+    """Write a new key to `out` (mode 0600) and its public half to `out.pub`.
+
+    Refuses to overwrite: losing a signing key silently would orphan every checkpoint made with it.
+    """
+    pub_path = out.with_name(out.name + ".pub")
+    for path in (out, pub_path):
+        if path.exists():
+            raise KeyFileError(f"{path} already exists; refusing to overwrite a key")
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(private_pem)
+    pub_path.write_bytes(public_pem)
+    public = key.public_key()
+    return Signer(key, PublicKey(public, _key_id(public)))
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise KeyFileError(f"cannot read key file {path}: {error.strerror}") from None
+
+
+def load_signer(path: Path) -> Signer:
+    """Load a private key written by `generate_keypair`."""
+    try:
+        key = serialization.load_pem_private_key(_read(path), password=None)
+    except (ValueError, TypeError):
+        raise KeyFileError(f"{path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path} is not an Ed25519 key")
+    public = key.public_key()
+    return Signer(key, PublicKey(public, _key_id(public)))
+
+
+def load_public_key(path: Path) -> PublicKey:
+    """Load a public key written by `generate_keypair`."""
+    try:
+        key = serialization.load_pem_public_key(_read(path))
+    except (ValueError, TypeError):
+        raise KeyFileError(f"{path} is not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"{path} is not an Ed25519 public key")
+    return PublicKey(key, _key_id(key))

@@ -1,0 +1,470 @@
+"""The chain store: per-tenant hash chains, signed checkpoints and export cursors in SQLite.
+
+Why SQLite in WAL mode with `synchronous=FULL`: an audit event is acknowledged to its sender
+only after the transaction holding it is durably committed, and FULL makes that commit survive
+power loss, not just a process crash. Batching is what keeps that affordable: one transaction
+(one WAL sync) per batch.
+
+How concurrent appenders stay on one chain: every append runs inside `BEGIN IMMEDIATE`, which
+takes SQLite's write lock *before* the chain heads are read, so two writers (threads or
+processes) can never both extend the same head. `UNIQUE (tenant_id, tenant_seq)` is the
+backstop that would turn any such bug into an error instead of a fork.
+
+A row is stored as its canonical JSON bytes (`body`), exactly as it is exported and hashed;
+the other columns are indexes into it, and `verify` checks that they agree with it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Literal, Self
+
+import orjson
+
+from sealtrail.api.event import MAX_EVENT_BYTES, Event, format_timestamp
+from sealtrail.chain.canonical import GENESIS_HASH, seal
+from sealtrail.chain.checkpoint import Checkpoint
+from sealtrail.chain.keys import Signer
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ChainStore",
+    "CheckpointPolicy",
+    "EventTooLargeError",
+    "Head",
+    "StoreError",
+    "Stored",
+    "Synchronous",
+]
+
+SCHEMA_VERSION: Final = 1
+
+Synchronous = Literal["FULL", "EXTRA", "NORMAL"]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS audit_rows (
+    seq          INTEGER PRIMARY KEY,      -- global order, from 1, no gaps
+    tenant_id    TEXT    NOT NULL,
+    tenant_seq   INTEGER NOT NULL,         -- position in the tenant's chain, from 1
+    record_hash  TEXT    NOT NULL,
+    event_type   TEXT    NOT NULL,
+    severity     TEXT    NOT NULL,
+    timestamp    TEXT    NOT NULL,
+    body         BLOB    NOT NULL,         -- canonical JSON of the row, as hashed and exported
+    UNIQUE (tenant_id, tenant_seq)
+);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    tenant_id    TEXT    NOT NULL,
+    tenant_seq   INTEGER NOT NULL,         -- size of the chain the checkpoint covers
+    head_hash    TEXT    NOT NULL,
+    signed_at    TEXT    NOT NULL,
+    key_id       TEXT    NOT NULL,
+    signature    TEXT    NOT NULL,
+    row_seq      INTEGER NOT NULL,         -- global seq of the checkpoint's own row
+    PRIMARY KEY (tenant_id, tenant_seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_export_cursor (
+    export_name  TEXT    PRIMARY KEY,
+    last_seq     INTEGER NOT NULL,         -- every row with seq <= last_seq is delivered
+    updated_at   TEXT    NOT NULL
+) WITHOUT ROWID;
+"""
+
+_INSERT_ROW: Final = (
+    "INSERT INTO audit_rows "
+    "(seq, tenant_id, tenant_seq, record_hash, event_type, severity, timestamp, body) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class StoreError(Exception):
+    """The store cannot be opened, read or written."""
+
+
+class EventTooLargeError(ValueError):
+    """An event is over the size limit; `index` is its position in the batch."""
+
+    def __init__(self, index: int, size: int) -> None:
+        """Name the event and its size."""
+        super().__init__(
+            f"event {index} is {size} bytes serialized; the limit is {MAX_EVENT_BYTES}"
+        )
+        self.index = index
+        self.size = size
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Where an appended event landed."""
+
+    seq: int
+    tenant_id: str
+    tenant_seq: int
+    record_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The last row of a tenant's chain."""
+
+    tenant_id: str
+    tenant_seq: int
+    record_hash: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPolicy:
+    """When the store signs checkpoints on its own.
+
+    A tenant gets a checkpoint at the end of the append batch in which it reaches `every_rows`
+    rows since its last one, or once `every_seconds` have passed since then (checked on append
+    and by `emit_due_checkpoints`, which a long-running worker calls from a timer).
+    """
+
+    signer: Signer
+    every_rows: int = 1000
+    every_seconds: float | None = 60.0
+
+    def __post_init__(self) -> None:
+        """Refuse settings that would never checkpoint or checkpoint on every row."""
+        if self.every_rows < 1:
+            raise ValueError("checkpoint every_rows must be at least 1")
+        if self.every_seconds is not None and self.every_seconds <= 0:
+            raise ValueError("checkpoint every_seconds must be positive")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ChainStore:
+    """An open chain store. Thread-safe; several processes may share one file."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        synchronous: Synchronous = "FULL",
+        default_tenant: str = "default",
+        checkpoints: CheckpointPolicy | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+        busy_timeout_seconds: float = 60.0,
+    ) -> None:
+        """Open (creating if needed) the store at `path`."""
+        if synchronous not in ("FULL", "EXTRA", "NORMAL"):
+            raise StoreError(f"synchronous must be FULL, EXTRA or NORMAL, not {synchronous!r}")
+        self.path = Path(path)
+        self.default_tenant = default_tenant
+        self.checkpoint_policy = checkpoints
+        self._clock = clock
+        self._lock = threading.Lock()
+        # Monotonic time of the first append since the last checkpoint, per tenant that has no
+        # checkpoint yet: the time rule needs a starting point for a brand-new chain.
+        self._pending_since: dict[str, float] = {}
+        try:
+            self._db = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=busy_timeout_seconds,
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._create_schema()
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open store {self.path}: {error}") from None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _create_schema(self) -> None:
+        with self._transaction():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version}; this sealtrail reads up to "
+                    f"{SCHEMA_VERSION}. Upgrade sealtrail; the store is left untouched."
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close the connection. Committed data is already durable."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        """Use as a context manager that closes the store."""
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        """Close the store."""
+        self.close()
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    # -- appending ---------------------------------------------------------------------------
+
+    def append(self, events: Sequence[Event]) -> list[Stored]:
+        """Append a batch in one transaction; return where each event landed.
+
+        Returns only after the commit, so a caller may acknowledge the events. If anything
+        fails, nothing of the batch is stored.
+        """
+        if not events:
+            return []
+        prepared = []
+        for index, event in enumerate(events):
+            fields = event.row_fields()
+            size = len(orjson.dumps(fields))
+            if size > MAX_EVENT_BYTES:
+                raise EventTooLargeError(index, size)
+            prepared.append(fields)
+        now = self._clock()
+        stamp = format_timestamp(now)
+        with self._lock, self._transaction():
+            stored = self._append_rows(prepared, stamp)
+            if self.checkpoint_policy is not None:
+                touched = {item.tenant_id for item in stored}
+                self._checkpoint_due(touched, now)
+        return stored
+
+    def _append_rows(self, rows: Iterable[dict[str, Any]], stamp: str) -> list[Stored]:
+        """Chain and insert rows; the caller holds the lock and the write transaction."""
+        seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_rows").fetchone()[0]
+        heads: dict[str, tuple[int, str]] = {}
+        params = []
+        stored = []
+        for row in rows:
+            tenant = row.get("tenant_id") or self.default_tenant
+            head = heads.get(tenant)
+            if head is None:
+                head = self._load_head(tenant)
+            seq += 1
+            tenant_seq = head[0] + 1
+            row["seq"] = seq
+            row["tenant_id"] = tenant
+            row["tenant_seq"] = tenant_seq
+            row["prev_hash"] = head[1]
+            row.setdefault("timestamp", stamp)
+            digest, body = seal(row)
+            heads[tenant] = (tenant_seq, digest)
+            params.append(
+                (seq, tenant, tenant_seq, digest, row["event_type"], row["severity"],
+                 row["timestamp"], body)
+            )
+            stored.append(Stored(seq, tenant, tenant_seq, digest))
+            if tenant not in self._pending_since:
+                self._pending_since[tenant] = time.monotonic()
+        self._db.executemany(_INSERT_ROW, params)
+        return stored
+
+    def _load_head(self, tenant: str) -> tuple[int, str]:
+        found = self._db.execute(
+            "SELECT tenant_seq, record_hash FROM audit_rows WHERE tenant_id = ? "
+            "ORDER BY tenant_seq DESC LIMIT 1",
+            (tenant,),
+        ).fetchone()
+        return (found[0], found[1]) if found else (0, GENESIS_HASH)
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _checkpoint_due(self, tenants: Iterable[str], now: datetime) -> list[Checkpoint]:
+        policy = self.checkpoint_policy
+        assert policy is not None  # noqa: S101 - callers check; mypy needs to know
+        due = []
+        for tenant in sorted(tenants):
+            head = self._load_head(tenant)
+            last = self._last_checkpoint(tenant)
+            # The checkpoint's own row follows the head it covers; it is not "new data".
+            covered = last.tenant_seq + 1 if last else 0
+            fresh = head[0] - covered
+            if fresh <= 0:
+                continue
+            if fresh >= policy.every_rows or self._time_due(tenant, last, now, policy):
+                due.append(tenant)
+        return [self._sign_head(tenant, policy.signer, now) for tenant in due]
+
+    def _time_due(
+        self, tenant: str, last: Checkpoint | None, now: datetime, policy: CheckpointPolicy
+    ) -> bool:
+        if policy.every_seconds is None:
+            return False
+        if last is not None:
+            signed = datetime.fromisoformat(last.signed_at)
+            return (now - signed).total_seconds() >= policy.every_seconds
+        since = self._pending_since.get(tenant)
+        return since is not None and time.monotonic() - since >= policy.every_seconds
+
+    def _sign_head(self, tenant: str, signer: Signer, now: datetime) -> Checkpoint:
+        tenant_seq, head_hash = self._load_head(tenant)
+        checkpoint = Checkpoint.sign(signer, tenant, tenant_seq, head_hash, format_timestamp(now))
+        row = checkpoint.row_fields()
+        row["tenant_id"] = tenant
+        (stored,) = self._append_rows([row], checkpoint.signed_at)
+        self._db.execute(
+            "INSERT INTO audit_checkpoints "
+            "(tenant_id, tenant_seq, head_hash, signed_at, key_id, signature, row_seq) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (tenant, tenant_seq, head_hash, checkpoint.signed_at, checkpoint.key_id,
+             checkpoint.signature, stored.seq),
+        )
+        self._pending_since.pop(tenant, None)
+        return checkpoint
+
+    def _last_checkpoint(self, tenant: str) -> Checkpoint | None:
+        found = self._db.execute(
+            "SELECT tenant_id, tenant_seq, head_hash, signed_at, key_id, signature "
+            "FROM audit_checkpoints WHERE tenant_id = ? ORDER BY tenant_seq DESC LIMIT 1",
+            (tenant,),
+        ).fetchone()
+        return Checkpoint(*found) if found else None
+
+    def checkpoint(self, signer: Signer, tenants: Iterable[str] | None = None) -> list[Checkpoint]:
+        """Sign, now, the head of every tenant (or those named) that moved since its last one."""
+        now = self._clock()
+        with self._lock, self._transaction():
+            names = list(tenants) if tenants is not None else self._tenant_names()
+            made = []
+            for tenant in names:
+                head_seq, _ = self._load_head(tenant)
+                last = self._last_checkpoint(tenant)
+                if head_seq == 0 or (last is not None and head_seq == last.tenant_seq + 1):
+                    continue  # nothing written since the last checkpoint (or at all)
+                made.append(self._sign_head(tenant, signer, now))
+        return made
+
+    def emit_due_checkpoints(self) -> list[Checkpoint]:
+        """Apply the checkpoint policy to every tenant now; for a worker's timer."""
+        if self.checkpoint_policy is None:
+            return []
+        now = self._clock()
+        with self._lock, self._transaction():
+            return self._checkpoint_due(self._tenant_names(), now)
+
+    def latest_checkpoints(self, tenant: str | None = None) -> list[Checkpoint]:
+        """The newest checkpoint of each tenant (or of one)."""
+        query = (
+            "SELECT c.tenant_id, c.tenant_seq, c.head_hash, c.signed_at, c.key_id, c.signature "
+            "FROM audit_checkpoints c WHERE c.tenant_seq = (SELECT MAX(tenant_seq) "
+            "FROM audit_checkpoints WHERE tenant_id = c.tenant_id)"
+        )
+        params: tuple[str, ...] = ()
+        if tenant is not None:
+            query += " AND c.tenant_id = ?"
+            params = (tenant,)
+        with self._lock:
+            found = self._db.execute(query + " ORDER BY c.tenant_id", params).fetchall()
+        return [Checkpoint(*values) for values in found]
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _tenant_names(self) -> list[str]:
+        found = self._db.execute("SELECT DISTINCT tenant_id FROM audit_rows ORDER BY tenant_id")
+        return [name for (name,) in found]
+
+    def tenants(self) -> list[str]:
+        """Every tenant that has a chain."""
+        with self._lock:
+            return self._tenant_names()
+
+    def heads(self) -> list[Head]:
+        """The last row of every tenant's chain."""
+        with self._lock:
+            found = self._db.execute(
+                "SELECT tenant_id, tenant_seq, record_hash, seq FROM audit_rows r "
+                "WHERE tenant_seq = (SELECT MAX(tenant_seq) FROM audit_rows "
+                "WHERE tenant_id = r.tenant_id) ORDER BY tenant_id"
+            ).fetchall()
+        return [Head(*values) for values in found]
+
+    def last_seq(self) -> int:
+        """The global seq of the newest row (0 for an empty store)."""
+        with self._lock:
+            found = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_rows").fetchone()
+        return int(found[0])
+
+    def rows(
+        self,
+        *,
+        tenant: str | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> Iterator[bytes]:
+        """Canonical row bytes in global order, exactly as exported.
+
+        Reads on a connection of its own, so a long dump does not hold up appenders
+        (WAL readers see the snapshot from when they started).
+        """
+        query = "SELECT body FROM audit_rows WHERE seq > ?"
+        params: list[Any] = [after_seq]
+        if tenant is not None:
+            query += " AND tenant_id = ?"
+            params.append(tenant)
+        query += " ORDER BY seq"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
+        reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            for (body,) in reader.execute(query, params):
+                yield bytes(body)
+        finally:
+            reader.close()
+
+    # -- export cursors ----------------------------------------------------------------------
+
+    def cursor(self, export_name: str) -> int:
+        """The seq up to which `export_name` has delivered (0 if it never has)."""
+        with self._lock:
+            found = self._db.execute(
+                "SELECT last_seq FROM audit_export_cursor WHERE export_name = ?", (export_name,)
+            ).fetchone()
+        return int(found[0]) if found else 0
+
+    def set_cursor(self, export_name: str, last_seq: int) -> None:
+        """Record delivery up to `last_seq`; a cursor never moves backwards."""
+        stamp = format_timestamp(self._clock())
+        with self._lock, self._transaction():
+            self._db.execute(
+                "INSERT INTO audit_export_cursor (export_name, last_seq, updated_at) "
+                "VALUES (?, ?, ?) ON CONFLICT (export_name) DO UPDATE SET "
+                "last_seq = MAX(last_seq, excluded.last_seq), updated_at = excluded.updated_at",
+                (export_name, last_seq, stamp),
+            )
+
+
+class _Transaction:
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` if the block raises."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot start a write transaction: {error}") from None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> None:
+        if kind is None:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as failure:
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"commit failed; nothing of it was stored: {failure}") from None
+            return
+        self._db.execute("ROLLBACK")
+        if isinstance(error, sqlite3.Error):
+            raise StoreError(f"write failed; nothing of it was stored: {error}") from None

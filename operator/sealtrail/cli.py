@@ -1,0 +1,323 @@
+"""The `sealtrail` command line: keygen, append, dump, checkpoint, verify, demo.
+
+Exit codes are part of the interface, so scripts and CI jobs can act on them:
+0 success (for verify: intact), 1 tampered (verify) or input rejected (append),
+2 truncated or rolled back (verify), 3 usage or I/O error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, NoReturn, TextIO
+
+import orjson
+from pydantic import ValidationError
+
+from sealtrail import __version__
+from sealtrail.api.errors import FieldError, field_errors
+from sealtrail.api.event import MAX_EVENT_BYTES, Event
+from sealtrail.chain.checkpoint import CheckpointFileError, read_checkpoints, write_checkpoints
+from sealtrail.chain.keys import KeyFileError, generate_keypair, load_public_key, load_signer
+from sealtrail.chain.store import (
+    ChainStore,
+    CheckpointPolicy,
+    EventTooLargeError,
+    Stored,
+    StoreError,
+)
+from sealtrail.chain.verify import Status, VerifyError, VerifyReport, verify_store
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_USAGE = 3
+
+
+class UsageError(Exception):
+    """A problem with how the command was called or with a file it was pointed at."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse exits 2 on usage errors, but 2 means "truncated" to `verify`'s callers.
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sealtrail", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--version", action="version", version=f"sealtrail {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    keygen = commands.add_parser("keygen", help="create an Ed25519 checkpoint signing key")
+    keygen.add_argument("--out", type=Path, required=True, help="private key file; FILE.pub too")
+
+    append = commands.add_parser("append", help="append NDJSON events from stdin")
+    append.add_argument("--db", type=Path, required=True)
+    append.add_argument("--batch", type=int, default=500, help="events per transaction")
+    append.add_argument("--tenant", default="default", help="tenant for events that name none")
+    append.add_argument("--synchronous", choices=["FULL", "EXTRA", "NORMAL"], default="FULL")
+    append.add_argument("--checkpoint-key", type=Path, help="sign checkpoints with this key")
+    append.add_argument("--checkpoint-every", type=int, default=1000, metavar="ROWS")
+    append.add_argument("--checkpoint-seconds", type=float, default=60.0, metavar="SECONDS")
+
+    dump = commands.add_parser("dump", help="print rows as NDJSON, exactly as exported")
+    dump.add_argument("--db", type=Path, required=True)
+    dump.add_argument("--tenant")
+    dump.add_argument("--since-seq", type=int, default=0, help="rows with seq greater than N")
+
+    checkpoint = commands.add_parser("checkpoint", help="sign checkpoints now; write them out")
+    checkpoint.add_argument("--db", type=Path, required=True)
+    checkpoint.add_argument("--key", type=Path, required=True)
+    checkpoint.add_argument("--out", type=Path, required=True)
+    checkpoint.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+
+    verify = commands.add_parser("verify", help="recompute every chain; compare to checkpoints")
+    verify.add_argument("--db", type=Path, required=True)
+    verify.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="a file from `sealtrail checkpoint`, or NDJSON rows exported from the SIEM",
+    )
+    verify.add_argument(
+        "--pubkey", type=Path, action="append", default=[], help="public key (repeatable)"
+    )
+    verify.add_argument("--tenant")
+    verify.add_argument("--json", action="store_true", help="print a JSON report")
+    verify.add_argument("--processes", type=int, help="worker processes (default: all cores)")
+
+    demo = commands.add_parser("demo", help="run the embedded demo end to end")
+    demo.add_argument("--dir", type=Path, default=Path("demo-out"), help="where to put its files")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        match args.command:
+            case "keygen":
+                return _keygen(args)
+            case "append":
+                return _append(args, sys.stdin.buffer, sys.stdout)
+            case "dump":
+                return _dump(args, sys.stdout.buffer)
+            case "checkpoint":
+                return _checkpoint(args)
+            case "verify":
+                return _verify(args)
+            case "demo":
+                from sealtrail.demo import run_demo  # noqa: PLC0415 - only the demo needs it
+
+                return run_demo(args.dir)
+    except (UsageError, KeyFileError, CheckpointFileError, StoreError, VerifyError) as error:
+        print(f"sealtrail {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK  # `sealtrail dump | head` is fine
+    raise AssertionError(args.command)  # pragma: no cover - argparse allows only the above
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    signer = generate_keypair(args.out)
+    print(orjson.dumps({"key": str(args.out), "public_key": f"{args.out}.pub",
+                        "key_id": signer.key_id}).decode())
+    return EXIT_OK
+
+
+def _open_existing(path: Path, **options: Any) -> ChainStore:
+    if not path.exists():
+        raise UsageError(f"{path}: no such store")
+    return ChainStore(path, **options)
+
+
+# -- append ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Up to `--batch` non-empty input lines: the events that parsed, the errors of the rest."""
+
+    first_line: int = 0
+    last_line: int = 0
+    lines: int = 0
+    events: list[tuple[int, Event]] = field(default_factory=list)
+    errors: list[tuple[int, FieldError]] = field(default_factory=list)
+
+
+def _read_batches(stream: BinaryIO, size: int) -> Iterator[_Batch]:
+    """Group NDJSON lines into batches, parsing and validating every line."""
+    batch = _Batch()
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        batch.first_line = batch.first_line or number
+        batch.last_line = number
+        batch.lines += 1
+        try:
+            batch.events.append((number, Event.model_validate_json(line)))
+        except ValidationError as error:
+            batch.errors.extend((number, problem) for problem in field_errors(error))
+        if batch.lines >= size:
+            yield batch
+            batch = _Batch()
+    if batch.lines:
+        yield batch
+
+
+def _append(args: argparse.Namespace, stream: BinaryIO, out: TextIO) -> int:
+    if args.batch < 1:
+        raise UsageError("--batch must be at least 1")
+    policy = None
+    if args.checkpoint_key is not None:
+        policy = CheckpointPolicy(
+            load_signer(args.checkpoint_key), args.checkpoint_every, args.checkpoint_seconds
+        )
+    summary: dict[str, Any] = {"stored": 0, "first_seq": None, "last_seq": None, "tenants": {}}
+    rejected: list[dict[str, Any]] = []
+    with ChainStore(
+        args.db, synchronous=args.synchronous, default_tenant=args.tenant, checkpoints=policy
+    ) as store:
+        for batch in _read_batches(stream, args.batch):
+            errors = batch.errors
+            if not errors:
+                try:
+                    stored = store.append([event for _, event in batch.events])
+                except EventTooLargeError as error:
+                    line = batch.events[error.index][0]
+                    errors = [(line, FieldError("", f"event is {error.size} bytes serialized; "
+                                                    f"the limit is {MAX_EVENT_BYTES}"))]
+                else:
+                    _record(summary, stored)
+                    continue
+            for number, problem in errors:
+                print(f"line {number}: {problem}", file=sys.stderr)
+            span = f"{batch.first_line}-{batch.last_line}"
+            print(f"lines {span}: batch rejected, nothing of it stored", file=sys.stderr)
+            rejected.append({
+                "lines": [batch.first_line, batch.last_line],
+                "errors": [{"line": number, "field": problem.field, "message": problem.message}
+                           for number, problem in errors],
+            })
+    summary["rejected_batches"] = rejected
+    print(orjson.dumps(summary).decode(), file=out)
+    return EXIT_REJECTED if rejected else EXIT_OK
+
+
+def _record(summary: dict[str, Any], stored: list[Stored]) -> None:
+    summary["stored"] += len(stored)
+    summary["first_seq"] = summary["first_seq"] or stored[0].seq
+    summary["last_seq"] = stored[-1].seq
+    for item in stored:
+        entry = summary["tenants"].setdefault(
+            item.tenant_id, {"first_tenant_seq": item.tenant_seq, "stored": 0}
+        )
+        entry["last_tenant_seq"] = item.tenant_seq
+        entry["stored"] += 1
+
+
+# -- dump, checkpoint --------------------------------------------------------------------------
+
+
+def _dump(args: argparse.Namespace, out: BinaryIO) -> int:
+    with _open_existing(args.db) as store:
+        rows = store.rows(tenant=args.tenant, after_seq=args.since_seq)
+        out.writelines(body + b"\n" for body in rows)
+    out.flush()
+    return EXIT_OK
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    signer = load_signer(args.key)
+    with _open_existing(args.db) as store:
+        made = store.checkpoint(signer, args.tenant)
+        latest = [
+            checkpoint
+            for name in (args.tenant or [None])
+            for checkpoint in store.latest_checkpoints(name)
+        ]
+    write_checkpoints(args.out, latest)
+    print(orjson.dumps({
+        "signed": len(made), "written": len(latest), "out": str(args.out), "key_id": signer.key_id,
+    }).decode())
+    return EXIT_OK
+
+
+# -- verify ------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; silent otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._active = stream.isatty()
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self._active or total < 50_000 or (now - self._last < 0.1 and done < total):
+            return
+        self._last = now
+        width = 30
+        filled = width * done // max(total, 1)
+        bar = "#" * filled + "-" * (width - filled)
+        self._stream.write(f"\rverifying [{bar}] {done:,}/{total:,} rows")
+        if done >= total:
+            self._stream.write("\n")
+        self._stream.flush()
+
+
+def _verify(args: argparse.Namespace) -> int:
+    if args.checkpoints is not None and not args.pubkey:
+        raise UsageError("--checkpoints needs --pubkey: a checkpoint is only evidence if its "
+                         "signature is checked")
+    keys = [load_public_key(path) for path in args.pubkey]
+    checkpoints = read_checkpoints(args.checkpoints) if args.checkpoints else []
+    report = verify_store(
+        args.db,
+        tenant=args.tenant,
+        checkpoints=checkpoints,
+        public_keys=keys,
+        processes=args.processes,
+        progress=None if args.json else _Progress(sys.stderr),
+    )
+    if args.json:
+        print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_report(report)
+    return int(report.status)
+
+
+def _print_report(report: VerifyReport) -> None:
+    for finding in report.store_findings:
+        print(f"TAMPERED  store: {finding.problem}")
+    for tenant in report.tenants:
+        bad = tenant.first_bad
+        if bad is None:
+            print(
+                f"ok        tenant {tenant.tenant_id}: {tenant.rows} rows, head "
+                f"{tenant.head_hash[:16]}…, {tenant.checkpoints_checked} checkpoints checked"
+            )
+        else:
+            print(
+                f"{bad.status.name:<9} tenant {tenant.tenant_id}: first bad tenant_seq "
+                f"{bad.tenant_seq}: {bad.problem}"
+            )
+    verdict = report.status
+    print(f"{verdict.name.lower()}: {report.rows} rows in {len(report.tenants)} tenant chains")
+    if verdict is Status.INTACT and not report.checkpoints_given:
+        print(
+            "note: without --checkpoints (kept outside this store), a removed tail or a rewrite "
+            "with recomputed hashes cannot be detected",
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
