@@ -125,9 +125,9 @@ def run_demo(directory: Path) -> int:
     intact = verify_store(store_path, checkpoints=latest, public_keys=keys)
     _show(intact)
 
-    _say("6. attack: edit one row (acme row 42: decision -> allow)")
+    _say("6. attack: edit one row (acme row 42: its reason)")
     edited = _copy_store(store_path, directory / "attacks" / "edited.db")
-    drill.modify_field(edited, "acme", 42, "decision", "allow")
+    drill.modify_field(edited, "acme", 42, "reason", "nothing to see here")
     tampered = verify_store(edited, checkpoints=latest, public_keys=keys)
     _show(tampered)
 
@@ -137,7 +137,7 @@ def run_demo(directory: Path) -> int:
 
     _say("8. attack: rewrite globex from row 10 on, recomputing every later hash")
     rewritten = _copy_store(store_path, directory / "attacks" / "rewritten.db")
-    drill.rewrite_from(rewritten, "globex", 10, "decision", "allow")
+    drill.rewrite_from(rewritten, "globex", 10, "reason", "nothing to see here")
     print("   without the checkpoints, the chain alone looks fine:")
     blind = verify_store(rewritten, tenant="globex")
     _show(blind)

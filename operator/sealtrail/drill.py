@@ -18,6 +18,7 @@ import orjson
 
 __all__ = [
     "delete_row",
+    "delete_store_tail",
     "delete_tail",
     "insert_row",
     "modify_field",
@@ -83,6 +84,14 @@ def delete_tail(path: Path, tenant: str, count: int) -> None:
             "DELETE FROM audit_rows WHERE tenant_id = ? AND tenant_seq > "
             "(SELECT MAX(tenant_seq) FROM audit_rows WHERE tenant_id = ?) - ?",
             (tenant, tenant, count),
+        )
+
+
+def delete_store_tail(path: Path, count: int) -> None:
+    """Remove the newest `count` rows of the whole store, whatever their tenants."""
+    with _connect(path) as db:
+        db.execute(
+            "DELETE FROM audit_rows WHERE seq > (SELECT MAX(seq) FROM audit_rows) - ?", (count,)
         )
 
 

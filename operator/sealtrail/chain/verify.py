@@ -61,6 +61,18 @@ class Status(enum.IntEnum):
     TAMPERED = 1
     TRUNCATED = 2
 
+    @property
+    def gravity(self) -> int:
+        """Tampering outranks truncation, whatever their exit codes."""
+        return _GRAVITY[self]
+
+
+_GRAVITY: Final = {Status.INTACT: 0, Status.TRUNCATED: 1, Status.TAMPERED: 2}
+
+
+def _worst(statuses: Iterable[Status]) -> Status:
+    return max(statuses, key=lambda status: status.gravity, default=Status.INTACT)
+
 
 @dataclass(frozen=True, slots=True)
 class Finding:
@@ -85,14 +97,14 @@ class TenantReport:
     @property
     def status(self) -> Status:
         """The worst finding: tampering outranks truncation."""
-        return max((finding.status for finding in self.findings), default=Status.INTACT)
+        return _worst(finding.status for finding in self.findings)
 
     @property
     def first_bad(self) -> Finding | None:
         """The finding a person should look at first: the worst, then the earliest."""
         if not self.findings:
             return None
-        return min(self.findings, key=lambda item: (-item.status, item.tenant_seq or 0))
+        return min(self.findings, key=lambda item: (-item.status.gravity, item.tenant_seq or 0))
 
 
 @dataclass(slots=True)
@@ -113,7 +125,7 @@ class VerifyReport:
         """Exit status: the worst verdict anywhere."""
         statuses = [tenant.status for tenant in self.tenants]
         statuses += [finding.status for finding in self.store_findings]
-        return max(statuses, default=Status.INTACT)
+        return _worst(statuses)
 
     def to_json(self) -> dict[str, Any]:
         """The report as `--json` prints it."""
