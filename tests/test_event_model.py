@@ -123,7 +123,7 @@ def test_unpaired_surrogates_in_json_are_refused() -> None:
 
 def test_malformed_json_is_an_error_not_a_crash() -> None:
     assert problems('{"event_type": "a.b", ') [0].startswith("Invalid JSON")
-    assert problems('[1, 2]')[0].startswith("Input should be an object")
+    assert problems("[1, 2]")[0].startswith("Input should be an object")
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -29,8 +29,10 @@ Cli = Callable[..., CliResult]
 
 @pytest.fixture
 def store(tmp_path: Path, signer: Signer) -> Path:
-    """acme and globex interleaved (100 events), then 40 acme-only events at the end, with a
-    checkpoint every 25 rows and checkpoints.json signed at the end."""
+    """Interleaved acme and globex (100 events), then 40 acme-only events.
+
+    The store signs a checkpoint for a tenant every 25 of its rows (at batch ends).
+    """
     path = tmp_path / "audit.db"
     with ChainStore(path, checkpoints=CheckpointPolicy(signer, 25, None)) as chain:
         batch = events(100, tenants=("acme", "globex"))
