@@ -3,7 +3,8 @@
 Covers: whatever is appended, each tenant's chain runs 1..n with every prev_hash equal to the
 previous record_hash, global seq runs 1..N, and verify says intact; any single edit of any
 byte of any row, removal of any row but the store's newest, or exchange of two rows is
-reported as tampered at the right tenant_seq.
+reported as tampered at the right tenant_seq. Verify runs with random range sizes, in-process
+or in worker processes, so that joining chains across ranges is exercised too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 from pathlib import Path
+from unittest.mock import patch
 from typing import Any
 
 import orjson
@@ -19,7 +21,8 @@ from hypothesis import strategies as st
 
 from sealtrail.api.event import Event
 from sealtrail.chain.store import ChainStore
-from sealtrail.chain.verify import Status, verify_store
+from sealtrail.chain import scan
+from sealtrail.chain.verify import Status, VerifyReport, verify_store
 
 TENANTS = st.sampled_from(["acme", "globex", "_system", "t-1"])
 TEXT = st.text(st.characters(codec="utf-8"), min_size=1, max_size=30)
@@ -36,6 +39,18 @@ SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
+@st.composite
+def verify_settings(draw: st.DrawFn) -> tuple[int, bool]:
+    return draw(st.integers(1, 15)), draw(st.booleans())
+
+
+def verify(path: Path, how: tuple[int, bool]) -> VerifyReport:
+    range_rows, parallel = how
+    with (patch.object(scan, "RANGE_ROWS", range_rows),
+          patch.object(scan, "PARALLEL_THRESHOLD", 0 if parallel else 10**9)):
+        return verify_store(path, processes=2)
+
+
 def build(batches: list[list[dict[str, Any]]]) -> Path:
     path = Path(tempfile.mkdtemp()) / "audit.db"
     with ChainStore(path) as store:
@@ -50,8 +65,9 @@ def all_rows(path: Path) -> list[dict[str, Any]]:
 
 
 @SETTINGS
-@given(BATCHES)
-def test_every_chain_links_and_verifies(batches: list[list[dict[str, Any]]]) -> None:
+@given(BATCHES, verify_settings())
+def test_every_chain_links_and_verifies(batches: list[list[dict[str, Any]]],
+                                        how: tuple[int, bool]) -> None:
     path = build(batches)
     rows = all_rows(path)
     assert [row["seq"] for row in rows] == list(range(1, sum(map(len, batches)) + 1))
@@ -61,7 +77,7 @@ def test_every_chain_links_and_verifies(batches: list[list[dict[str, Any]]]) -> 
         assert row["tenant_seq"] == size + 1
         assert row["prev_hash"] == prev
         heads[row["tenant_id"]] = (row["tenant_seq"], row["record_hash"])
-    report = verify_store(path)
+    report = verify(path, how)
     assert report.status is Status.INTACT
     assert report.rows == len(rows)
 
@@ -81,7 +97,7 @@ def test_any_byte_edit_is_caught_at_its_row(batches: list[list[dict[str, Any]]],
         new = data.draw(st.integers(0, 255).filter(lambda b: b != body[at]))
         db.execute("UPDATE audit_rows SET body = ? WHERE seq = ?",
                    (body[:at] + bytes([new]) + body[at + 1:], seq))
-    report = verify_store(path)
+    report = verify(path, data.draw(verify_settings()))
     assert report.status is Status.TAMPERED
     bad = next(t for t in report.tenants if t.tenant_id == tenant).first_bad
     assert bad is not None
@@ -99,7 +115,7 @@ def test_any_removed_row_is_caught(batches: list[list[dict[str, Any]]],
             return
         seq = data.draw(st.integers(1, top - 1))  # the store's newest row needs a checkpoint
         db.execute("DELETE FROM audit_rows WHERE seq = ?", (seq,))
-    assert verify_store(path).status is Status.TAMPERED
+    assert verify(path, data.draw(verify_settings())).status is Status.TAMPERED
 
 
 @SETTINGS
@@ -117,4 +133,4 @@ def test_any_two_rows_exchanged_are_caught(batches: list[list[dict[str, Any]]],
                   for s in (first, second)}
         for here, there in ((first, second), (second, first)):
             db.execute("UPDATE audit_rows SET body = ? WHERE seq = ?", (bodies[there], here))
-    assert verify_store(path).status is Status.TAMPERED
+    assert verify(path, data.draw(verify_settings())).status is Status.TAMPERED

@@ -117,8 +117,11 @@ def test_inserted_row(cli: Cli, store: Path, tmp_path: Path) -> None:
     drill.insert_row(store, "acme", 20, {"decision": "allow", "reason": "forged approval"})
     code, report = verify(cli, store, tmp_path)
     assert code == 1
-    # The forged row itself hashes and links correctly; the row it displaced cannot.
-    assert tenant(report, "acme")["first_bad_tenant_seq"] == 22
+    # The forged row hashes and links correctly, but it got the newest global seq, so in seq
+    # order its place is empty, and the row it displaced no longer hashes.
+    acme = tenant(report, "acme")
+    assert acme["first_bad_tenant_seq"] == 21
+    assert "row tenant_seq 21 is missing or out of place" in acme["findings"][0]["problem"]
 
 
 def test_swapped_rows(cli: Cli, store: Path, tmp_path: Path) -> None:
