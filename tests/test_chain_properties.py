@@ -12,16 +12,16 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 from pathlib import Path
-from unittest.mock import patch
 from typing import Any
+from unittest.mock import patch
 
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sealtrail.api.event import Event
-from sealtrail.chain.store import ChainStore
 from sealtrail.chain import scan
+from sealtrail.chain.store import ChainStore
 from sealtrail.chain.verify import Status, VerifyReport, verify_store
 
 TENANTS = st.sampled_from(["acme", "globex", "_system", "t-1"])
