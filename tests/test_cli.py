@@ -1,23 +1,29 @@
-"""The command line as a user runs it: append, dump, keygen, checkpoint, demo.
+"""The command line as a user runs it: append, dump, keygen, checkpoint, verify's output, demo.
 
 Covers: NDJSON in, a JSON summary out; invalid lines reported by line number and field, their
 batch rejected whole while other batches are stored; oversize events; dump output is byte for
 byte what is stored, filtered by tenant and seq; keygen refuses to overwrite; checkpoint writes
-a file verify accepts; the demo runs end to end.
+a file verify accepts; verify draws a progress bar on a terminal and never into a pipe; the demo
+runs end to end.
 """
 
 from __future__ import annotations
 
+import os
+import pty
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
+from sealtrail.api.event import Event
 from sealtrail.chain.store import ChainStore
 from sealtrail.demo import sample_events
 
-from .conftest import CliResult, ndjson
+from .conftest import ROOT, CliResult, ndjson
 
 Cli = Callable[..., CliResult]
 
@@ -138,3 +144,35 @@ def test_demo_runs_end_to_end(cli: Cli, tmp_path: Path) -> None:
     assert orjson.loads(result.stdout.splitlines()[-1]) == {"demo": "ok", "rows": 606}
     assert b"verdict: tampered (exit code 1)" in result.stdout
     assert b"verdict: truncated (exit code 2)" in result.stdout
+
+
+def test_verify_shows_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    db = tmp_path / "big.db"
+    event = Event.model_validate({"event_type": "a.b", "severity": "INFO"})
+    with ChainStore(db, synchronous="NORMAL") as store:
+        for _ in range(120):
+            store.append([event] * 500)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "operator")}
+    command = [sys.executable, "-m", "sealtrail", "verify", "--db", str(db), "--processes", "1"]
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run(command, stderr=follower, stdout=subprocess.PIPE, env=env,
+                                timeout=120, check=False)
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert result.returncode == 0
+    assert b"verifying [" in shown
+    assert b"60,000/60,000 rows" in shown
+    piped = subprocess.run(command, capture_output=True, env=env, timeout=120, check=False)
+    assert piped.returncode == 0
+    assert b"verifying" not in piped.stderr

@@ -203,7 +203,7 @@ def test_rewrite_is_caught_by_checkpoint_rows_in_the_chain(
     assert acme["first_bad_tenant_seq"] == sizes[1]
     problem = acme["findings"][0]["problem"]
     assert "checkpoint row" in problem
-    assert f"rewritten after row {sizes[0]} " in problem
+    assert f"rewritten after row {sizes[0]} and at or before row {sizes[1]}" in problem
 
 
 def test_forged_checkpoint_signature(cli: Cli, store: Path, tmp_path: Path) -> None:

@@ -175,7 +175,7 @@ def _hold_against(
     """Check each checkpoint's signature, then hold the chain against it, smallest first.
 
     A checkpoint that matches bounds where a later mismatch can have started, which the
-    message passes on: "rewritten after row 100, at or before row 200".
+    message passes on: "rewritten after row 100 and at or before row 200".
     """
     confirmed = 0
     for at, checkpoint in sorted(checkpoints, key=lambda item: item[1].tenant_seq):
@@ -210,13 +210,14 @@ def _hold_against(
         elif actual == checkpoint.head_hash:
             confirmed = max(confirmed, checkpoint.tenant_seq)
         else:
+            since = f"after row {confirmed} and " if confirmed else ""
             report.findings.append(
                 Finding(
                     Status.TRUNCATED,
                     checkpoint.tenant_seq,
                     f"row {checkpoint.tenant_seq} differs from the {where} signed at "
-                    f"{checkpoint.signed_at}: the chain was rewritten after row {confirmed} "
-                    f"or rolled back",
+                    f"{checkpoint.signed_at}: the chain was rewritten {since}at or before row "
+                    f"{checkpoint.tenant_seq}, or rolled back",
                 )
             )
 
