@@ -1,0 +1,241 @@
+"""Export configuration: one export (a SIEM backend and how to talk to it) and routing rules.
+
+The same models serve the worker's config file and, later, the `AuditExport` custom resource,
+so field names are camelCase on the wire (`hecUrl`, `maxEvents`) and snake_case in Python.
+Durations carry their unit in their name (`intervalMs`, `ackTimeoutSeconds`).
+
+Credentials are never inline: a `CredentialRef` names an environment variable or a file, and
+files are re-read so that a rotated Secret is used without a restart.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from sealtrail.api.event import Severity
+
+__all__ = [
+    "BACKEND_KINDS",
+    "BatchSpec",
+    "CloudWatchSpec",
+    "CredentialRef",
+    "DatadogSpec",
+    "ElasticAuth",
+    "ElasticBasicAuth",
+    "ElasticSpec",
+    "ExportSpec",
+    "RetrySpec",
+    "RouteRule",
+    "SplunkSpec",
+    "SyslogSpec",
+    "TLSSpec",
+    "WebhookSpec",
+]
+
+BACKEND_KINDS: Final = ("splunk", "elastic", "datadog", "webhook", "syslog", "cloudwatch")
+
+_NAME_RE: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class CredentialRef(_Model):
+    """Where a secret lives: exactly one of an environment variable or a file."""
+
+    env: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CredentialRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' or 'file'")
+        return self
+
+    def describe(self) -> str:
+        """Where the secret comes from, for messages (never the secret itself)."""
+        return f"env:{self.env}" if self.env is not None else f"file:{self.file}"
+
+
+class TLSSpec(_Model):
+    """TLS to the SIEM: a private CA, a client certificate, or (for tests only) no checks."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> TLSSpec:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("certFile and keyFile go together")
+        return self
+
+
+class BatchSpec(_Model):
+    """How rows are grouped into requests. Each backend also caps these at its own limits."""
+
+    max_events: Annotated[int, Field(ge=1, le=100_000)] = 500
+    max_bytes: Annotated[int, Field(ge=1024, le=100 * 1024 * 1024)] = 1_000_000
+    interval_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 1000
+    max_interval_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 30_000
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BatchSpec:
+        if self.max_interval_ms < self.interval_ms:
+            raise ValueError("maxIntervalMs must be at least intervalMs")
+        return self
+
+
+class RetrySpec(_Model):
+    """Backoff between attempts, and when to give up and pause."""
+
+    initial_backoff_ms: Annotated[int, Field(ge=1, le=600_000)] = 1000
+    max_backoff_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 30_000
+    pause_after_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    request_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+
+class SplunkSpec(_Model):
+    """Splunk HTTP Event Collector."""
+
+    hec_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/.*)?$")]
+    token: CredentialRef
+    index: str | None = None
+    sourcetype: str = "sealtrail:audit"
+    source: str = "sealtrail"
+    indexer_ack: bool = False
+    ack_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    ack_poll_ms: Annotated[int, Field(ge=10, le=60_000)] = 1000
+
+
+class ElasticBasicAuth(_Model):
+    """Username and password; the password is a credential reference."""
+
+    username: str
+    password: CredentialRef
+
+
+class ElasticAuth(_Model):
+    """Exactly one way to authenticate to Elasticsearch."""
+
+    api_key: CredentialRef | None = None
+    basic: ElasticBasicAuth | None = None
+    bearer: CredentialRef | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ElasticAuth:
+        given = [name for name in ("api_key", "basic", "bearer") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of apiKey, basic or bearer")
+        return self
+
+
+class ElasticSpec(_Model):
+    """Elasticsearch `_bulk`."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/.*)?$")]
+    index: str = "sealtrail-audit"
+    data_stream: bool = False
+    auth: ElasticAuth | None = None
+
+
+class DatadogSpec(_Model):
+    """Datadog Logs intake v2."""
+
+    api_key: CredentialRef
+    site: Literal[
+        "datadoghq.com", "us3.datadoghq.com", "us5.datadoghq.com", "datadoghq.eu",
+        "ap1.datadoghq.com", "ap2.datadoghq.com", "uk1.datadoghq.com", "ddog-gov.com",
+        "us2.ddog-gov.com",
+    ] = "datadoghq.com"
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/.*)?$")] | None = None
+    service: str = "sealtrail"
+    source: str = "sealtrail"
+    tags: list[str] = Field(default_factory=list)
+
+
+class WebhookSpec(_Model):
+    """A signed webhook (Standard Webhooks)."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/.*)?$")]
+    secret: CredentialRef
+
+
+class SyslogSpec(_Model):
+    """Syslog: RFC 5424 messages over TCP (RFC 6587 octet counting), TLS (RFC 5425) or UDP."""
+
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)]
+    transport: Literal["tcp", "tls", "udp"] = "tls"
+    app_name: Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[!-~]+$")] = "sealtrail"
+    hostname: Annotated[str, Field(max_length=255, pattern=r"^[!-~]+$")] | None = None
+    facility: Annotated[int, Field(ge=0, le=23)] = 13  # log audit
+
+
+class CloudWatchSpec(_Model):
+    """CloudWatch Logs PutLogEvents."""
+
+    log_group: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[.\-_/#A-Za-z0-9]+$")]
+    log_stream: str = "${tenant:id}"
+    region: str | None = None
+    endpoint_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/.*)?$")] | None = None
+    create_missing: bool = True
+
+
+class ExportSpec(_Model):
+    """One export: a name, exactly one backend block, and how to batch and retry."""
+
+    name: str
+    paused: bool = False
+    splunk: SplunkSpec | None = None
+    elastic: ElasticSpec | None = None
+    datadog: DatadogSpec | None = None
+    webhook: WebhookSpec | None = None
+    syslog: SyslogSpec | None = None
+    cloudwatch: CloudWatchSpec | None = None
+    batch: BatchSpec = Field(default_factory=BatchSpec)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    tls: TLSSpec = Field(default_factory=TLSSpec)
+    proxy_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+/?$")] | None = None
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> ExportSpec:
+        if not _NAME_RE.match(self.name):
+            raise ValueError(
+                "name must be 1-63 lowercase letters, digits and '-', starting and ending "
+                "with a letter or digit"
+            )
+        given = [kind for kind in BACKEND_KINDS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one backend block (" + ", ".join(BACKEND_KINDS) + f"); got "
+                f"{len(given)}" + (f": {', '.join(given)}" if given else "")
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        """Which backend: `splunk`, `elastic`, ..."""
+        return next(kind for kind in BACKEND_KINDS if getattr(self, kind) is not None)
+
+
+class RouteRule(_Model):
+    """Send matching rows to named exports. Rules are tried in order; the first match wins.
+
+    `index` (a template with `${tenant:id}` and `${event:type}`) overrides the export's own
+    index, sourcetype-free destination: Splunk index, Elastic index, CloudWatch log stream.
+    """
+
+    tenants: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    event_types: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    min_severity: Severity = Severity.INFO
+    exports: list[str] = Field(min_length=1)
+    index: str | None = None
