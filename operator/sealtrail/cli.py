@@ -19,6 +19,7 @@ import orjson
 from pydantic import ValidationError
 
 from sealtrail import __version__
+from sealtrail.api.configfile import ConfigFileError
 from sealtrail.api.errors import FieldError, field_errors
 from sealtrail.api.event import MAX_EVENT_BYTES, Event
 from sealtrail.chain.checkpoint import CheckpointFileError, read_checkpoints, write_checkpoints
@@ -92,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print a JSON report")
     verify.add_argument("--processes", type=int, help="worker processes (default: all cores)")
 
+    export = commands.add_parser("export", help="ship the store to the configured SIEMs")
+    export.add_argument("--db", type=Path, required=True)
+    export.add_argument("--config", type=Path, required=True, help="YAML: exports and routes")
+    export.add_argument(
+        "--until-drained", action="store_true",
+        help="exit once everything stored is delivered (status 0) or --timeout passes (1)",
+    )
+    export.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
+
     demo = commands.add_parser("demo", help="run the embedded demo end to end")
     demo.add_argument("--dir", type=Path, default=Path("demo-out"), help="where to put its files")
     return parser
@@ -112,11 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _checkpoint(args)
             case "verify":
                 return _verify(args)
+            case "export":
+                from sealtrail.export.run import run_export  # noqa: PLC0415 - heavy imports
+
+                return run_export(args.db, args.config, until_drained=args.until_drained,
+                                  timeout_seconds=args.timeout)
             case "demo":
                 from sealtrail.demo import run_demo  # noqa: PLC0415 - only the demo needs it
 
                 return run_demo(args.dir)
-    except (UsageError, KeyFileError, CheckpointFileError, StoreError, VerifyError) as error:
+    except (UsageError, KeyFileError, CheckpointFileError, StoreError, VerifyError,
+            ConfigFileError, ValueError) as error:
         print(f"sealtrail {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:

@@ -10,11 +10,18 @@ files are re-read so that a rotated Secret is used without a restart.
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sealtrail.api.event import Severity
 
@@ -28,6 +35,7 @@ __all__ = [
     "ElasticBasicAuth",
     "ElasticSpec",
     "ExportSpec",
+    "ExportsConfig",
     "RetrySpec",
     "RouteRule",
     "SplunkSpec",
@@ -37,9 +45,6 @@ __all__ = [
 ]
 
 BACKEND_KINDS: Final = ("splunk", "elastic", "datadog", "webhook", "syslog", "cloudwatch")
-
-_NAME_RE: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(
@@ -144,6 +149,9 @@ class ElasticSpec(_Model):
     url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/.*)?$")]
     index: str = "sealtrail-audit"
     data_stream: bool = False
+    #: Ingest pipeline to run on each document. Data streams need one that copies `timestamp`
+    #: into `@timestamp`; a SIEM-side chain check must then drop `@timestamp` before hashing.
+    pipeline: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,255}$")] | None = None
     auth: ElasticAuth | None = None
 
 
@@ -193,7 +201,7 @@ class CloudWatchSpec(_Model):
 class ExportSpec(_Model):
     """One export: a name, exactly one backend block, and how to batch and retry."""
 
-    name: str
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     paused: bool = False
     splunk: SplunkSpec | None = None
     elastic: ElasticSpec | None = None
@@ -206,20 +214,35 @@ class ExportSpec(_Model):
     tls: TLSSpec = Field(default_factory=TLSSpec)
     proxy_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+/?$")] | None = None
 
-    @model_validator(mode="after")
-    def _one_backend(self) -> ExportSpec:
-        if not _NAME_RE.match(self.name):
-            raise ValueError(
-                "name must be 1-63 lowercase letters, digits and '-', starting and ending "
-                "with a letter or digit"
-            )
-        given = [kind for kind in BACKEND_KINDS if getattr(self, kind) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "give exactly one backend block (" + ", ".join(BACKEND_KINDS) + f"); got "
-                f"{len(given)}" + (f": {', '.join(given)}" if given else "")
-            )
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_backend(cls, data: Any, handler: ModelWrapValidatorHandler[ExportSpec]) -> ExportSpec:
+        # Wrapped around field validation, so that a missing or doubled backend block is
+        # reported together with any field errors, not instead of them or after them.
+        problem = None
+        if isinstance(data, dict):
+            given = [kind for kind in BACKEND_KINDS if data.get(kind) is not None]
+            if len(given) != 1:
+                problem = (
+                    "give exactly one backend block (" + ", ".join(BACKEND_KINDS) + f"); got "
+                    f"{len(given)}" + (f": {', '.join(given)}" if given else "")
+                )
+        try:
+            model = handler(data)
+        except ValidationError as error:
+            if problem is None:
+                raise
+            details: list[InitErrorDetails] = [
+                InitErrorDetails(type=item["type"], loc=item["loc"], input=item["input"],
+                                 ctx=item.get("ctx", {}))
+                for item in error.errors()
+            ]
+            details.append(InitErrorDetails(
+                type=PydanticCustomError("backend_blocks", problem), loc=(), input=data))
+            raise ValidationError.from_exception_data(cls.__name__, details) from None
+        if problem is not None:
+            raise ValueError(problem)
+        return model
 
     @property
     def kind(self) -> str:
@@ -239,3 +262,23 @@ class RouteRule(_Model):
     min_severity: Severity = Severity.INFO
     exports: list[str] = Field(min_length=1)
     index: str | None = None
+
+
+class ExportsConfig(_Model):
+    """The exports of one worker and the rules that route rows to them."""
+
+    exports: list[ExportSpec] = Field(default_factory=list)
+    routes: list[RouteRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ExportsConfig:
+        seen: set[str] = set()
+        for export in self.exports:
+            if export.name in seen:
+                raise ValueError(f"two exports are named {export.name!r}")
+            seen.add(export.name)
+        for number, rule in enumerate(self.routes):
+            for name in rule.exports:
+                if name not in seen:
+                    raise ValueError(f"routes[{number}] sends to {name!r}, which is no export")
+        return self

@@ -40,6 +40,7 @@ __all__ = [
     "Head",
     "StoreError",
     "Stored",
+    "StoredRow",
     "Synchronous",
 ]
 
@@ -110,6 +111,20 @@ class Stored:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredRow:
+    """A stored row with the columns an export needs to route it without parsing it."""
+
+    seq: int
+    tenant_id: str
+    tenant_seq: int
+    record_hash: str
+    event_type: str
+    severity: str
+    timestamp: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Head:
     """The last row of a tenant's chain."""
 
@@ -165,6 +180,8 @@ class ChainStore:
         self.checkpoint_policy = checkpoints
         self._clock = clock
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
         # Monotonic time of the first append since the last checkpoint, per tenant that has no
         # checkpoint yet: the time rule needs a starting point for a brand-new chain.
         self._pending_since: dict[str, float] = {}
@@ -200,6 +217,10 @@ class ChainStore:
         """Close the connection. Committed data is already durable."""
         with self._lock:
             self._db.close()
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     def __enter__(self) -> Self:
         """Use as a context manager that closes the store."""
@@ -420,6 +441,23 @@ class ChainStore:
                 yield bytes(body)
         finally:
             reader.close()
+
+    def export_rows(self, after_seq: int, limit: int) -> list[StoredRow]:
+        """Up to `limit` rows after `after_seq`, in global order, for an export loop.
+
+        Reads on the store's own reader connection (WAL: readers never wait for the writer).
+        """
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, check_same_thread=False
+                )
+            found = self._reader.execute(
+                "SELECT seq, tenant_id, tenant_seq, record_hash, event_type, severity, "
+                "timestamp, body FROM audit_rows WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [StoredRow(*values) for values in found]
 
     # -- export cursors ----------------------------------------------------------------------
 

@@ -1,0 +1,318 @@
+"""Elasticsearch `_bulk`: one NDJSON request per batch, classified item by item.
+
+Why `create` with `_id = tenant_id:tenant_seq`, always: a batch that is sent again (after a
+timeout, a crash, a partial failure) must not store a row twice, and `create` refuses a second
+document with the same `_id` (item 409 `version_conflict_engine_exception`), which here means
+"already delivered". Data streams accept nothing but `create`, so the same request serves both.
+
+Why per-item classification: Elasticsearch answers 200 even when some items failed
+(`"errors": true`). Treating that 200 as success drops rows (the failure mode several shippers
+are known for); treating it as a whole-batch failure resends rows that landed. Each item is
+classed on its own (2xx and 409 delivered, 429 and 5xx retryable, other 4xx permanent) and the
+`Outcome` says which rows are delivered, so that the loop resends only the others.
+
+`_source` is the stored row, byte for byte: the SIEM then holds exactly what was hashed, and a
+checker there can recompute the chain (docs/chain-format.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from sealtrail.api.export import ElasticSpec, ExportSpec
+from sealtrail.export.backends.base import (
+    Backend,
+    BatchLimits,
+    DestinationRule,
+    ExportRow,
+    render_template,
+)
+from sealtrail.export.credentials import Credential, CredentialError
+from sealtrail.export.http import HttpClients
+from sealtrail.export.outcome import Outcome, OutcomeKind, classify_status, parse_retry_after
+
+__all__ = ["ElasticBackend"]
+
+# Elastic advises bulk requests of 8-32 MB; http.max_content_length (100 MB by default) is the
+# hard ceiling, answered with 413. 10 MB stays well inside both and inside what a proxy in front
+# of a cluster usually allows.
+_MAX_BYTES: Final = 10 * 1024 * 1024
+_MAX_EVENTS: Final = 10_000
+# `row_size` counts the action line too, so a row up to this size fits a request of its own
+# with room to spare; a bigger one is refused for good by the loop, never truncated.
+_MAX_ROW_BYTES: Final = _MAX_BYTES - 1024
+
+# Index names, as Elasticsearch's MetadataCreateIndexService checks them: lowercase; none of
+# \ / * ? " < > | , # : or space (':' is the cross-cluster separator since 7.0); not starting
+# with - _ +; not . or ..; at most 255 bytes. Only printable ASCII is allowed here, so that
+# characters and bytes count the same and "lowercase" needs no locale.
+_INDEX_RULE: Final = DestinationRule(
+    what="Elasticsearch index name",
+    pattern=re.compile(r"^(?!\.\.?$)(?![-_+])[a-z0-9!$%&'()+\-.;=@\[\]^_`{}~]{1,255}$"),
+    allowed_chars=re.compile(r"[a-z0-9_.-]"),
+    lowercase=True,
+    max_length=255,
+)
+
+_MAX_REASON: Final = 200
+# Elasticsearch quotes the offending value in parse errors ("Preview of field's value: ..."):
+# that is row content, which must never reach an Outcome's reason.
+_CONTENT_MARKERS: Final = ("Preview of field's value", "preview of field's value")
+
+
+class ElasticBackend(Backend):
+    """`POST {url}/_bulk` with one `create` per row."""
+
+    kind = "elastic"
+    destination_rule = _INDEX_RULE
+
+    def __init__(self, spec: ExportSpec, clients: HttpClients) -> None:
+        """Resolve the auth mode and its credentials now; read their values on each send."""
+        super().__init__(spec, clients)
+        if spec.elastic is None:
+            raise ValueError(f"export {spec.name!r} has no elastic block")
+        self.elastic: ElasticSpec = spec.elastic
+        self._url = self.elastic.url.rstrip("/") + "/_bulk"
+        if self.elastic.pipeline:
+            # Data streams require @timestamp; only an ingest pipeline can add it (see the
+            # field's docs for what that means for a SIEM-side chain check).
+            self._url += "?pipeline=" + quote(self.elastic.pipeline, safe="")
+        auth = self.elastic.auth
+        self._api_key = Credential(auth.api_key) if auth and auth.api_key else None
+        self._bearer = Credential(auth.bearer) if auth and auth.bearer else None
+        self._basic_user = auth.basic.username if auth and auth.basic else None
+        self._basic_password = Credential(auth.basic.password) if auth and auth.basic else None
+
+    # -- limits and destinations -------------------------------------------------------------
+
+    @property
+    def limits(self) -> BatchLimits:
+        """10,000 rows and 10 MB a request (see the constants for why)."""
+        return BatchLimits(
+            max_events=_MAX_EVENTS, max_bytes=_MAX_BYTES, max_row_bytes=_MAX_ROW_BYTES
+        )
+
+    def row_size(self, row: ExportRow) -> int:
+        """The action line plus the source line, newlines included: what the body grows by."""
+        return len(self._action_line(row)) + len(row.body) + 1
+
+    def default_destination(self) -> str | None:
+        """The export's `index` (a template), used for rows whose route names none."""
+        return self.elastic.index
+
+    def credentials(self) -> list[Credential]:
+        """The one credential of the configured auth mode (none without auth)."""
+        found = (self._api_key, self._bearer, self._basic_password)
+        return [credential for credential in found if credential is not None]
+
+    def _index_for(self, row: ExportRow) -> str:
+        if row.destination is not None:
+            return row.destination
+        rendered = render_template(self.elastic.index, row.tenant_id, row.event_type, _INDEX_RULE)
+        return rendered[: _INDEX_RULE.max_length]
+
+    def _action_line(self, row: ExportRow) -> bytes:
+        action = {"create": {"_index": self._index_for(row), "_id": row.dedupe_key}}
+        return orjson.dumps(action) + b"\n"
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        """Request headers, credentials read now so that a rotated Secret is used at once."""
+        headers = {"Content-Type": "application/x-ndjson", "Accept": "application/json"}
+        if self._api_key is not None:
+            headers["Authorization"] = f"ApiKey {self._api_key.value()}"
+        elif self._bearer is not None:
+            headers["Authorization"] = f"Bearer {self._bearer.value()}"
+        elif self._basic_password is not None:
+            pair = f"{self._basic_user}:{self._basic_password.value()}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        return headers
+
+    def encode(self, rows: Sequence[ExportRow]) -> bytes:
+        """The `_bulk` body: action line, the row's stored bytes, newline; for every row."""
+        parts: list[bytes] = []
+        for row in rows:
+            parts.append(self._action_line(row))
+            parts.append(row.body)
+            parts.append(b"\n")
+        return b"".join(parts)
+
+    async def send(self, rows: Sequence[ExportRow]) -> Outcome:
+        """Send the batch as one `_bulk` request and classify the answer, item by item."""
+        if not rows:
+            return Outcome.success("nothing to send")
+        try:
+            headers = self._headers()
+        except CredentialError as error:
+            return Outcome(OutcomeKind.AUTH, str(error))
+        answer = await self._post(self.encode(rows), headers)
+        if isinstance(answer, Outcome):
+            return answer
+        if not 200 <= answer.status_code < 300:
+            return _whole_request_outcome(answer)
+        return _items_outcome(answer, len(rows))
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> httpx.Response | Outcome:
+        """The response, or the Outcome of a request that got none."""
+        client = self.clients.get(self.spec.tls, self.spec.proxy_url)
+        try:
+            return await client.post(
+                self._url,
+                content=body,
+                headers=headers,
+                timeout=self.spec.retry.request_timeout_seconds,
+            )
+        except httpx.TimeoutException as error:
+            # The request may have landed: resending is safe, `create` makes it idempotent.
+            return Outcome(OutcomeKind.RETRYABLE, f"timed out ({type(error).__name__})")
+        except httpx.HTTPError as error:
+            # Class name only: httpx messages can carry the URL, and a URL can carry userinfo.
+            return Outcome(OutcomeKind.RETRYABLE, f"request failed ({type(error).__name__})")
+        except httpx.InvalidURL:
+            return Outcome(OutcomeKind.PERMANENT, "invalid Elasticsearch URL")
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _safe_reason(found: object) -> str:
+    """An Elasticsearch reason, cut before any quoted row content and shortened."""
+    if not isinstance(found, str):
+        return ""
+    text: str = found
+    for marker in _CONTENT_MARKERS:
+        cut = text.find(marker)
+        if cut >= 0:
+            text = text[:cut].rstrip(" .;,")
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def _describe_error(error: Any) -> str:
+    """`type: reason` of an Elasticsearch error object (or of its root cause), safely."""
+    if isinstance(error, str):
+        return _safe_reason(error)
+    if not isinstance(error, dict):
+        return ""
+    kind = error.get("type")
+    kind = kind if isinstance(kind, str) else "error"
+    reason = _safe_reason(error.get("reason"))
+    caused_by = error.get("caused_by")
+    if isinstance(caused_by, dict) and isinstance(caused_by.get("type"), str):
+        inner = _safe_reason(caused_by.get("reason"))
+        reason = f"{reason} (caused by {caused_by['type']}: {inner})" if reason else inner
+    return f"{kind}: {reason}" if reason else str(kind)
+
+
+def _whole_request_outcome(response: httpx.Response) -> Outcome:
+    """A non-2xx answer: the whole request was refused, per the shared status table."""
+    status = response.status_code
+    body = _json_or_none(response)
+    detail = _describe_error(body.get("error")) if isinstance(body, dict) else ""
+    reason = f"HTTP {status}" + (f" {detail}" if detail else "")
+    return Outcome(
+        classify_status(status),
+        reason,
+        status=status,
+        retry_after_seconds=parse_retry_after(response.headers.get("retry-after")),
+        too_large=status == 413,
+    )
+
+
+def _item_result(item: Any) -> dict[str, Any] | None:
+    """The single `{"create": {...}}` value of a response item, or None if malformed."""
+    if isinstance(item, dict) and len(item) == 1:
+        (value,) = item.values()
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+@dataclass
+class _Tally:
+    """Items of one bulk response, classed."""
+
+    delivered: set[int] = field(default_factory=set)
+    duplicates: int = 0
+    retryable: int = 0
+    permanent: int = 0
+    first_retryable: str = ""
+    rejected_index: int | None = None
+    rejected_reason: str = ""
+
+    def add(self, index: int, item: Any) -> None:
+        """Class one item: 2xx or 409 delivered, 429 or 5xx retryable, anything else permanent."""
+        result = _item_result(item)
+        status = result.get("status") if result is not None else None
+        if result is None or not isinstance(status, int):
+            # A malformed item proves nothing either way; resending its row is safe.
+            self.retryable += 1
+            self.first_retryable = self.first_retryable or "malformed item"
+        elif 200 <= status < 300:
+            self.delivered.add(index)
+        elif status == 409:  # version_conflict_engine_exception: this _id is already there
+            self.delivered.add(index)
+            self.duplicates += 1
+        elif status == 429 or 500 <= status < 600:
+            self.retryable += 1
+            if not self.first_retryable:
+                self.first_retryable = f"{status} {_describe_error(result.get('error'))}".rstrip()
+        else:
+            self.permanent += 1
+            if self.rejected_index is None:
+                self.rejected_index = index
+                self.rejected_reason = f"{status} {_describe_error(result.get('error'))}".rstrip()
+
+
+def _items_outcome(response: httpx.Response, count: int) -> Outcome:
+    """A 2xx answer: success, or a mix to be classed item by item."""
+    status = response.status_code
+    body = _json_or_none(response)
+    if not isinstance(body, dict):
+        # Nothing says which rows landed; all of them can be sent again safely (`create`).
+        return Outcome(OutcomeKind.RETRYABLE, "unreadable bulk response", status=status)
+    if body.get("errors") is False:
+        return Outcome(
+            OutcomeKind.SUCCESS, f"{count} created", status, delivered=frozenset(range(count))
+        )
+    items = body.get("items")
+    if not isinstance(items, list) or len(items) != count:
+        found = len(items) if isinstance(items, list) else 0
+        return Outcome(
+            OutcomeKind.RETRYABLE, f"bulk response has {found} items for {count} rows", status
+        )
+    tally = _Tally()
+    for index, item in enumerate(items):
+        tally.add(index, item)
+    done = frozenset(tally.delivered)
+    already = f", {tally.duplicates} already present" if tally.duplicates else ""
+    if tally.permanent:
+        return Outcome(
+            OutcomeKind.PERMANENT,
+            f"item {tally.rejected_index} refused: {tally.rejected_reason} ({tally.permanent} "
+            f"refused, {tally.retryable} to retry, {len(done)} delivered{already})",
+            status,
+            delivered=done,
+            rejected_index=tally.rejected_index,
+        )
+    if tally.retryable:
+        return Outcome(
+            OutcomeKind.RETRYABLE,
+            f"{tally.retryable} items to retry ({tally.first_retryable}), "
+            f"{len(done)} delivered{already}",
+            status,
+            delivered=done,
+        )
+    return Outcome(OutcomeKind.SUCCESS, f"{count} delivered{already}", status, delivered=done)

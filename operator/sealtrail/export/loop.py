@@ -1,0 +1,365 @@
+"""One export's loop: read after the cursor, route, batch, send, classify, advance.
+
+Each export runs its own loop (its own task, cursor, backoff and pause state), so one SIEM that
+is down or refusing rows never holds up another. The guarantees:
+
+- **In order, at least once.** Rows are read in global `seq` order and sent in that order. The
+  cursor moves only after the backend's definite success, in one store transaction, and only
+  over a contiguous run of delivered rows; a restart resumes after it and may send again what
+  was in flight, which every backend marks with the same dedupe key.
+- **Nothing skipped.** A row the SIEM refuses for good is recorded (metric, log, status) and
+  retried; after `pauseAfterFailures` consecutive permanent failures the export pauses with the
+  reason. It resumes on `resume()`, a config change (a new loop), or a changed credential.
+- **Back-pressure, not loss.** The backlog stays in the store; the loop holds one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from sealtrail.api.export import ExportSpec
+from sealtrail.chain.store import ChainStore, StoredRow
+from sealtrail.export.backends.base import Backend, ExportRow, render_template
+from sealtrail.export.batching import AdaptiveInterval, full_jitter_seconds, plan_batches
+from sealtrail.export.credentials import CredentialError
+from sealtrail.export.metrics import ExportMetrics
+from sealtrail.export.outcome import Outcome, OutcomeKind
+from sealtrail.export.routing import Router
+
+__all__ = ["ExportLoop", "LoopStatus"]
+
+log = logging.getLogger("sealtrail.export")
+
+#: How many rows one read takes from the store, in multiples of a batch.
+READ_BATCHES: Final = 4
+#: While paused, how often to look whether the credential changed (which resumes).
+PAUSED_POLL_SECONDS: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoopStatus:
+    """A snapshot of one export, for status APIs and tests."""
+
+    name: str
+    kind: str
+    cursor: int
+    paused: bool
+    pause_reason: str | None
+    last_error: str | None
+    consecutive_failures: int
+    interval_ms: int
+    interval_at_max: bool
+    credential_version: str | None
+    delivered_rows: int
+    rejected_row: str | None  # "tenant:tenant_seq" of the last row refused for good
+
+
+class ExportLoop:
+    """The loop of one export over one store."""
+
+    def __init__(
+        self,
+        spec: ExportSpec,
+        backend: Backend,
+        store: ChainStore,
+        router: Router,
+        metrics: ExportMetrics,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Set up; nothing runs until `run()`."""
+        self.spec = spec
+        self.name = spec.name
+        self.backend = backend
+        self.store = store
+        self.router = router
+        self.metrics = metrics
+        self.cursor = store.cursor(spec.name)
+        self.interval = AdaptiveInterval(spec.batch.interval_ms, spec.batch.max_interval_ms)
+        self.paused = spec.paused
+        self.pause_reason: str | None = "paused in the export's spec" if spec.paused else None
+        self.last_error: str | None = None
+        self.failures = 0
+        self.delivered_rows = 0
+        self.rejected_row: str | None = None
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._paused_credential: str | None = None
+        self._default_destination = backend.default_destination()
+        metrics.export_last_seq.labels(self.name).set(self.cursor)
+        metrics.interval.labels(self.name).set(self.interval.current_ms)
+        metrics.interval_max.labels(self.name).set(self.interval.max_ms)
+        metrics.paused.labels(self.name).set(1 if self.paused else 0)
+
+    # -- control -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New rows were stored: stop waiting out the interval."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the current attempt and return from `run()`."""
+        self._stopping = True
+        self._wake.set()
+
+    def pause(self, reason: str) -> None:
+        """Stop sending until resumed; say why everywhere a person looks."""
+        if not self.paused:
+            log.warning("export %s paused: %s", self.name, reason)
+        self.paused = True
+        self.pause_reason = reason
+        self._paused_credential = self._credential_version()
+        self.metrics.paused.labels(self.name).set(1)
+
+    def resume(self, why: str = "resumed") -> None:
+        """Start sending again, with a clean failure count."""
+        if self.paused:
+            log.info("export %s resumed: %s", self.name, why)
+        self.paused = False
+        self.pause_reason = None
+        self.failures = 0
+        self.metrics.paused.labels(self.name).set(0)
+        self._wake.set()
+
+    def status(self) -> LoopStatus:
+        """What this export is doing, right now."""
+        return LoopStatus(
+            name=self.name,
+            kind=self.spec.kind,
+            cursor=self.cursor,
+            paused=self.paused,
+            pause_reason=self.pause_reason,
+            last_error=self.last_error,
+            consecutive_failures=self.failures,
+            interval_ms=self.interval.current_ms,
+            interval_at_max=self.interval.at_max,
+            credential_version=self.backend.credential_version(),
+            delivered_rows=self.delivered_rows,
+            rejected_row=self.rejected_row,
+        )
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until `stop()`."""
+        await self._pump(deadline=None)
+
+    async def drain(self, deadline_seconds: float) -> bool:
+        """Deliver until nothing is left after the cursor, or until the deadline.
+
+        For the CLI, tests and graceful shutdown; True if everything was delivered.
+        """
+        return await self._pump(deadline=time.monotonic() + deadline_seconds)
+
+    async def _pump(self, deadline: float | None) -> bool:  # noqa: C901, PLR0912 - one loop, read top to bottom
+        """The loop proper. With a deadline, returns when drained (True) or out of time.
+
+        While a backlog lasts, the next rows are read from the store in a thread while the
+        current ones are being sent, so that disk and network waits overlap.
+        """
+        limit = min(self.backend.limits.max_events, self.spec.batch.max_events) * READ_BATCHES
+        ahead: asyncio.Task[list[StoredRow]] | None = None
+        try:
+            while not self._stopping:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                if self.paused:
+                    if deadline is not None:
+                        return False
+                    await self._wait_while_paused()
+                    continue
+                if ahead is not None:
+                    rows, ahead = await ahead, None
+                else:
+                    rows = await self._read(self.cursor, limit)
+                if not rows:
+                    if deadline is not None:
+                        return True
+                    self._set_interval(collapse=True)
+                    await self._sleep(self.interval.seconds)
+                    continue
+                backlog = len(rows) == limit
+                if backlog:
+                    ahead = asyncio.create_task(self._read(rows[-1].seq, limit))
+                if not await self._ship(rows):
+                    if ahead is not None:  # stale now: resume from the cursor
+                        ahead.cancel()
+                        ahead = None
+                    continue
+                if not backlog and deadline is None:
+                    self._set_interval(collapse=False)  # steady load: gather more per request
+                    await self._sleep(self.interval.seconds)
+            return False
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+
+    async def _read(self, after_seq: int, limit: int) -> list[StoredRow]:
+        return await asyncio.to_thread(self.store.export_rows, after_seq, limit)
+
+    async def _ship(self, rows: Sequence[StoredRow]) -> bool:
+        """Send what of `rows` is routed here; True once every row is done."""
+        routed = [item for item in (self._export_row(row) for row in rows) if item is not None]
+        for batch in plan_batches(routed, self.backend.row_size, self.backend.limits,
+                                  self.spec.batch):
+            if not await self._deliver(batch):
+                return False
+        await self._advance(rows[-1].seq)  # rows routed elsewhere are done for this export
+        return True
+
+    def _export_row(self, row: StoredRow) -> ExportRow | None:
+        route = self.router.route_for(self.name, row.tenant_id, row.event_type, row.severity)
+        if route is None:
+            return None
+        template = route.index or self._default_destination
+        rule = self.backend.destination_rule
+        destination = (
+            render_template(template, row.tenant_id, row.event_type, rule)
+            if template is not None and rule is not None
+            else template
+        )
+        return ExportRow(row.seq, row.tenant_id, row.tenant_seq, row.record_hash,
+                         row.event_type, row.severity, row.timestamp, bytes(row.body),
+                         destination)
+
+    async def _deliver(self, batch: list[ExportRow]) -> bool:
+        """Send one batch until every row is delivered; False if paused or stopped first."""
+        done: set[int] = set()  # indices into `batch`
+        window = len(batch)  # shrinks when the SIEM says a request is too large
+        attempt = 0
+        auth_retried = False
+        while len(done) < len(batch):
+            if self._stopping or self.paused:
+                return False
+            pending = [index for index in range(len(batch)) if index not in done][:window]
+            rows = [batch[index] for index in pending]
+            outcome = await self._attempt(rows)
+            delivered = set(range(len(rows))) if outcome.ok else set(outcome.delivered)
+            done.update(pending[index] for index in delivered)
+            await self._advance_prefix(batch, done)
+            if delivered:
+                self.delivered_rows += len(delivered)
+                self.metrics.events.labels(self.name).inc(len(delivered))
+                self.metrics.bytes.labels(self.name).inc(
+                    sum(len(rows[index].body) for index in delivered))
+            if outcome.ok:
+                self.failures = 0
+                self.last_error = None
+                attempt = 0
+                auth_retried = False
+                continue
+            self.last_error = outcome.reason
+            if outcome.kind is OutcomeKind.AUTH and not auth_retried:
+                auth_retried = True
+                self._refresh_credentials()
+                continue  # once, at once, with what the file says now
+            if outcome.kind is OutcomeKind.RETRYABLE:
+                self.metrics.failures.labels(self.name, "true").inc()
+                self._set_interval(collapse=False)
+                delay = outcome.retry_after_seconds
+                if delay is None:
+                    delay = full_jitter_seconds(attempt, self.spec.retry.initial_backoff_ms,
+                                                self.spec.retry.max_backoff_ms, self._rng)
+                attempt += 1
+                log.info("export %s: %s; retrying in %.2fs", self.name, outcome.reason, delay)
+                await self._sleep(delay)
+                continue
+            # PERMANENT, or AUTH a second time
+            if outcome.too_large and len(rows) > 1:
+                window = max(1, len(rows) // 2)
+                continue  # split, not a failure yet
+            if self._permanent(outcome, rows):
+                return False  # paused
+            await self._sleep(full_jitter_seconds(attempt, self.spec.retry.initial_backoff_ms,
+                                                  self.spec.retry.max_backoff_ms, self._rng))
+            attempt += 1
+        return True
+
+    async def _attempt(self, rows: list[ExportRow]) -> Outcome:
+        if len(rows) == 1 and self.backend.row_size(rows[0]) > self.backend.limits.max_row_bytes:
+            return Outcome(
+                OutcomeKind.PERMANENT,
+                f"row of {len(rows[0].body)} bytes is over the backend's limit of "
+                f"{self.backend.limits.max_row_bytes} per row; it is never truncated",
+                rejected_index=0,
+            )
+        started = time.perf_counter()
+        try:
+            outcome = await self.backend.send(rows)
+        except CredentialError as error:
+            outcome = Outcome(OutcomeKind.AUTH, str(error))
+        self.metrics.request_seconds.labels(self.name).observe(time.perf_counter() - started)
+        self.metrics.outcomes.labels(self.name, outcome.kind.value).inc()
+        return outcome
+
+    def _permanent(self, outcome: Outcome, rows: list[ExportRow]) -> bool:
+        """Record a permanent failure; True if it paused the export."""
+        self.failures += 1
+        self.metrics.failures.labels(self.name, "false").inc()
+        if outcome.rejected_index is not None and outcome.rejected_index < len(rows):
+            row = rows[outcome.rejected_index]
+            self.rejected_row = row.dedupe_key
+            self.metrics.rejected.labels(self.name).inc()
+            log.error("export %s: row %s (seq %d) refused: %s", self.name, row.dedupe_key,
+                      row.seq, outcome.reason)
+        else:
+            log.error("export %s: permanent failure: %s", self.name, outcome.reason)
+        if self.failures >= self.spec.retry.pause_after_failures:
+            self.pause(f"{self.failures} consecutive permanent failures; last: {outcome.reason}")
+            return True
+        return False
+
+    def _refresh_credentials(self) -> None:
+        try:
+            self.backend.refresh_credentials()
+        except CredentialError as error:
+            self.last_error = str(error)
+
+    # -- cursor, waiting, interval ---------------------------------------------------------
+
+    async def _advance_prefix(self, batch: list[ExportRow], done: set[int]) -> None:
+        prefix = 0
+        while prefix in done:
+            prefix += 1
+        if prefix:
+            await self._advance(batch[prefix - 1].seq)
+
+    async def _advance(self, seq: int) -> None:
+        if seq <= self.cursor:
+            return
+        await asyncio.to_thread(self.store.set_cursor, self.name, seq)
+        self.cursor = seq
+        self.metrics.export_last_seq.labels(self.name).set(seq)
+
+    def _set_interval(self, *, collapse: bool) -> None:
+        if collapse:
+            self.interval.collapse()
+        else:
+            self.interval.widen()
+        self.metrics.interval.labels(self.name).set(self.interval.current_ms)
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    async def _wait_while_paused(self) -> None:
+        await self._sleep(PAUSED_POLL_SECONDS)
+        if self.paused and not self._stopping:
+            current = self._credential_version(force=True)
+            if current is not None and current != self._paused_credential:
+                self.resume("the credential changed")
+
+    def _credential_version(self, *, force: bool = False) -> str | None:
+        if force:
+            with contextlib.suppress(CredentialError):
+                self.backend.refresh_credentials()
+        return self.backend.credential_version()
