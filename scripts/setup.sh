@@ -6,9 +6,9 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-# Debian packages that tests start as real peers (none yet for the chain store; the exporter
-# issue adds rsyslog and nats-server). Installed only when missing.
-debs=()
+# Debian packages that tests start as real peers: rsyslog (with GnuTLS) is the syslog receiver.
+# Installed only when missing.
+debs=(rsyslog rsyslog-gnutls)
 missing=()
 for deb in "${debs[@]}"; do
   dpkg -s "$deb" >/dev/null 2>&1 || missing+=("$deb")

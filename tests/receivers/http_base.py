@@ -119,7 +119,8 @@ class HttpReceiver:
             raise RuntimeError(f"cannot bind 127.0.0.1:{self.port}")
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -12,8 +12,9 @@ import ssl
 import httpx
 
 from sealtrail.api.export import TLSSpec
+from sealtrail.export.outcome import Outcome, OutcomeKind
 
-__all__ = ["HttpClients"]
+__all__ = ["HttpClients", "post"]
 
 
 class HttpClients:
@@ -54,3 +55,31 @@ def _ssl_context(tls: TLSSpec) -> ssl.SSLContext | bool:
     if tls.cert_file is not None:
         context.load_cert_chain(tls.cert_file, tls.key_file)
     return context
+
+
+async def post(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    content: bytes,
+    headers: dict[str, str],
+    timeout_seconds: float,
+    peer: str,
+) -> httpx.Response | Outcome:
+    """POST without following redirects; a transport failure becomes a RETRYABLE outcome.
+
+    Reasons carry the error's class name only: httpx messages can hold the URL, and a URL can
+    hold credentials. A timeout may hide a request that landed; resending it is what
+    at-least-once means, and the dedupe keys make the copy recognisable.
+    """
+    try:
+        return await client.post(url, content=content, headers=headers,
+                                 timeout=timeout_seconds, follow_redirects=False)
+    except httpx.TimeoutException as error:
+        return Outcome(OutcomeKind.RETRYABLE,
+                       f"no answer from {peer} within {timeout_seconds:g}s "
+                       f"({type(error).__name__})")
+    except httpx.HTTPError as error:
+        return Outcome(OutcomeKind.RETRYABLE, f"cannot reach {peer} ({type(error).__name__})")
+    except httpx.InvalidURL:
+        return Outcome(OutcomeKind.PERMANENT, f"invalid URL for {peer}")

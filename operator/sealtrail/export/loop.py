@@ -37,8 +37,9 @@ __all__ = ["ExportLoop", "LoopStatus"]
 
 log = logging.getLogger("sealtrail.export")
 
-#: How many rows one read takes from the store, in multiples of a batch.
-READ_BATCHES: Final = 4
+#: How many rows one read takes from the store, in multiples of a batch. With the read-ahead
+#: this bounds the rows an export holds in memory to about four batches, whatever the backlog.
+READ_BATCHES: Final = 2
 #: While paused, how often to look whether the credential changed (which resumes).
 PAUSED_POLL_SECONDS: Final = 1.0
 
@@ -227,8 +228,7 @@ class ExportLoop:
             else template
         )
         return ExportRow(row.seq, row.tenant_id, row.tenant_seq, row.record_hash,
-                         row.event_type, row.severity, row.timestamp, bytes(row.body),
-                         destination)
+                         row.event_type, row.severity, row.timestamp, row.body, destination)
 
     async def _deliver(self, batch: list[ExportRow]) -> bool:
         """Send one batch until every row is delivered; False if paused or stopped first."""

@@ -96,9 +96,10 @@ def _fit(value: str, rule: DestinationRule) -> str:
 
 
 def render_template(template: str, row_tenant: str, row_type: str, rule: DestinationRule) -> str:
-    """Substitute `${tenant:id}` and `${event:type}`, fitted to the backend's rule."""
+    """Substitute `${tenant:id}` and `${event:type}`, fitted to the backend's rule and length."""
     values = {"tenant:id": row_tenant, "event:type": row_type}
-    return _VARIABLE.sub(lambda match: _fit(values[match.group(1)], rule), template)
+    rendered = _VARIABLE.sub(lambda match: _fit(values[match.group(1)], rule), template)
+    return rendered[: rule.max_length]
 
 
 def check_template(template: str, rule: DestinationRule) -> None:
@@ -108,11 +109,11 @@ def check_template(template: str, rule: DestinationRule) -> None:
         raise TemplateError(
             f"unknown variable ${{{unknown[0]}}}; use ${{tenant:id}} or ${{event:type}}"
         )
+    if len(_VARIABLE.sub("", template)) > rule.max_length:
+        raise TemplateError(f"{rule.what} {template!r} is longer than {rule.max_length}")
     for sample in _SAMPLES:
         rendered = render_template(template, sample["tenant:id"], sample["event:type"], rule)
-        if len(rendered) > rule.max_length and not _VARIABLE.search(template):
-            raise TemplateError(f"{rule.what} {template!r} is longer than {rule.max_length}")
-        if not rule.pattern.match(rendered[: rule.max_length]):
+        if not rule.pattern.match(rendered):
             raise TemplateError(
                 f"{template!r} renders {rendered!r}, which is not a legal {rule.what}"
             )

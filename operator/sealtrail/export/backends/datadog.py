@@ -31,7 +31,7 @@ import orjson
 from sealtrail.api.export import DatadogSpec, ExportSpec
 from sealtrail.export.backends.base import Backend, BatchLimits, ExportRow
 from sealtrail.export.credentials import Credential, CredentialError
-from sealtrail.export.http import HttpClients
+from sealtrail.export.http import HttpClients, post
 from sealtrail.export.outcome import Outcome, OutcomeKind, classify_status, parse_retry_after
 
 __all__ = [
@@ -181,16 +181,9 @@ class DatadogBackend(Backend):
         }
         client = self.clients.get(self.spec.tls, self.spec.proxy_url)
         timeout = self.spec.retry.request_timeout_seconds
-        try:
-            response = await client.post(self.url, content=body, headers=headers,
-                                         timeout=timeout, follow_redirects=False)
-        except httpx.TimeoutException as error:
-            return Outcome(OutcomeKind.RETRYABLE,
-                           f"no answer from Datadog within {timeout:g}s ({type(error).__name__})")
-        except httpx.HTTPError as error:
-            return Outcome(OutcomeKind.RETRYABLE,
-                           f"cannot reach Datadog ({type(error).__name__})")
-        return _classify(response)
+        response = await post(client, self.url, content=body, headers=headers,
+                              timeout_seconds=timeout, peer="Datadog")
+        return response if isinstance(response, Outcome) else _classify(response)
 
 
 def _classify(response: httpx.Response) -> Outcome:

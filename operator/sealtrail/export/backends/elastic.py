@@ -36,7 +36,7 @@ from sealtrail.export.backends.base import (
     render_template,
 )
 from sealtrail.export.credentials import Credential, CredentialError
-from sealtrail.export.http import HttpClients
+from sealtrail.export.http import HttpClients, post
 from sealtrail.export.outcome import Outcome, OutcomeKind, classify_status, parse_retry_after
 
 __all__ = ["ElasticBackend"]
@@ -164,21 +164,10 @@ class ElasticBackend(Backend):
     async def _post(self, body: bytes, headers: dict[str, str]) -> httpx.Response | Outcome:
         """The response, or the Outcome of a request that got none."""
         client = self.clients.get(self.spec.tls, self.spec.proxy_url)
-        try:
-            return await client.post(
-                self._url,
-                content=body,
-                headers=headers,
-                timeout=self.spec.retry.request_timeout_seconds,
-            )
-        except httpx.TimeoutException as error:
-            # The request may have landed: resending is safe, `create` makes it idempotent.
-            return Outcome(OutcomeKind.RETRYABLE, f"timed out ({type(error).__name__})")
-        except httpx.HTTPError as error:
-            # Class name only: httpx messages can carry the URL, and a URL can carry userinfo.
-            return Outcome(OutcomeKind.RETRYABLE, f"request failed ({type(error).__name__})")
-        except httpx.InvalidURL:
-            return Outcome(OutcomeKind.PERMANENT, "invalid Elasticsearch URL")
+        # A timed-out request may have landed: resending is safe, `create` is idempotent.
+        return await post(client, self._url, content=body, headers=headers,
+                          timeout_seconds=self.spec.retry.request_timeout_seconds,
+                          peer="Elasticsearch")
 
 
 def _json_or_none(response: httpx.Response) -> Any:

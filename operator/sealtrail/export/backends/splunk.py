@@ -38,7 +38,7 @@ from sealtrail.export.backends.base import (
     render_template,
 )
 from sealtrail.export.credentials import Credential, CredentialError
-from sealtrail.export.http import HttpClients
+from sealtrail.export.http import HttpClients, post
 from sealtrail.export.outcome import Outcome, OutcomeKind, classify_status, parse_retry_after
 
 __all__ = ["SplunkBackend", "hec_base_url"]
@@ -93,6 +93,8 @@ _WORST_TIME: Final = "-99999999999.999999"
 _WORST_TENANT: Final = "t" * 63
 _WORST_SEQ: Final = 10**20 - 1
 _SAFETY_MARGIN: Final = 64
+#: Envelopes kept between sizing and sending, at most (about 10 batches of 1 MB).
+_ENCODED_LIMIT: Final = 20_000
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
@@ -117,7 +119,6 @@ def epoch_text(timestamp: str) -> str | None:
     return f"{'-' if micros < 0 else ''}{seconds}.{fraction:06d}"
 
 
-
 class SplunkBackend(Backend):
     """Splunk HEC `/services/collector/event`, with optional indexer acknowledgement."""
 
@@ -133,6 +134,7 @@ class SplunkBackend(Backend):
         self._token = Credential(spec.splunk.token)
         #: Every request of this instance carries it; ackIds are numbered per channel.
         self.channel = str(uuid.uuid4())
+        self._encoded: dict[tuple[int, str | None], bytes] = {}
         base = hec_base_url(spec.splunk.hec_url)
         self.event_url = base + _EVENT_PATH
         self.ack_url = base + _ACK_PATH
@@ -150,8 +152,16 @@ class SplunkBackend(Backend):
         return self._limits
 
     def row_size(self, row: ExportRow) -> int:
-        """The row's envelope and its newline: the request body is exactly their sum."""
-        return len(self.envelope(row)) + 1
+        """The row's envelope and its newline: the request body is exactly their sum.
+
+        The envelope is kept until `body` needs it: building it is most of the per-row cost,
+        and the loop sizes every row just before sending it.
+        """
+        encoded = self.envelope(row)
+        if len(self._encoded) >= _ENCODED_LIMIT:
+            self._encoded.clear()  # rows sized but never sent (a pause): start afresh
+        self._encoded[(row.seq, row.destination)] = encoded
+        return len(encoded) + 1
 
     def _worst_overhead(self) -> int:
         prefix = self._prefix(_WORST_TIME, "x" * _INDEX_RULE.max_length,
@@ -193,7 +203,11 @@ class SplunkBackend(Backend):
 
     def body(self, rows: Sequence[ExportRow]) -> bytes:
         """The request body: the rows' envelopes back to back, one per line, in order."""
-        return b"".join(self.envelope(row) + b"\n" for row in rows)
+        encoded = self._encoded
+        return b"".join(
+            (encoded.pop((row.seq, row.destination), None) or self.envelope(row)) + b"\n"
+            for row in rows
+        )
 
     def _headers(self, token: str) -> dict[str, str]:
         return {
@@ -222,7 +236,7 @@ class SplunkBackend(Backend):
                 "accepted by HEC without an ackId (indexer acknowledgement is off for this "
                 "token), so not confirmed as indexed", response.status_code,
             )
-        return Outcome.success("x")
+        return await self._wait_for_ack(client, ack_id)
 
     async def _post(self, client: httpx.AsyncClient, url: str, content: bytes,
                     seconds: float) -> tuple[httpx.Response, dict[str, Any] | None] | Outcome:
@@ -231,13 +245,10 @@ class SplunkBackend(Backend):
             token = self._token.value()
         except CredentialError as error:
             return Outcome(OutcomeKind.AUTH, f"HEC token: {error}")
-        try:
-            response = await client.post(url, content=content, headers=self._headers(token),
-                                         timeout=seconds)
-        except httpx.TimeoutException:
-            return Outcome(OutcomeKind.RETRYABLE, "HEC request timed out")
-        except httpx.HTTPError as error:
-            return Outcome(OutcomeKind.RETRYABLE, f"HEC unreachable: {type(error).__name__}")
+        response = await post(client, url, content=content, headers=self._headers(token),
+                              timeout_seconds=seconds, peer="HEC")
+        if isinstance(response, Outcome):
+            return response
         return response, _json_object(response.content)
 
     # -- indexer acknowledgement -----------------------------------------------------------

@@ -32,7 +32,7 @@ import httpx
 from sealtrail.api.export import ExportSpec, WebhookSpec
 from sealtrail.export.backends.base import Backend, BatchLimits, ExportRow
 from sealtrail.export.credentials import Credential, CredentialError
-from sealtrail.export.http import HttpClients
+from sealtrail.export.http import HttpClients, post
 from sealtrail.export.outcome import Outcome, OutcomeKind, classify_status, parse_retry_after
 
 __all__ = [
@@ -154,16 +154,9 @@ class WebhookBackend(Backend):
         }
         client = self.clients.get(self.spec.tls, self.spec.proxy_url)
         timeout = self.spec.retry.request_timeout_seconds
-        try:
-            response = await client.post(self.webhook.url, content=body, headers=headers,
-                                         timeout=timeout, follow_redirects=False)
-        except httpx.TimeoutException as error:
-            return Outcome(OutcomeKind.RETRYABLE, f"no answer from the webhook endpoint within "
-                                                  f"{timeout:g}s ({type(error).__name__})")
-        except httpx.HTTPError as error:
-            return Outcome(OutcomeKind.RETRYABLE,
-                           f"cannot reach the webhook endpoint ({type(error).__name__})")
-        return _classify(response)
+        response = await post(client, self.webhook.url, content=body, headers=headers,
+                              timeout_seconds=timeout, peer="the webhook endpoint")
+        return response if isinstance(response, Outcome) else _classify(response)
 
 
 def _classify(response: httpx.Response) -> Outcome:
