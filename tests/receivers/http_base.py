@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,8 +56,9 @@ def free_port() -> int:
 class HttpReceiver:
     """Base class: subclasses implement `handle(request) -> Response`."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.port = port or free_port()
+        self.tls = tls
         self.lock = threading.Lock()
         self.requests: list[Request] = []
         self.delay_seconds = 0.0
@@ -67,7 +69,7 @@ class HttpReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -118,6 +120,8 @@ class HttpReceiver:
         else:
             raise RuntimeError(f"cannot bind 127.0.0.1:{self.port}")
         server.daemon_threads = True
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)

@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,8 +95,9 @@ class WebhookReceiver(HttpReceiver):
 
     def __init__(self, secrets: list[str], *, port: int | None = None,
                  tolerance_seconds: float = TOLERANCE_SECONDS, deduplicate: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
-        super().__init__(port)
+                 clock: Callable[[], float] = time.time,
+                 tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(port, tls)
         self.keys = [secret_key(secret) for secret in secrets]
         self.tolerance_seconds = tolerance_seconds
         self.deduplicate = deduplicate

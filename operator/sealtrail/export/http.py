@@ -79,7 +79,9 @@ async def post(
         return Outcome(OutcomeKind.RETRYABLE,
                        f"no answer from {peer} within {timeout_seconds:g}s "
                        f"({type(error).__name__})")
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, ssl.SSLError, OSError) as error:
+        # httpx wraps most transport errors, but not a TLS 1.3 alert that comes after the
+        # handshake (a refused client certificate): that one arrives as a raw SSLError.
         return Outcome(OutcomeKind.RETRYABLE, f"cannot reach {peer} ({type(error).__name__})")
     except httpx.InvalidURL:
         return Outcome(OutcomeKind.PERMANENT, f"invalid URL for {peer}")

@@ -93,6 +93,7 @@ class ExportLoop:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self._wake = asyncio.Event()
         self._stopping = False
+        self._deadline: float | None = None  # of a drain in progress
         self._paused_credential: str | None = None
         self._default_destination = backend.default_destination()
         metrics.export_last_seq.labels(self.name).set(self.cursor)
@@ -168,6 +169,7 @@ class ExportLoop:
         """
         limit = min(self.backend.limits.max_events, self.spec.batch.max_events) * READ_BATCHES
         ahead: asyncio.Task[list[StoredRow]] | None = None
+        self._deadline = deadline
         try:
             while not self._stopping:
                 if deadline is not None and time.monotonic() >= deadline:
@@ -200,6 +202,7 @@ class ExportLoop:
                     await self._sleep(self.interval.seconds)
             return False
         finally:
+            self._deadline = None
             if ahead is not None:
                 ahead.cancel()
 
@@ -237,7 +240,7 @@ class ExportLoop:
         attempt = 0
         auth_retried = False
         while len(done) < len(batch):
-            if self._stopping or self.paused:
+            if self._stopping or self.paused or self._past_deadline():
                 return False
             pending = [index for index in range(len(batch)) if index not in done][:window]
             rows = [batch[index] for index in pending]
@@ -283,6 +286,9 @@ class ExportLoop:
             attempt += 1
         return True
 
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
     async def _attempt(self, rows: list[ExportRow]) -> Outcome:
         if len(rows) == 1 and self.backend.row_size(rows[0]) > self.backend.limits.max_row_bytes:
             return Outcome(
@@ -296,6 +302,10 @@ class ExportLoop:
             outcome = await self.backend.send(rows)
         except CredentialError as error:
             outcome = Outcome(OutcomeKind.AUTH, str(error))
+        except Exception as error:
+            log.exception("export %s: the %s backend raised", self.name, self.spec.kind)
+            outcome = Outcome(OutcomeKind.RETRYABLE,
+                              f"unexpected {type(error).__name__} in the {self.spec.kind} backend")
         self.metrics.request_seconds.labels(self.name).observe(time.perf_counter() - started)
         self.metrics.outcomes.labels(self.name, outcome.kind.value).inc()
         return outcome
@@ -347,6 +357,8 @@ class ExportLoop:
         self.metrics.interval.labels(self.name).set(self.interval.current_ms)
 
     async def _sleep(self, seconds: float) -> None:
+        if self._deadline is not None:  # a drain never waits past its deadline
+            seconds = max(0.0, min(seconds, self._deadline - time.monotonic()))
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
