@@ -28,6 +28,7 @@ from sealtrail.export.engine import ExportEngine
 
 from .conftest import events
 from .receivers.datadog import DatadogCase
+from .receivers.splunk import SplunkCase
 from .receivers.webhook import WebhookCase
 from .test_export_conformance import wait_for, write_credential
 
@@ -242,3 +243,36 @@ def test_routing_sends_each_row_only_where_it_belongs(tmp_path: Path, credential
     finally:
         first.close()
         second.close()
+
+
+def test_a_routes_index_and_sourcetype_reach_splunk(tmp_path: Path, credential: Path) -> None:
+    splunk = SplunkCase()
+    splunk.start()
+    try:
+        db = tmp_path / "audit.db"
+        with ChainStore(db) as store:
+            store.append(events(60, tenants=("Acme.EU", "globex")))
+            stored = [orjson.loads(row) for row in store.rows()]
+        config = ExportsConfig(
+            exports=[splunk.export_spec("hec", credential)],
+            routes=[
+                RouteRule(tenants=["Acme.*"], event_types=["safety.*"], exports=["hec"],
+                          index="audit_${tenant:id}", sourcetype="sealtrail:safety"),
+                RouteRule(exports=["hec"]),
+            ],
+        )
+
+        async def body(engine: ExportEngine, _: ChainStore) -> bool:
+            return await engine.drain(30)
+
+        drained, _ = engine_run(db, config, body)
+        assert drained
+        received = splunk.receiver.events
+        assert [orjson.loads(e.event)["seq"] for e in received] == [r["seq"] for r in stored]
+        for event, row in zip(received, stored, strict=True):
+            special = row["tenant_id"] == "Acme.EU" and row["event_type"].startswith("safety.")
+            assert event.index == ("audit_acme_eu" if special else None)
+            assert event.sourcetype == ("sealtrail:safety" if special else "sealtrail:audit")
+        assert any(e.sourcetype == "sealtrail:safety" for e in received)
+    finally:
+        splunk.close()

@@ -262,6 +262,8 @@ class RouteRule(_Model):
     min_severity: Severity = Severity.INFO
     exports: list[str] = Field(min_length=1)
     index: str | None = None
+    #: Splunk only: the sourcetype for these rows (else the export's own).
+    sourcetype: Annotated[str, Field(min_length=1, max_length=256)] | None = None
 
 
 class ExportsConfig(_Model):

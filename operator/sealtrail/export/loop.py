@@ -197,8 +197,10 @@ class ExportLoop:
                         ahead.cancel()
                         ahead = None
                     continue
+                # The queue was not empty: steady load widens the interval (fuller requests
+                # when the next cycle waits); a backlog is sent on at once, whatever it says.
+                self._set_interval(collapse=False)
                 if not backlog and deadline is None:
-                    self._set_interval(collapse=False)  # steady load: gather more per request
                     await self._sleep(self.interval.seconds)
             return False
         finally:
@@ -231,7 +233,8 @@ class ExportLoop:
             else template
         )
         return ExportRow(row.seq, row.tenant_id, row.tenant_seq, row.record_hash,
-                         row.event_type, row.severity, row.timestamp, row.body, destination)
+                         row.event_type, row.severity, row.timestamp, row.body, destination,
+                         route.sourcetype)
 
     async def _deliver(self, batch: list[ExportRow]) -> bool:
         """Send one batch until every row is delivered; False if paused or stopped first."""

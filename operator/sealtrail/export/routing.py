@@ -32,10 +32,11 @@ class RoutingError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One destination of a row: an export and the index template the rule gave, if any."""
+    """One destination of a row: an export, and the index and sourcetype the rule gave."""
 
     export: str
     index: str | None
+    sourcetype: str | None = None
 
 
 class Router:
@@ -75,14 +76,14 @@ class Router:
             routes: dict[str, Route] = {}
             for rule in tenant_rules:
                 for name in rule.exports:
-                    routes.setdefault(name, Route(name, rule.index))
+                    routes.setdefault(name, Route(name, rule.index, rule.sourcetype))
             return tuple(routes.values())
         rank = Severity(severity).rank
         for rule in tenant_rules:
             if rank >= rule.min_severity.rank and any(
                 fnmatchcase(event_type, glob) for glob in rule.event_types
             ):
-                return tuple(Route(name, rule.index) for name in rule.exports)
+                return tuple(Route(name, rule.index, rule.sourcetype) for name in rule.exports)
         return ()
 
     def route_for(self, export: str, tenant: str, event_type: str, severity: str) -> Route | None:

@@ -47,6 +47,7 @@ class ExportRow:
     timestamp: str  # RFC 3339 UTC, as in the row
     body: bytes  # canonical row JSON, exactly as stored and hashed
     destination: str | None = None  # rendered index / stream for this row, if any
+    sourcetype: str | None = None  # a route's Splunk sourcetype, if it sets one
 
     @property
     def dedupe_key(self) -> str:

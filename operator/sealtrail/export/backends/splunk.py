@@ -186,8 +186,9 @@ class SplunkBackend(Backend):
         return index[: _INDEX_RULE.max_length] if index else None
 
     def _prefix(self, time_text: str | None, index: str | None, dedupe_key: str,
-                record_hash: str) -> bytes:
-        meta: dict[str, Any] = {"source": self.splunk.source, "sourcetype": self.splunk.sourcetype}
+                record_hash: str, sourcetype: str | None = None) -> bytes:
+        meta: dict[str, Any] = {"source": self.splunk.source,
+                                "sourcetype": sourcetype or self.splunk.sourcetype}
         if index:
             meta["index"] = index
         meta["fields"] = {"dedupe_key": dedupe_key, "record_hash": record_hash}
@@ -198,7 +199,7 @@ class SplunkBackend(Backend):
     def envelope(self, row: ExportRow) -> bytes:
         """One HEC envelope: metadata beside the row, the row's stored bytes as `event`."""
         prefix = self._prefix(epoch_text(row.timestamp), self._index_for(row), row.dedupe_key,
-                              row.record_hash)
+                              row.record_hash, row.sourcetype)
         return prefix + row.body + b"}"
 
     def body(self, rows: Sequence[ExportRow]) -> bytes:
