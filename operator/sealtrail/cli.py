@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
 
+    worker = commands.add_parser("worker", help="run the worker: ingest, export, status")
+    worker.add_argument("--config", type=Path, required=True, help="worker config (YAML)")
+
     demo = commands.add_parser("demo", help="run the embedded demo end to end")
     demo.add_argument("--dir", type=Path, default=Path("demo-out"), help="where to put its files")
     return parser
@@ -122,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _checkpoint(args)
             case "verify":
                 return _verify(args)
+            case "worker":
+                from sealtrail.worker.main import run_worker  # noqa: PLC0415 - heavy imports
+
+                return run_worker(args.config)
             case "export":
                 from sealtrail.export.run import run_export  # noqa: PLC0415 - heavy imports
 

@@ -459,6 +459,46 @@ class ChainStore:
             ).fetchall()
         return [StoredRow(*values) for values in found]
 
+    def query(
+        self,
+        *,
+        tenant: str | None = None,
+        event_type: str | None = None,
+        severities: list[str] | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        after_seq: int = 0,
+        limit: int = 100,
+    ) -> list[bytes]:
+        """Stored rows matching every filter given, in seq order (for `GET /v1/events`).
+
+        `since`/`until` compare the rows' RFC 3339 UTC timestamps, which sort as text.
+        """
+        clauses = ["seq > ?"]
+        params: list[Any] = [after_seq]
+        for column, value in (("tenant_id", tenant), ("event_type", event_type)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if severities:
+            clauses.append("severity IN (" + ",".join("?" * len(severities)) + ")")
+            params.extend(severities)
+        if since is not None:
+            clauses.append("timestamp >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("timestamp < ?")
+            params.append(until)
+        sql = ("SELECT body FROM audit_rows WHERE " + " AND ".join(clauses)
+               + " ORDER BY seq LIMIT ?")
+        params.append(limit)
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, check_same_thread=False
+                )
+            return [bytes(body) for (body,) in self._reader.execute(sql, params)]
+
     # -- export cursors ----------------------------------------------------------------------
 
     def cursor(self, export_name: str) -> int:

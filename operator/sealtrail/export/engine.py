@@ -80,6 +80,7 @@ class ExportEngine:
             export.name: self._loop(export) for export in config.exports
         }
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
 
     def _loop(self, export: ExportSpec) -> ExportLoop:
         backend: Backend = backend_class(export.kind)(export, self.clients)
@@ -87,6 +88,7 @@ class ExportEngine:
 
     def start(self) -> None:
         """Start every loop as its own task (call inside a running event loop)."""
+        self._started = True
         self.metrics.last_seq.set(self.store.last_seq())
         for name, loop in self.loops.items():
             if name not in self._tasks:
@@ -110,6 +112,48 @@ class ExportEngine:
     def status(self) -> list[LoopStatus]:
         """Every export's status."""
         return [loop.status() for loop in self.loops.values()]
+
+    async def apply_config(self, config: ExportsConfig) -> list[str]:
+        """Apply a new config live: start new exports, restart changed ones, stop removed ones.
+
+        Unchanged exports keep running; every export keeps its cursor (it lives in the store).
+        A changed export starts afresh, unpaused unless its spec says so: a config change is
+        one of the ways out of a self-pause. Returns what changed, for the log.
+        """
+        validate_config(config)
+        router = Router(config.routes, [export.name for export in config.exports])
+        wanted = {export.name: export for export in config.exports}
+        changes = []
+        for name in list(self.loops):
+            if name not in wanted or wanted[name] != self.loops[name].spec:
+                await self._stop_loop(name)
+                if name not in wanted:
+                    self.metrics.forget(name)
+                    changes.append(f"removed {name}")
+        self.router = router
+        for name, export in wanted.items():
+            if name in self.loops:
+                self.loops[name].router = router
+                continue
+            self.loops[name] = self._loop(export)
+            changes.append(f"started {name}")
+            if self._started:
+                self._tasks[name] = asyncio.create_task(self.loops[name].run(),
+                                                        name=f"export-{name}")
+        self.config = config
+        return changes
+
+    async def _stop_loop(self, name: str) -> None:
+        loop = self.loops.pop(name)
+        loop.stop()
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            _, pending = await asyncio.wait([task], timeout=5.0)
+            for stuck in pending:
+                stuck.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stuck
+        await loop.backend.aclose()
 
     async def drain(self, deadline_seconds: float, names: Iterable[str] | None = None) -> bool:
         """Deliver everything stored so far (for the CLI and tests); True if all drained."""

@@ -1,0 +1,102 @@
+"""The worker's config file: store, checkpoints, ingest, back-pressure, routes, exports.
+
+`exports` and `routes` are the very models the `AuditExport` and `AuditPolicy` resources use, so
+the operator can render this file from them. Secrets are references (`{env:}`/`{file:}`), never
+values. See docs/worker-config.md for a full example.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from sealtrail.api.export import CredentialRef, ExportsConfig, _Model
+
+__all__ = [
+    "BackpressureSpec",
+    "CheckpointSpec",
+    "IngestSpec",
+    "IngestToken",
+    "NatsSpec",
+    "StoreSpec",
+    "WorkerConfig",
+]
+
+
+class StoreSpec(_Model):
+    """Where the chain store lives."""
+
+    path: str = "/var/lib/sealtrail/audit.db"
+    synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
+    default_tenant: Annotated[
+        str, Field(pattern=r"^(_system|[A-Za-z0-9][A-Za-z0-9_.-]{0,62})$")
+    ] = "default"
+
+
+class CheckpointSpec(_Model):
+    """Signed checkpoints: the key, and how often."""
+
+    signing_key: CredentialRef | None = None
+    every_rows: Annotated[int, Field(ge=1, le=10_000_000)] = 1000
+    every_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+
+    @model_validator(mode="after")
+    def _file_key(self) -> CheckpointSpec:
+        if self.signing_key is not None and self.signing_key.file is None:
+            raise ValueError("signingKey must be a {file: ...}: a PEM key does not fit in env")
+        return self
+
+
+class IngestToken(_Model):
+    """A bearer token, optionally bound to tenants (a request for another tenant gets 403)."""
+
+    token: CredentialRef
+    tenants: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+
+
+class BackpressureSpec(_Model):
+    """When ingest slows and then refuses or holds requests, by the lag of unpaused exports."""
+
+    high_watermark_rows: Annotated[int, Field(ge=1)] = 100_000
+    low_watermark_rows: Annotated[int, Field(ge=0)] = 50_000
+    mode: Literal["reject", "block"] = "reject"
+    slowdown_ms: Annotated[int, Field(ge=0, le=10_000)] = 50
+    retry_after_seconds: Annotated[int, Field(ge=1, le=3600)] = 5
+    block_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BackpressureSpec:
+        if self.low_watermark_rows >= self.high_watermark_rows:
+            raise ValueError("lowWatermarkRows must be below highWatermarkRows")
+        return self
+
+
+class IngestSpec(_Model):
+    """The ingest API."""
+
+    listen: Annotated[str, Field(pattern=r"^[^\s:]+:[0-9]{1,5}$")] = "127.0.0.1:8470"
+    tokens: list[IngestToken] = Field(default_factory=list)
+    max_body_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
+    max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+    backpressure: BackpressureSpec = Field(default_factory=BackpressureSpec)
+
+
+class NatsSpec(_Model):
+    """An optional NATS JetStream source (durable pull consumer; ack after commit)."""
+
+    url: Annotated[str, Field(pattern=r"^(nats|tls)://[^\s]+$")]
+    stream: str
+    subject: str
+    durable: str = "sealtrail"
+    batch: Annotated[int, Field(ge=1, le=10_000)] = 500
+
+
+class WorkerConfig(ExportsConfig):
+    """The whole worker config file."""
+
+    store: StoreSpec = Field(default_factory=StoreSpec)
+    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    ingest: IngestSpec = Field(default_factory=IngestSpec)
+    nats: NatsSpec | None = None
+    drain_timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 20.0

@@ -1,0 +1,1 @@
+"""The worker process: ingest API, status API, metrics, live reload, graceful drain."""

@@ -1,0 +1,291 @@
+"""The worker's HTTP API (aiohttp): ingest, status, query, metrics, health, resume.
+
+Every client mistake gets a 4xx with a JSON body naming what is wrong (the event's index and
+field), and a rejected batch stores nothing. A 5xx means the worker itself failed. Answers are
+given only after the store has committed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from fnmatch import fnmatchcase
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from sealtrail.api.errors import field_errors
+from sealtrail.api.event import Event, Severity
+from sealtrail.chain.store import EventTooLargeError, StoreError
+from sealtrail.export.credentials import Credential, CredentialError
+from sealtrail.worker.backpressure import RefusedError
+from sealtrail.worker.core import WorkerCore
+from sealtrail.worker.k8s_audit import K8sAuditError, map_event_list
+
+__all__ = ["build_app"]
+
+log = logging.getLogger("sealtrail.worker")
+
+CORE: Final = web.AppKey("core", WorkerCore)
+_TOKENS: Final = web.AppKey("tokens", list)
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), headers=headers,
+                        content_type="application/json")
+
+
+def _problem(status: int, error: str, problems: list[dict[str, Any]] | None = None,
+             headers: dict[str, str] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": error}
+    if problems:
+        body["problems"] = problems[:100]
+        if len(problems) > 100:
+            body["more_problems"] = len(problems) - 100
+    return _json(status, body, headers)
+
+
+# -- authentication --------------------------------------------------------------------------
+
+
+def _tenants_allowed(request: web.Request) -> list[str] | web.Response | None:
+    """The tenant globs the caller may write to; None when no token is configured."""
+    tokens: list[tuple[Credential, list[str]]] = request.app[_TOKENS]
+    if not tokens:
+        return None
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return _problem(401, "a bearer token is required",
+                        headers={"WWW-Authenticate": 'Bearer realm="sealtrail"'})
+    for credential, tenants in tokens:
+        try:
+            expected = credential.value()
+        except CredentialError:
+            log.exception("cannot read an ingest token (%s)", credential.ref.describe())
+            continue
+        if hmac.compare_digest(expected.encode(), given.strip().encode()):
+            return tenants
+    return _problem(401, "the bearer token is not valid",
+                    headers={"WWW-Authenticate": 'Bearer realm="sealtrail"'})
+
+
+def _check_tenants(events: list[Event], allowed: list[str] | None,
+                   default_tenant: str) -> web.Response | None:
+    if allowed is None:
+        return None
+    for index, event in enumerate(events):
+        tenant = event.tenant_id or default_tenant
+        if not any(fnmatchcase(tenant, glob) for glob in allowed):
+            return _problem(403, "this token may not write for that tenant", [
+                {"index": index, "field": "tenant_id", "message": f"tenant {tenant!r} is not "
+                 "among the tenants this token is bound to"}])
+    return None
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def _parse_events(raw: bytes, content_type: str) -> list[Event] | web.Response:  # noqa: C901
+    """One object, a JSON array, or NDJSON; every event validated, every problem named."""
+    documents: list[Any] = []
+    text = raw.strip()
+    if not text:
+        return _problem(400, "the body is empty; send an event, a JSON array or NDJSON")
+    if "ndjson" in content_type or (text[:1] == b"{" and b"\n" in text):
+        for number, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                documents.append(orjson.loads(line))
+            except orjson.JSONDecodeError as error:
+                return _problem(400, "malformed NDJSON", [
+                    {"line": number, "field": "", "message": f"not valid JSON: {error}"}])
+    else:
+        try:
+            parsed = orjson.loads(text)
+        except orjson.JSONDecodeError as error:
+            return _problem(400, "malformed JSON", [{"field": "", "message": str(error)}])
+        documents = parsed if isinstance(parsed, list) else [parsed]
+    problems = []
+    events = []
+    for index, document in enumerate(documents):
+        if not isinstance(document, dict):
+            problems.append({"index": index, "field": "",
+                             "message": "an event must be a JSON object"})
+            continue
+        try:
+            events.append(Event.model_validate(document))
+        except ValidationError as error:
+            problems.extend({"index": index, "field": problem.field, "message": problem.message}
+                            for problem in field_errors(error))
+    if problems:
+        return _problem(400, "invalid events; nothing of this batch was stored", problems)
+    return events
+
+
+async def _body(request: web.Request, core: WorkerCore) -> bytes | web.Response:
+    limit = core.config.ingest.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return _problem(413, f"the body is over the limit of {limit} bytes")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _problem(413, f"the body is over the limit of {limit} bytes")
+
+
+# -- handlers --------------------------------------------------------------------------------
+
+
+async def _store(request: web.Request, events: list[Event]) -> web.Response:
+    core = request.app[CORE]
+    limit = core.config.ingest.max_events_per_request
+    if len(events) > limit:
+        return _problem(413, f"{len(events)} events in one request; the limit is {limit}")
+    if not core.ready:
+        return _problem(503, "the worker is shutting down; nothing was stored",
+                        headers={"Retry-After": "5"})
+    try:
+        stored = await core.append(events)
+    except RefusedError as refused:
+        return _problem(429, str(refused),
+                        headers={"Retry-After": str(refused.retry_after_seconds)})
+    except EventTooLargeError as error:
+        return _problem(413, "an event is too large; nothing of this batch was stored", [
+            {"index": error.index, "field": "", "message": str(error).split(": ", 1)[-1]}])
+    except StoreError:
+        log.exception("store write failed")
+        return _problem(500, "the store could not be written; nothing of this batch was stored")
+    return _json(200, {
+        "stored": len(stored),
+        "events": [{"seq": s.seq, "tenant_id": s.tenant_id, "tenant_seq": s.tenant_seq,
+                    "record_hash": s.record_hash} for s in stored],
+    })
+
+
+async def post_events(request: web.Request) -> web.Response:
+    """`POST /v1/events`: one event, a JSON array of events, or NDJSON."""
+    core = request.app[CORE]
+    allowed = _tenants_allowed(request)
+    if isinstance(allowed, web.Response):
+        return allowed
+    raw = await _body(request, core)
+    if isinstance(raw, web.Response):
+        return raw
+    events = _parse_events(raw, request.content_type)
+    if isinstance(events, web.Response):
+        return events
+    refused = _check_tenants(events, allowed, core.config.store.default_tenant)
+    return refused or await _store(request, events)
+
+
+async def post_k8s_audit(request: web.Request) -> web.Response:
+    """`POST /v1/k8s-audit`: an `audit.k8s.io/v1` EventList from the apiserver's webhook."""
+    core = request.app[CORE]
+    allowed = _tenants_allowed(request)
+    if isinstance(allowed, web.Response):
+        return allowed
+    raw = await _body(request, core)
+    if isinstance(raw, web.Response):
+        return raw
+    try:
+        events = map_event_list(orjson.loads(raw))
+    except orjson.JSONDecodeError as error:
+        return _problem(400, "malformed JSON", [{"field": "", "message": str(error)}])
+    except K8sAuditError as error:
+        return _problem(400, str(error))
+    refused = _check_tenants(events, allowed, core.config.store.default_tenant)
+    return refused or await _store(request, events)
+
+
+async def get_events(request: web.Request) -> web.Response:
+    """`GET /v1/events?tenant=&type=&severity=&since=&until=&after_seq=&limit=`."""
+    allowed = _tenants_allowed(request)
+    if isinstance(allowed, web.Response):
+        return allowed
+    query = request.query
+    tenant = query.get("tenant")
+    if allowed is not None and (tenant is None or not any(
+            fnmatchcase(tenant, glob) for glob in allowed)):
+        return _problem(403, "this token may only read its own tenants; name one with ?tenant=")
+    severities = query.getall("severity", [])
+    unknown = [value for value in severities if value not in Severity.__members__]
+    if unknown:
+        return _problem(400, f"severity: unknown value {unknown[0]!r}")
+    try:
+        after_seq = int(query.get("after_seq", "0"))
+        limit = min(int(query.get("limit", "100")), 10_000)
+    except ValueError:
+        return _problem(400, "after_seq and limit must be integers")
+    rows = request.app[CORE].store.query(
+        tenant=tenant, event_type=query.get("type"), severities=severities or None,
+        since=query.get("since"), until=query.get("until"), after_seq=after_seq,
+        limit=max(limit, 1))
+    return web.Response(body=b"".join(row + b"\n" for row in rows),
+                        content_type="application/x-ndjson")
+
+
+async def get_status(request: web.Request) -> web.Response:
+    """`GET /v1/status`: delivery truth per export, chain heads per tenant."""
+    return _json(200, request.app[CORE].status())
+
+
+async def resume_export(request: web.Request) -> web.Response:
+    """`POST /v1/exports/{name}/resume`."""
+    allowed = _tenants_allowed(request)
+    if isinstance(allowed, web.Response):
+        return allowed
+    core = request.app[CORE]
+    name = request.match_info["name"]
+    if name not in core.engine.loops:
+        return _problem(404, f"no export named {name!r}")
+    core.engine.resume(name)
+    return _json(200, {"resumed": name})
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    """`GET /metrics`: Prometheus text format."""
+    return web.Response(body=generate_latest(request.app[CORE].registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(_: web.Request) -> web.Response:
+    """Alive: the process answers."""
+    return _json(200, {"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: the store is open and ingest accepts (503 while draining)."""
+    core = request.app[CORE]
+    if not core.ready:
+        return _json(503, {"ready": False, "reason": "starting or shutting down"})
+    return _json(200, {"ready": True})
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as error:  # aiohttp's own 404/405/413: keep them JSON
+        return _problem(error.status, error.reason)
+    return response
+
+
+def build_app(core: WorkerCore) -> web.Application:
+    """The aiohttp application for `core`."""
+    app = web.Application(client_max_size=core.config.ingest.max_body_bytes,
+                          middlewares=[_errors])
+    app[CORE] = core
+    app[_TOKENS] = [(Credential(item.token), item.tenants) for item in core.config.ingest.tokens]
+    app.router.add_post("/v1/events", post_events)
+    app.router.add_post("/v1/k8s-audit", post_k8s_audit)
+    app.router.add_get("/v1/events", get_events)
+    app.router.add_get("/v1/status", get_status)
+    app.router.add_post("/v1/exports/{name}/resume", resume_export)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
