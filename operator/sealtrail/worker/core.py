@@ -84,12 +84,20 @@ class WorkerCore:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer
-        unpaused = [name for name, loop in self.engine.loops.items() if not loop.paused]
-        await self.engine.stop(grace_seconds=1.0)
-        drained = await self.engine.drain(timeout_seconds, unpaused) if unpaused else True
-        await self.engine.clients.aclose()
+        # The running loops deliver; wake them so none waits out its interval, and watch
+        # every unpaused cursor reach the last stored row.
+        target = await asyncio.to_thread(self.store.last_seq)
+        deadline = asyncio.get_running_loop().time() + timeout_seconds
+        while True:
+            behind = [loop for loop in self.engine.loops.values()
+                      if not loop.paused and loop.cursor < target]
+            if not behind or asyncio.get_running_loop().time() >= deadline:
+                break
+            self.engine.notify()
+            await asyncio.sleep(0.05)
+        await self.engine.stop(grace_seconds=5.0)
         self.store.close()
-        return drained
+        return not behind
 
     # -- ingest --------------------------------------------------------------------------
 
