@@ -26,6 +26,25 @@ import orjson
 SUCCESS = b'{"text":"Success","code":0}'
 
 
+def read_envelopes(body: bytes) -> tuple[int, int, dict[str, list[int]]]:
+    """Events, untagged events, and {ingest request id: [sent_ns, events]} of one HEC body."""
+    events = untagged = 0
+    per_request: dict[str, list[int]] = {}
+    for line in body.splitlines():  # sealtrail writes one envelope per line
+        if not line.strip():
+            continue
+        row = orjson.loads(line)["event"]
+        events += 1
+        extra = row.get("extra") or {}
+        bench_id, sent = extra.get("bench_id"), extra.get("sent_ns")
+        if bench_id is None or sent is None:
+            untagged += 1
+            continue
+        entry = per_request.setdefault(bench_id.rpartition(".")[0], [int(sent), 0])
+        entry[1] += 1
+    return events, untagged, per_request
+
+
 def main() -> None:
     port, token = int(sys.argv[1]), sys.argv[2]
     lock = threading.Lock()
@@ -61,25 +80,11 @@ def main() -> None:
             if self.headers.get("authorization") != f"Splunk {token}":
                 self.answer(403, b'{"text":"Invalid token","code":4}')
                 return
-            events = untagged = 0
-            per_request: dict[str, list[int]] = {}
             try:
-                for line in body.splitlines():
-                    if not line.strip():
-                        continue
-                    envelope = orjson.loads(line)
-                    if "event" not in envelope:
-                        self.answer(400, b'{"text":"Event field is required","code":12}')
-                        return
-                    events += 1
-                    extra = envelope["event"].get("extra") or {}
-                    bench_id, sent = extra.get("bench_id"), extra.get("sent_ns")
-                    if bench_id is None or sent is None:
-                        untagged += 1
-                        continue
-                    request_id = bench_id.rpartition(".")[0]
-                    entry = per_request.setdefault(request_id, [int(sent), 0])
-                    entry[1] += 1
+                events, untagged, per_request = read_envelopes(body)
+            except KeyError:
+                self.answer(400, b'{"text":"Event field is required","code":12}')
+                return
             except (orjson.JSONDecodeError, AttributeError, ValueError):
                 self.answer(400, b'{"text":"Invalid data format","code":6}')
                 return

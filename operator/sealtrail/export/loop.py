@@ -95,6 +95,7 @@ class ExportLoop:
         self._stopping = False
         self._deadline: float | None = None  # of a drain in progress
         self._paused_credential: str | None = None
+        self._self_paused = False
         self._default_destination = backend.default_destination()
         metrics.export_last_seq.labels(self.name).set(self.cursor)
         metrics.interval.labels(self.name).set(self.interval.current_ms)
@@ -112,12 +113,17 @@ class ExportLoop:
         self._stopping = True
         self._wake.set()
 
-    def pause(self, reason: str) -> None:
-        """Stop sending until resumed; say why everywhere a person looks."""
+    def pause(self, reason: str, *, self_paused: bool = False) -> None:
+        """Stop sending until resumed; say why everywhere a person looks.
+
+        Only a self-pause (after permanent failures) resumes by itself when the credential
+        changes; a pause a person asked for waits for a person.
+        """
         if not self.paused:
             log.warning("export %s paused: %s", self.name, reason)
         self.paused = True
         self.pause_reason = reason
+        self._self_paused = self_paused
         self._paused_credential = self._credential_version()
         self.metrics.paused.labels(self.name).set(1)
 
@@ -326,7 +332,8 @@ class ExportLoop:
         else:
             log.error("export %s: permanent failure: %s", self.name, outcome.reason)
         if self.failures >= self.spec.retry.pause_after_failures:
-            self.pause(f"{self.failures} consecutive permanent failures; last: {outcome.reason}")
+            self.pause(f"{self.failures} consecutive permanent failures; last: {outcome.reason}",
+                       self_paused=True)
             return True
         return False
 
@@ -368,7 +375,7 @@ class ExportLoop:
 
     async def _wait_while_paused(self) -> None:
         await self._sleep(PAUSED_POLL_SECONDS)
-        if self.paused and not self._stopping:
+        if self.paused and self._self_paused and not self._stopping:
             current = self._credential_version(force=True)
             if current is not None and current != self._paused_credential:
                 self.resume("the credential changed")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any, Final
 
@@ -18,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from sealtrail.api.errors import field_errors
-from sealtrail.api.event import Event, Severity
+from sealtrail.api.event import Event, Severity, format_timestamp
 from sealtrail.chain.store import EventTooLargeError, StoreError
 from sealtrail.export.credentials import Credential, CredentialError
 from sealtrail.worker.backpressure import RefusedError
@@ -67,7 +68,8 @@ def _tenants_allowed(request: web.Request) -> list[str] | web.Response | None:
         except CredentialError:
             log.exception("cannot read an ingest token (%s)", credential.ref.describe())
             continue
-        if hmac.compare_digest(expected.encode(), given.strip().encode()):
+        if hmac.compare_digest(expected.encode(),
+                               given.strip().encode("utf-8", "surrogateescape")):
             return tenants
     return _problem(401, "the bearer token is not valid",
                     headers={"WWW-Authenticate": 'Bearer realm="sealtrail"'})
@@ -89,13 +91,22 @@ def _check_tenants(events: list[Event], allowed: list[str] | None,
 # -- parsing ---------------------------------------------------------------------------------
 
 
-def _parse_events(raw: bytes, content_type: str) -> list[Event] | web.Response:  # noqa: C901
+def _parse_events(  # noqa: C901, PLR0912 - one pass over the body, every problem kept
+    raw: bytes, content_type: str
+) -> list[Event] | web.Response:
     """One object, a JSON array, or NDJSON; every event validated, every problem named."""
     documents: list[Any] = []
     text = raw.strip()
     if not text:
         return _problem(400, "the body is empty; send an event, a JSON array or NDJSON")
-    if "ndjson" in content_type or (text[:1] == b"{" and b"\n" in text):
+    whole: Any = None
+    if "ndjson" not in content_type:
+        try:
+            whole = orjson.loads(text)
+        except orjson.JSONDecodeError as error:
+            if not (text[:1] == b"{" and b"\n" in text):  # not NDJSON either
+                return _problem(400, "malformed JSON", [{"field": "", "message": str(error)}])
+    if whole is None:
         for number, line in enumerate(raw.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -105,11 +116,7 @@ def _parse_events(raw: bytes, content_type: str) -> list[Event] | web.Response: 
                 return _problem(400, "malformed NDJSON", [
                     {"line": number, "field": "", "message": f"not valid JSON: {error}"}])
     else:
-        try:
-            parsed = orjson.loads(text)
-        except orjson.JSONDecodeError as error:
-            return _problem(400, "malformed JSON", [{"field": "", "message": str(error)}])
-        documents = parsed if isinstance(parsed, list) else [parsed]
+        documents = whole if isinstance(whole, list) else [whole]
     problems = []
     events = []
     for index, document in enumerate(documents):
@@ -201,7 +208,7 @@ async def post_k8s_audit(request: web.Request) -> web.Response:
     return refused or await _store(request, events)
 
 
-async def get_events(request: web.Request) -> web.Response:
+async def get_events(request: web.Request) -> web.Response:  # noqa: PLR0911
     """`GET /v1/events?tenant=&type=&severity=&since=&until=&after_seq=&limit=`."""
     allowed = _tenants_allowed(request)
     if isinstance(allowed, web.Response):
@@ -220,10 +227,22 @@ async def get_events(request: web.Request) -> web.Response:
         limit = min(int(query.get("limit", "100")), 10_000)
     except ValueError:
         return _problem(400, "after_seq and limit must be integers")
+    bounds: dict[str, str | None] = {}
+    for name in ("since", "until"):
+        given = query.get(name)
+        if given is None:
+            bounds[name] = None
+            continue
+        try:
+            moment = datetime.fromisoformat(given)
+        except ValueError:
+            return _problem(400, f"{name}: not an RFC 3339 timestamp")
+        if moment.tzinfo is None:
+            return _problem(400, f"{name}: needs a timezone ('Z' or an offset)")
+        bounds[name] = format_timestamp(moment)  # the one spelling rows use, so text compares
     rows = request.app[CORE].store.query(
         tenant=tenant, event_type=query.get("type"), severities=severities or None,
-        since=query.get("since"), until=query.get("until"), after_seq=after_seq,
-        limit=max(limit, 1))
+        since=bounds["since"], until=bounds["until"], after_seq=after_seq, limit=max(limit, 1))
     return web.Response(body=b"".join(row + b"\n" for row in rows),
                         content_type="application/x-ndjson")
 

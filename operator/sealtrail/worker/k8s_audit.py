@@ -45,14 +45,20 @@ def _text(value: Any, limit: int) -> str | None:
 
 def map_event(item: dict[str, Any]) -> Event:
     """One audit.k8s.io Event as a sealtrail event (raises ValidationError if it cannot be)."""
-    ref = item.get("objectRef") or {}
-    user = item.get("user") or {}
-    status = item.get("responseStatus") or {}
-    annotations = item.get("annotations") or {}
+    parts = {}
+    for name in ("objectRef", "user", "responseStatus", "annotations"):
+        part = item.get(name) or {}
+        if not isinstance(part, dict):
+            raise K8sAuditError(f"{name}: must be an object")
+        parts[name] = part
+    ref, user = parts["objectRef"], parts["user"]
+    status, annotations = parts["responseStatus"], parts["annotations"]
     verb = str(item.get("verb") or "unknown")
     resource = str(ref.get("resource") or "")
     code = int(status.get("code") or 0)
-    decision = annotations.get("authorization.k8s.io/decision")
+    # The apiserver writes "allow" or "forbid".
+    decision = {"allow": "allow", "forbid": "deny", "deny": "deny"}.get(
+        str(annotations.get("authorization.k8s.io/decision")))
     extra = {
         "audit_id": _text(item.get("auditID"), 128),
         "stage": _text(item.get("stage"), 64),
@@ -70,7 +76,7 @@ def map_event(item: dict[str, Any]) -> Event:
         "tenant_id": ref.get("namespace") or SYSTEM_TENANT,
         "timestamp": item.get("stageTimestamp") or item.get("requestReceivedTimestamp"),
         "action": f"{verb} {resource}".strip()[:256],
-        "decision": decision if decision in ("allow", "deny") else None,
+        "decision": decision,
         "reason": _text(annotations.get("authorization.k8s.io/reason"), 16_000),
         "identity": _text(user.get("username"), 1024),
         "extra": {key: value for key, value in extra.items() if value},

@@ -74,6 +74,11 @@ def _invalid_counter(registry: CollectorRegistry) -> Counter:
     return counter
 
 
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 class StreamMissingError(Exception):
     """The configured stream does not exist; sealtrail does not create it."""
 
@@ -103,6 +108,7 @@ class NatsSource:
         self.status = NatsStatus()
         self.invalid_total = _invalid_counter(core.registry)
         self._stopping = asyncio.Event()
+        self._closing = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -123,7 +129,7 @@ class NatsSource:
                 self.status.last_error = str(error)
                 log.error("%s", error)  # noqa: TRY400 - the message is the point, not a traceback
             except (nats.errors.Error, OSError) as error:
-                self.status.last_error = f"{type(error).__name__}: {error}"
+                self.status.last_error = _describe(error)
                 log.warning("NATS source: %s; reconnecting in %.1fs",
                             self.status.last_error, backoff)
             self.status.connected = False
@@ -157,12 +163,13 @@ class NatsSource:
         """Connect; nats-py then reconnects by itself, forever, buffering what we publish."""
 
         async def on_error(error: Exception) -> None:
-            self.status.last_error = f"{type(error).__name__}: {error}"
+            self.status.last_error = _describe(error)
             log.warning("NATS: %s", self.status.last_error)
 
         async def on_disconnect() -> None:
             self.status.connected = False
-            log.warning("NATS: disconnected from %s; reconnecting", self._where())
+            if not self._closing:
+                log.warning("NATS: disconnected from %s; reconnecting", self._where())
 
         async def on_reconnect() -> None:
             self.status.connected = True
@@ -196,6 +203,7 @@ class NatsSource:
                                        stream=self.spec.stream, config=config)
 
     async def _session(self) -> None:
+        self._closing = False
         client = await self._connect()
         try:
             sub = await self._subscribe(client.jetstream())
@@ -211,11 +219,15 @@ class NatsSource:
                     return
                 try:
                     messages = await sub.fetch(self.spec.batch, timeout=FETCH_TIMEOUT_SECONDS)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises its own or asyncio's: nothing came
                     continue
                 await self._handle(client, messages, ack_wait)
         finally:
+            self._closing = True
             with contextlib.suppress(Exception):
+                if client.is_connected:
+                    # Acks and naks are fire-and-forget; make sure the server has them.
+                    await client.flush(timeout=2)
                 await client.close()
 
     async def _wait_for_backpressure(self) -> bool:
@@ -289,7 +301,7 @@ class NatsSource:
                                                "over the store's limit")
                 continue
             except Exception as error:  # noqa: BLE001 - any store failure: keep the batch, retry
-                self.status.last_error = f"{type(error).__name__}: {error}"
+                self.status.last_error = _describe(error)
                 log.warning("NATS source could not store %d events (%s); retrying in %.1fs",
                             len(held), self.status.last_error, backoff)
                 if not await self._hold(held, backoff):
