@@ -25,6 +25,7 @@ from sealtrail.export.credentials import Credential
 from sealtrail.export.engine import ConfigError
 from sealtrail.worker.core import WorkerCore
 from sealtrail.worker.http import _TOKENS, build_app
+from sealtrail.worker.nats_source import NatsSource
 
 __all__ = ["run_worker"]
 
@@ -61,6 +62,8 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     site = web.TCPSite(runner, host, int(port))
     await site.start()
     core.start()
+    source = NatsSource(core, config.nats) if config.nats is not None else None
+    nats_task = asyncio.create_task(source.run(), name="nats-source") if source else None
     log.info("worker listening on %s, %d exports", config.ingest.listen, len(core.engine.loops))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,6 +76,9 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
+    if source is not None and nats_task is not None:
+        source.stop()  # its last batch is committed and acked while the store is open
+        await nats_task
     core.ready = False  # requests still in flight finish; new ones get 503
     await site.stop()
     drained = await core.drain_and_stop(core.config.drain_timeout_seconds)

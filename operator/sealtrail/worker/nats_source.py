@@ -173,6 +173,7 @@ class NatsSource:
 
         async def on_reconnect() -> None:
             self.status.connected = True
+            self.status.last_error = None
             log.info("NATS: reconnected to %s", self._where())
 
         return await self._until_stopped(nats.connect(
