@@ -6,9 +6,10 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-# Debian packages that tests start as real peers: rsyslog (with GnuTLS) is the syslog receiver.
+# Debian packages that tests start as real peers: rsyslog (with GnuTLS) is the syslog receiver,
+# nats-server the JetStream source.
 # Installed only when missing.
-debs=(rsyslog rsyslog-gnutls)
+debs=(rsyslog rsyslog-gnutls nats-server)
 missing=()
 for deb in "${debs[@]}"; do
   dpkg -s "$deb" >/dev/null 2>&1 || missing+=("$deb")
