@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any, Final
@@ -173,8 +174,10 @@ async def _store(request: web.Request, events: list[Event]) -> web.Response:
     })
 
 
-async def post_events(request: web.Request) -> web.Response:
-    """`POST /v1/events`: one event, a JSON array of events, or NDJSON."""
+async def _ingest(
+    request: web.Request, parse: Callable[[bytes], list[Event] | web.Response]
+) -> web.Response:
+    """Authenticate, read the body, parse it into events, check tenants, store."""
     core = request.app[CORE]
     allowed = _tenants_allowed(request)
     if isinstance(allowed, web.Response):
@@ -182,30 +185,31 @@ async def post_events(request: web.Request) -> web.Response:
     raw = await _body(request, core)
     if isinstance(raw, web.Response):
         return raw
-    events = _parse_events(raw, request.content_type)
+    events = parse(raw)
     if isinstance(events, web.Response):
         return events
     refused = _check_tenants(events, allowed, core.config.store.default_tenant)
     return refused or await _store(request, events)
 
 
+async def post_events(request: web.Request) -> web.Response:
+    """`POST /v1/events`: one event, a JSON array of events, or NDJSON."""
+    return await _ingest(request, lambda raw: _parse_events(raw, request.content_type))
+
+
 async def post_k8s_audit(request: web.Request) -> web.Response:
     """`POST /v1/k8s-audit`: an `audit.k8s.io/v1` EventList from the apiserver's webhook."""
-    core = request.app[CORE]
-    allowed = _tenants_allowed(request)
-    if isinstance(allowed, web.Response):
-        return allowed
-    raw = await _body(request, core)
-    if isinstance(raw, web.Response):
-        return raw
+    return await _ingest(request, _parse_k8s_audit)
+
+
+def _parse_k8s_audit(raw: bytes) -> list[Event] | web.Response:
     try:
         events = map_event_list(orjson.loads(raw))
     except orjson.JSONDecodeError as error:
         return _problem(400, "malformed JSON", [{"field": "", "message": str(error)}])
     except K8sAuditError as error:
         return _problem(400, str(error))
-    refused = _check_tenants(events, allowed, core.config.store.default_tenant)
-    return refused or await _store(request, events)
+    return events
 
 
 async def get_events(request: web.Request) -> web.Response:  # noqa: PLR0911
