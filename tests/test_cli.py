@@ -144,6 +144,9 @@ def test_demo_runs_end_to_end(cli: Cli, tmp_path: Path) -> None:
     assert orjson.loads(result.stdout.splitlines()[-1]) == {"demo": "ok", "rows": 606}
     assert b"verdict: tampered (exit code 1)" in result.stdout
     assert b"verdict: truncated (exit code 2)" in result.stdout
+    assert b"606 rows delivered" in result.stdout
+    assert b"606 rows in 3 tenant chains" in result.stdout
+    assert b"signed checkpoints, all valid" in result.stdout
 
 
 def test_verify_shows_progress_on_a_terminal_only(tmp_path: Path) -> None:
