@@ -10,14 +10,11 @@ in CloudWatch's own JSON error form, before moto sees the request.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,29 +125,6 @@ class MotoFront(HttpReceiver):
     def __init__(self, moto: MotoServer) -> None:
         super().__init__()
         self.moto = moto
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-
-    def start(self) -> None:
-        super().start()
-        server = self._server
-        assert server is not None
-        forward = server.process_request
-
-        def track(request: Any, client_address: Any) -> None:
-            with self._connections_lock:
-                self._connections.add(request)
-            forward(request, client_address)
-
-        server.process_request = track  # type: ignore[method-assign]
-
-    def stop(self) -> None:
-        super().stop()
-        with self._connections_lock:
-            connections, self._connections = self._connections, set()
-        for connection in connections:  # a pooled keep-alive connection must fail too
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
 
     def handle(self, request: Request) -> Response:
         connection = http.client.HTTPConnection("127.0.0.1", self.moto.port, timeout=30)

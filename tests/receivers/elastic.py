@@ -38,10 +38,8 @@ backing index, so a rollover between two sends could let a duplicate through).
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import re
-import socket
 import threading
 import time
 import uuid
@@ -179,39 +177,9 @@ class ElasticReceiver(HttpReceiver):
         self._item_failures: list[_ItemFailure] = []
         self._store_lock = threading.RLock()
         self._seq_no = 0
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Listen, and remember every accepted connection so that `stop` can cut it."""
-        super().start()
-        server = self._server
-        assert server is not None
-        accept = server.process_request
-
-        def track(request: Any, client_address: Any) -> None:
-            with self._connections_lock:
-                self._connections.add(request)
-            accept(request, client_address)
-
-        server.process_request = track  # type: ignore[method-assign]
-
-    def stop(self) -> None:
-        """Go down for real: refuse new connections and cut pooled keep-alive ones too.
-
-        The base class only closes the listening socket; a client's idle keep-alive connection
-        would still be served by its handler thread, and an outage would not be one.
-        """
-        super().stop()
-        with self._connections_lock:
-            connections, self._connections = self._connections, set()
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-    # -- configuration ---------------------------------------------------------------------
 
     def accept(self, scheme: Scheme | None, credential: str = "") -> None:
         """Accept only this scheme and credential from now on (None: security disabled)."""
