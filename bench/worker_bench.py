@@ -7,12 +7,13 @@ temp dir (`synchronous: FULL`, no checkpoint key) and drives it from this proces
 keep-alive connections (`http.client`, one connection per thread), ~500-byte events as JSON
 arrays. Measures, in order:
 
-1. Durable ingest rate: closed loop, batches of 500, with 1, 2 and 4 connections for a few
-   seconds each, then `--seconds` with the best of them. Only events the worker answered 200 for
-   count, and it answers after the commit. No exports, back-pressure watermarks out of reach.
-2. Ingest latency at a steady 5,000 events/s, open loop (requests leave on a fixed schedule,
-   whatever the answers do; latency runs from the scheduled send to the end of the 200), both as
-   100 requests/s of 50 events and as 10 requests/s of 500.
+1. Durable ingest rate: closed loop, batches of 500. With the default one ingest process, 1, 2
+   and 4 connections for a few seconds each; with `ingest.processes: 2`, 2, 4 and 8 connections,
+   then `--seconds` with the best of them (the headline figure). Only events the worker answered
+   200 for count, and it answers after the commit. No exports, watermarks out of reach.
+2. Ingest latency at a steady 5,000 events/s (one process), open loop (requests leave on a
+   fixed schedule, whatever the answers do; latency runs from the scheduled send to the end of
+   the 200), both as 100 requests/s of 50 events and as 10 requests/s of 500.
 3. End to end through a second worker with one Splunk export (default batching and
    back-pressure) to `bench/hec_sink_latency.py`, a loopback HEC in its own process that notes
    when each event arrives: 5,000 events/s open loop, latency from ingest request start to
@@ -36,6 +37,7 @@ import os
 import queue
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -59,7 +61,9 @@ from export_bench import free_port, rss_kib
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token-0001"  # noqa: S105 - the loopback sink's, not a secret
 STEADY_RATE = 5_000  # events/s for the latency measurements
-SWEEP = (1, 2, 4)  # connections tried for the ingest rate
+SWEEP = (1, 2, 4)  # connections tried for the ingest rate, one process
+INGEST_PROCESSES = 2  # ingest.processes for the durable-ingest figure
+SWEEP_SHARED = (2, 4, 8)  # connections tried with INGEST_PROCESSES (spread by SO_REUSEPORT)
 SWEEP_SECONDS = 6.0
 WARMUP_SECONDS = 5.0  # of the end-to-end closed loop, before the sink's rate counts
 E2E_CONNECTIONS = 2  # concurrent senders for the end-to-end closed loop
@@ -76,14 +80,15 @@ class Worker:
     """One `sealtrail worker` process, its config, store and log in `directory`."""
 
     def __init__(self, directory: Path, name: str, *, exports: list[dict[str, Any]] | None = None,
-                 backpressure: dict[str, Any] | None = None) -> None:
+                 backpressure: dict[str, Any] | None = None, processes: int = 1) -> None:
         """Write the config (a free port, `synchronous: FULL`); start nothing yet."""
         self.port = free_port()
-        ingest: dict[str, Any] = {"listen": f"127.0.0.1:{self.port}"}
+        self.db = directory / f"{name}.db"
+        ingest: dict[str, Any] = {"listen": f"127.0.0.1:{self.port}", "processes": processes}
         if backpressure is not None:
             ingest["backpressure"] = backpressure
         config: dict[str, Any] = {
-            "store": {"path": str(directory / f"{name}.db"), "synchronous": "FULL"},
+            "store": {"path": str(self.db), "synchronous": "FULL"},
             "ingest": ingest,
             "drainTimeoutSeconds": 5,
         }
@@ -118,6 +123,19 @@ class Worker:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"worker not ready after 30 s: {self.tail()}")
+
+    def pids(self) -> list[int]:
+        """The first process and the further ingest processes it started."""
+        found = [self.pid]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == self.pid:
+                    found.append(int(entry.name))
+        return found
 
     def tail(self) -> str:
         """The end of the worker's log, for an error message."""
@@ -179,15 +197,17 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return spent(Path(f"/proc/{pid}/stat")), spent(Path(f"/proc/{pid}/task/{pid}/stat"))
 
 
-def with_cpu(pid: int, load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run `load`; add the CPU the worker and this process (the load generator) spent on it."""
-    worker_before, main_before = cpu_seconds(pid)
+def with_cpu(pids: list[int], load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run `load`; add the CPU the worker's processes and this one (the load) spent on it."""
+    before = [cpu_seconds(pid) for pid in pids]
     client_before = time.process_time()
     result = load()
-    worker_after, main_after = cpu_seconds(pid)
+    after = [cpu_seconds(pid) for pid in pids]
     elapsed, events = result["seconds"], max(1, result["events"])
-    total, main = worker_after - worker_before, main_after - main_before
+    total = sum(end[0] - start[0] for start, end in zip(before, after, strict=True))
+    main = sum(end[1] - start[1] for start, end in zip(before, after, strict=True))
     result["cpu"] = {
+        "worker_processes": len(pids),
         "worker_cores": round(total / elapsed, 2),
         "worker_event_loop_thread_cores": round(main / elapsed, 2),
         "worker_other_threads_cores": round((total - main) / elapsed, 2),
@@ -501,32 +521,47 @@ def breakdown(directory: Path, lines: list[bytes], batches: int = 40) -> dict[st
 # -- the run ---------------------------------------------------------------------------------
 
 
+def sweep_connections(worker: Worker, factory: Factory, tried: tuple[int, ...]
+                      ) -> tuple[dict[int, int], int]:
+    """Closed loop with each number of connections for a few seconds; rates and events sent."""
+    sweep, sent = {}, 0
+    for connections in tried:
+        result = closed_loop(worker.port, factory, connections, SWEEP_SECONDS)
+        check(result)
+        sweep[connections] = result["events_per_second"]
+        sent += result["events"]
+        print(f"  ingest, {connections} connection(s), {SWEEP_SECONDS:.0f} s: "
+              f"{result['events_per_second']:,} events/s", flush=True)
+    return sweep, sent
+
+
+def check_stored(worker: Worker, sent: int) -> int:
+    """The store's row count (read from the file), which must be every event answered 200."""
+    reader = sqlite3.connect(f"file:{worker.db}?mode=ro", uri=True)
+    try:
+        last_seq = int(reader.execute("SELECT COUNT(*) FROM audit_rows").fetchone()[0])
+    finally:
+        reader.close()
+    if last_seq != sent:
+        raise RuntimeError(f"the store holds {last_seq} rows; the worker answered 200 "
+                           f"for {sent} events")
+    return last_seq
+
+
 def measure_ingest(directory: Path, args: argparse.Namespace, lines: list[bytes],
                    rss: RssSampler, figures: dict[str, Any]) -> None:
-    worker = Worker(directory, "ingest", backpressure={
-        "highWatermarkRows": 1_000_000_000, "lowWatermarkRows": 500_000_000})
+    """Ingest with the default one process (rate and latency), then with two (rate)."""
+    unreachable = {"highWatermarkRows": 1_000_000_000, "lowWatermarkRows": 500_000_000}
+    big = plain_factory(lines, BATCH)
+    worker = Worker(directory, "ingest", backpressure=unreachable)
     try:
         worker.start()
         rss.pid = worker.pid
         time.sleep(1.0)
         figures["rss_mib"]["ingest worker at rest"] = round((rss_kib(worker.pid) or 0) / 1024, 1)
-        big = plain_factory(lines, BATCH)
         rss.phase = "ingest"
-        sweep = {}
-        sent = 0
-        for connections in SWEEP:
-            result = closed_loop(worker.port, big, connections, SWEEP_SECONDS)
-            check(result)
-            sweep[connections] = result["events_per_second"]
-            sent += result["events"]
-            print(f"  ingest, {connections} connection(s), {SWEEP_SECONDS:.0f} s: "
-                  f"{result['events_per_second']:,} events/s", flush=True)
-        best = max(sweep, key=lambda connections: sweep[connections])
-        main = with_cpu(worker.pid, lambda: closed_loop(worker.port, big, best, args.seconds))
-        check(main)
-        print(f"  ingest, {best} connection(s), {args.seconds:.0f} s: "
-              f"{main['events_per_second']:,} events/s", flush=True)
-        sent += main["events"]
+        print("  one ingest process (the default)", flush=True)
+        sweep, sent = sweep_connections(worker, big, SWEEP)
         rss.phase = "latency"
         latency = {}
         for per_request in (50, BATCH):
@@ -539,19 +574,48 @@ def measure_ingest(directory: Path, args: argparse.Namespace, lines: list[bytes]
                   f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
                   f"max {result['max_ms']} ms", flush=True)
         rss.phase = "after ingest"
-        last_seq = get_json(worker.port, "/v1/status")["last_seq"]
-        if last_seq != sent:
-            raise RuntimeError(f"the store holds {last_seq} rows; the worker answered 200 "
-                               f"for {sent} events")
+        last_seq = check_stored(worker, sent)
     finally:
         worker.stop()
-    figures["ingest"] = {"sweep_events_per_second": sweep, "sweep_seconds": SWEEP_SECONDS,
-                         "best_connections": best, **strip(main)}
+    figures["ingest_one_process"] = {"sweep_events_per_second": sweep,
+                                     "sweep_seconds": SWEEP_SECONDS,
+                                     "events_stored": last_seq}
     figures["ingest_latency"] = {name: strip(result) for name, result in latency.items()}
     figures["rss_mib"]["ingest worker peak, ingest only"] = rss.peak_mib("ingest")
     figures["rss_mib"]["ingest worker peak, 5,000 events/s"] = rss.peak_mib("latency")
-    figures["events_stored_by_the_ingest_worker"] = last_seq
-    figures["ingest"]["connections"] = best
+
+    worker = Worker(directory, "ingest2", backpressure=unreachable, processes=INGEST_PROCESSES)
+    try:
+        worker.start()
+        time.sleep(1.0)
+        pids = worker.pids()
+        if len(pids) != INGEST_PROCESSES:
+            raise RuntimeError(f"expected {INGEST_PROCESSES} worker processes, found {pids}")
+        figures["rss_mib"][f"{INGEST_PROCESSES}-process worker at rest, each"] = [
+            round((rss_kib(pid) or 0) / 1024, 1) for pid in pids]
+        print(f"  {INGEST_PROCESSES} ingest processes (ingest.processes: {INGEST_PROCESSES})",
+              flush=True)
+        # The headline run first, on an empty store; then the sweep, on the store it left.
+        # Not the best connection count of a sweep: with few connections, where the kernel's
+        # hash puts them decides the figure (two on one process leave the other idle).
+        best = max(SWEEP_SHARED)
+        main = with_cpu(pids, lambda: closed_loop(worker.port, big, best, args.seconds))
+        check(main)
+        sent = main["events"]
+        print(f"  durable ingest, {INGEST_PROCESSES} processes, {best} connections, "
+              f"{args.seconds:.0f} s, empty store at start: {main['events_per_second']:,} "
+              "events/s", flush=True)
+        print(f"  then, on the {sent:,} rows stored:", flush=True)
+        sweep2, swept = sweep_connections(worker, big, SWEEP_SHARED)
+        sent += swept
+        figures["rss_mib"][f"{INGEST_PROCESSES}-process worker after load, each"] = [
+            round((rss_kib(pid) or 0) / 1024, 1) for pid in pids]
+        last_seq = check_stored(worker, sent)
+    finally:
+        worker.stop()
+    figures["ingest"] = {"processes": INGEST_PROCESSES, "sweep_events_per_second": sweep2,
+                         "sweep_seconds": SWEEP_SECONDS, "connections": best,
+                         "events_stored": last_seq, **strip(main)}
 
 
 def measure_end_to_end(directory: Path, args: argparse.Namespace, rss: RssSampler,
@@ -590,7 +654,7 @@ def measure_end_to_end(directory: Path, args: argparse.Namespace, rss: RssSample
         rss.phase = "e2e max"
         connections = E2E_CONNECTIONS
         started_ns = time.time_ns()
-        flat_out = with_cpu(worker.pid, lambda: closed_loop(
+        flat_out = with_cpu(worker.pids(), lambda: closed_loop(
             worker.port, tagged_factory(prefixes, BATCH, "m"), connections,
             args.seconds + WARMUP_SECONDS))
         ended_ns = time.time_ns()
@@ -630,7 +694,8 @@ def strip(result: dict[str, Any]) -> dict[str, Any]:
 
 def cpu_rows(phase: str, cpu: dict[str, float]) -> list[tuple[str, str]]:
     return [
-        (f"{phase}: worker CPU, cores (event-loop thread + other threads)",
+        ((f"{phase}: worker CPU, cores, {cpu['worker_processes']} process(es) "
+         "(event-loop threads + other threads)"),
          (f"{cpu['worker_cores']} ({cpu['worker_event_loop_thread_cores']} + "
           f"{cpu['worker_other_threads_cores']})")),
         (f"{phase}: worker CPU per event (µs)", f"{cpu['worker_cpu_us_per_event']}"),
@@ -639,15 +704,20 @@ def cpu_rows(phase: str, cpu: dict[str, float]) -> list[tuple[str, str]]:
 
 
 def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
-    ingest = figures["ingest"]
+    one, ingest = figures["ingest_one_process"], figures["ingest"]
     rows: list[tuple[str, str]] = [
-        (f"ingest, closed loop, {n} connection(s), {SWEEP_SECONDS:.0f} s (events/s)", f"{rate:,}")
-        for n, rate in ingest["sweep_events_per_second"].items()
+        (f"ingest, 1 process, {n} connection(s), {SWEEP_SECONDS:.0f} s (events/s)", f"{rate:,}")
+        for n, rate in one["sweep_events_per_second"].items()
     ]
-    label = (f"durable ingest, {ingest['connections']} connection(s), "
-             f"{ingest['seconds']:.0f} s (events/s)")
+    label = (f"durable ingest, {ingest['processes']} processes, {ingest['connections']} "
+             f"connections, {ingest['seconds']:.0f} s, empty store at start (events/s)")
     rows.append((label, f"{ingest['events_per_second']:,}"))
     rows += cpu_rows("durable ingest", ingest["cpu"])
+    rows += [
+        ((f"then {ingest['processes']} processes, {n} connections, {SWEEP_SECONDS:.0f} s "
+          "(events/s)"), f"{rate:,}")
+        for n, rate in ingest["sweep_events_per_second"].items()
+    ]
     for name, result in figures["ingest_latency"].items():
         rows.append((f"ingest latency at 5,000 events/s, {name}, p50/p99/max (ms)",
                      f"{result['p50_ms']} / {result['p99_ms']} / {result['max_ms']}"))

@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run the worker: ingest, export, status")
     worker.add_argument("--config", type=Path, required=True, help="worker config (YAML)")
+    worker.add_argument("--ingest-process", help=argparse.SUPPRESS)  # set by the worker itself
 
     demo = commands.add_parser("demo", help="run the embedded demo end to end")
     demo.add_argument("--dir", type=Path, default=Path("demo-out"), help="where to put its files")
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             case "worker":
                 from sealtrail.worker.main import run_worker  # noqa: PLC0415 - heavy imports
 
-                return run_worker(args.config)
+                return run_worker(args.config, args.ingest_process)
             case "export":
                 from sealtrail.export.run import run_export  # noqa: PLC0415 - heavy imports
 

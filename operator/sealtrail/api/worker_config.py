@@ -80,6 +80,9 @@ class IngestSpec(_Model):
     max_body_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
     max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     backpressure: BackpressureSpec = Field(default_factory=BackpressureSpec)
+    #: Processes taking ingest requests on the listen address. One Python process validates and
+    #: appends on one core; more share the port and the store (the first also runs the exports).
+    processes: Annotated[int, Field(ge=1, le=32)] = 1
 
 
 class NatsSpec(_Model):

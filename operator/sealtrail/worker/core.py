@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,16 +25,24 @@ from sealtrail.chain.store import ChainStore, CheckpointPolicy, Stored
 from sealtrail.export.engine import ExportEngine
 from sealtrail.worker.backpressure import Backpressure
 
-__all__ = ["WorkerCore"]
+__all__ = ["FOLLOW_SECONDS", "IngestCore", "WorkerCore"]
 
 log = logging.getLogger("sealtrail.worker")
 
+#: How often the worker looks for rows committed by other processes.
+FOLLOW_SECONDS = 0.01
 
-class WorkerCore:
-    """One worker: a store, its export engine, and the gate in front of it."""
 
-    def __init__(self, config: WorkerConfig, registry: CollectorRegistry) -> None:
-        """Open the store and build the exports (nothing runs until `start`)."""
+class IngestCore:
+    """What every ingest process has: the store, the back-pressure gate, the ingest count.
+
+    A worker with `ingest.processes > 1` runs one `WorkerCore` (which also owns the exports)
+    and plain `IngestCore`s in its other processes; their lag comes from the first.
+    """
+
+    def __init__(self, config: WorkerConfig, registry: CollectorRegistry,
+                 lag: Callable[[], int]) -> None:
+        """Open the store (signing checkpoints if a key is configured)."""
         self.config = config
         self.registry = registry
         policy = None
@@ -45,22 +53,70 @@ class WorkerCore:
         Path(config.store.path).parent.mkdir(parents=True, exist_ok=True)
         self.store = ChainStore(config.store.path, synchronous=config.store.synchronous,
                                 default_tenant=config.store.default_tenant, checkpoints=policy)
-        self.engine = ExportEngine(self.store, config, registry)
         self.last_seq = self.store.last_seq()
-        self.backpressure = Backpressure(config.ingest.backpressure, self.lag, registry)
+        self.backpressure = Backpressure(config.ingest.backpressure, lag, registry)
         self.ingested = Counter("sealtrail_audit_ingested_events_total",
                                 "Events stored through the worker.", registry=registry)
         self.ready = False
-        self._timer: asyncio.Task[None] | None = None
+        # One request at a time validates or appends in this process. Without it, the event
+        # loop validating the next request (pydantic holds the GIL throughout) starves the
+        # store thread of the GIL while it holds the store's write lock, and every other
+        # ingest process waits on that lock: two processes were then barely faster than one.
+        # Concurrency comes from more processes, not from threads fighting over one GIL.
+        self.cpu = asyncio.Lock()
+
+    async def append(self, events: Sequence[Event]) -> list[Stored]:
+        """Pass back-pressure, store the batch in one transaction, say so."""
+        await self.backpressure.admit()
+        async with self.cpu:
+            stored = await asyncio.to_thread(self.store.append, list(events))
+        if stored:
+            self.last_seq = max(self.last_seq, stored[-1].seq)
+            self.ingested.inc(len(stored))
+            self.appended(self.last_seq)
+        return stored
+
+    def appended(self, last_seq: int) -> None:
+        """Rows up to `last_seq` were just committed here (a hook for the exports)."""
+
+
+class WorkerCore(IngestCore):
+    """One worker: a store, its export engine, and the gate in front of it."""
+
+    def __init__(self, config: WorkerConfig, registry: CollectorRegistry) -> None:
+        """Open the store and build the exports (nothing runs until `start`)."""
+        super().__init__(config, registry, self.lag)
+        self.engine = ExportEngine(self.store, config, registry)
+        self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the exports and the checkpoint timer."""
+        """Start the exports, the checkpoint timer, and the watch for other writers."""
         self.engine.start()
         if self.store.checkpoint_policy is not None:
-            self._timer = asyncio.create_task(self._checkpoints(), name="checkpoint-timer")
+            self._tasks.append(asyncio.create_task(self._checkpoints(), name="checkpoint-timer"))
+        self._tasks.append(asyncio.create_task(self._follow_store(), name="store-follower"))
         self.ready = True
+
+    async def _follow_store(self) -> None:
+        """Notice rows other processes commit (ingest processes, `sealtrail append`).
+
+        `PRAGMA data_version` changes on any other connection's commit and costs next to
+        nothing, so polling it every few milliseconds keeps exports and lag current without
+        any message passing between processes.
+        """
+        version = await asyncio.to_thread(self.store.data_version)
+        while True:
+            await asyncio.sleep(FOLLOW_SECONDS)
+            current = await asyncio.to_thread(self.store.data_version)
+            if current == version:
+                continue
+            version = current
+            last = await asyncio.to_thread(self.store.last_seq)
+            if last > self.last_seq:
+                self.last_seq = last
+                self.engine.notify(last)
 
     async def _checkpoints(self) -> None:
         policy = self.store.checkpoint_policy
@@ -80,10 +136,10 @@ class WorkerCore:
         durable cursor on the next start: a backlog is delayed, never lost.
         """
         self.ready = False
-        if self._timer is not None:
-            self._timer.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
+                await task
         # The running loops deliver; wake them so none waits out its interval, and watch
         # every unpaused cursor reach the last stored row.
         target = await asyncio.to_thread(self.store.last_seq)
@@ -106,15 +162,9 @@ class WorkerCore:
         cursors = [loop.cursor for loop in self.engine.loops.values() if not loop.paused]
         return max((self.last_seq - cursor for cursor in cursors), default=0)
 
-    async def append(self, events: Sequence[Event]) -> list[Stored]:
-        """Pass back-pressure, store the batch in one transaction, wake the exports."""
-        await self.backpressure.admit()
-        stored = await asyncio.to_thread(self.store.append, list(events))
-        if stored:
-            self.last_seq = max(self.last_seq, stored[-1].seq)
-            self.ingested.inc(len(stored))
-            self.engine.notify(self.last_seq)
-        return stored
+    def appended(self, last_seq: int) -> None:
+        """Wake the exports: there is more to send."""
+        self.engine.notify(last_seq)
 
     async def reload(self, config: WorkerConfig) -> list[str]:
         """Apply a new config's exports and routes live (store settings need a restart)."""

@@ -14,6 +14,7 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any, Final
 
+import aiohttp
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,18 +22,25 @@ from pydantic import TypeAdapter, ValidationError
 
 from sealtrail.api.errors import format_path
 from sealtrail.api.event import Event, Severity, format_timestamp
+from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.chain.store import EventTooLargeError, StoreError
 from sealtrail.export.credentials import Credential, CredentialError
 from sealtrail.worker.backpressure import RefusedError
-from sealtrail.worker.core import WorkerCore
+from sealtrail.worker.core import IngestCore, WorkerCore
 from sealtrail.worker.k8s_audit import K8sAuditError, map_event_list
 
-__all__ = ["build_app"]
+__all__ = ["CORE", "INGEST", "TOKENS", "build_app", "build_ingest_app", "tokens_of"]
 
 log = logging.getLogger("sealtrail.worker")
 
 CORE: Final = web.AppKey("core", WorkerCore)
-_TOKENS: Final = web.AppKey("tokens", list)
+INGEST: Final = web.AppKey("ingest", IngestCore)
+TOKENS: Final = web.AppKey("tokens", list)
+_PRIMARY: Final = web.AppKey("primary", aiohttp.ClientSession)
+
+#: Headers a forwarded request or answer keeps; nothing else crosses between processes.
+_FORWARDED_REQUEST: Final = ("Authorization", "Content-Type", "Accept")
+_FORWARDED_ANSWER: Final = ("Content-Type", "Retry-After", "WWW-Authenticate")
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -55,7 +63,7 @@ def _problem(status: int, error: str, problems: list[dict[str, Any]] | None = No
 
 def _tenants_allowed(request: web.Request) -> list[str] | web.Response | None:
     """The tenant globs the caller may write to; None when no token is configured."""
-    tokens: list[tuple[Credential, list[str]]] = request.app[_TOKENS]
+    tokens: list[tuple[Credential, list[str]]] = request.app[TOKENS]
     if not tokens:
         return None
     header = request.headers.get("Authorization", "")
@@ -156,7 +164,7 @@ def _parse_events(raw: bytes, content_type: str) -> list[Event] | web.Response: 
         return _invalid(error, None if text[:1] == b"[" else 0)
 
 
-async def _body(request: web.Request, core: WorkerCore) -> bytes | web.Response:
+async def _body(request: web.Request, core: IngestCore) -> bytes | web.Response:
     limit = core.config.ingest.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return _problem(413, f"the body is over the limit of {limit} bytes")
@@ -170,7 +178,7 @@ async def _body(request: web.Request, core: WorkerCore) -> bytes | web.Response:
 
 
 async def _store(request: web.Request, events: list[Event]) -> web.Response:
-    core = request.app[CORE]
+    core = request.app[INGEST]
     limit = core.config.ingest.max_events_per_request
     if len(events) > limit:
         return _problem(413, f"{len(events)} events in one request; the limit is {limit}")
@@ -199,14 +207,15 @@ async def _ingest(
     request: web.Request, parse: Callable[[bytes], list[Event] | web.Response]
 ) -> web.Response:
     """Authenticate, read the body, parse it into events, check tenants, store."""
-    core = request.app[CORE]
+    core = request.app[INGEST]
     allowed = _tenants_allowed(request)
     if isinstance(allowed, web.Response):
         return allowed
     raw = await _body(request, core)
     if isinstance(raw, web.Response):
         return raw
-    events = parse(raw)
+    async with core.cpu:
+        events = parse(raw)
     if isinstance(events, web.Response):
         return events
     refused = _check_tenants(events, allowed, core.config.store.default_tenant)
@@ -318,18 +327,62 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     return response
 
 
+def tokens_of(config: WorkerConfig) -> list[tuple[Credential, list[str]]]:
+    """The ingest tokens of a config, each with the tenants it may write."""
+    return [(Credential(item.token), item.tenants) for item in config.ingest.tokens]
+
+
+def _ingest_routes(app: web.Application, core: IngestCore) -> None:
+    app[INGEST] = core
+    app[TOKENS] = tokens_of(core.config)
+    app.router.add_post("/v1/events", post_events)
+    app.router.add_post("/v1/k8s-audit", post_k8s_audit)
+    app.router.add_get("/healthz", healthz)
+
+
 def build_app(core: WorkerCore) -> web.Application:
     """The aiohttp application for `core`."""
     app = web.Application(client_max_size=core.config.ingest.max_body_bytes,
                           middlewares=[_errors])
+    _ingest_routes(app, core)
     app[CORE] = core
-    app[_TOKENS] = [(Credential(item.token), item.tenants) for item in core.config.ingest.tokens]
-    app.router.add_post("/v1/events", post_events)
-    app.router.add_post("/v1/k8s-audit", post_k8s_audit)
     app.router.add_get("/v1/events", get_events)
     app.router.add_get("/v1/status", get_status)
     app.router.add_post("/v1/exports/{name}/resume", resume_export)
     app.router.add_get("/metrics", get_metrics)
-    app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def build_ingest_app(core: IngestCore, primary: aiohttp.ClientSession) -> web.Application:
+    """The application of a further ingest process: ingest here, the rest from the first.
+
+    The kernel hands each connection to whichever process accepts it, so every process must
+    answer every path; status, metrics, queries and resume belong to the process that runs
+    the exports, and are forwarded to it over `primary` (a session on its private socket).
+    """
+    app = web.Application(client_max_size=core.config.ingest.max_body_bytes,
+                          middlewares=[_errors])
+    _ingest_routes(app, core)
+    app[_PRIMARY] = primary
+    app.router.add_route("*", "/{path:.*}", _forward)
+    return app
+
+
+async def _forward(request: web.Request) -> web.Response:
+    """Ask the first process, and answer with what it said."""
+    headers = {name: request.headers[name] for name in _FORWARDED_REQUEST
+               if name in request.headers}
+    body = await request.read() if request.can_read_body else None
+    try:
+        async with request.app[_PRIMARY].request(
+                request.method, f"http://worker{request.rel_url}", data=body,
+                headers=headers) as answer:
+            payload = await answer.read()
+            kept = {name: answer.headers[name] for name in _FORWARDED_ANSWER
+                    if name in answer.headers}
+            return web.Response(status=answer.status, body=payload, headers=kept)
+    except aiohttp.ClientError:
+        log.warning("cannot reach the worker's first process for %s", request.path)
+        return _problem(503, "the worker is starting or shutting down",
+                        headers={"Retry-After": "1"})

@@ -21,33 +21,31 @@ from prometheus_client import CollectorRegistry
 
 from sealtrail.api.configfile import ConfigFileError, load_config
 from sealtrail.api.worker_config import WorkerConfig
-from sealtrail.export.credentials import Credential
 from sealtrail.export.engine import ConfigError
+from sealtrail.worker.config_watch import watch_config
 from sealtrail.worker.core import WorkerCore
-from sealtrail.worker.http import _TOKENS, build_app
+from sealtrail.worker.http import TOKENS, build_app, tokens_of
+from sealtrail.worker.ingest_process import run_ingest_process
 from sealtrail.worker.nats_source import NatsSource
+from sealtrail.worker.processes import IngestProcesses, listen_socket
 
 __all__ = ["run_worker"]
 
 log = logging.getLogger("sealtrail.worker")
 
-WATCH_SECONDS = 1.0
 
+def run_worker(config_path: Path, ingest_process: str | None = None) -> int:
+    """Run until SIGTERM/SIGINT; return the exit status.
 
-def run_worker(config_path: Path) -> int:
-    """Run until SIGTERM/SIGINT; return the exit status."""
+    `ingest_process` (`PID:SOCKET` of the first process): run as one of the further ingest
+    processes the first one starts.
+    """
+    if ingest_process is not None:
+        return run_ingest_process(config_path, ingest_process)
     logging.basicConfig(level=os.environ.get("SEALTRAIL_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = load_config(config_path, WorkerConfig)
     return asyncio.run(_serve(config_path, config))
-
-
-def _identity(path: Path) -> tuple[int, int, float] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return (info.st_ino, info.st_size, info.st_mtime)
 
 
 async def _serve(config_path: Path, config: WorkerConfig) -> int:
@@ -58,10 +56,14 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     app = build_app(core)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host, port = config.ingest.listen.rsplit(":", 1)
-    site = web.TCPSite(runner, host, int(port))
+    site = web.SockSite(runner, listen_socket(config.ingest.listen,
+                                              shared=config.ingest.processes > 1))
     await site.start()
     core.start()
+    others = None
+    if config.ingest.processes > 1:
+        others = IngestProcesses(config_path, core, config.ingest.processes - 1)
+        await others.start()
     source = NatsSource(core, config.nats) if config.nats is not None else None
     nats_task = asyncio.create_task(source.run(), name="nats-source") if source else None
     log.info("worker listening on %s, %d exports", config.ingest.listen, len(core.engine.loops))
@@ -69,7 +71,13 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(_watch(config_path, core, app))
+
+    async def apply(new: WorkerConfig) -> str:
+        changes = await core.reload(new)
+        app[TOKENS][:] = tokens_of(new)
+        return ", ".join(changes) or "exports unchanged"
+
+    watcher = asyncio.create_task(watch_config(config_path, apply))
     await stop.wait()
     log.info("stopping: no new requests; draining exports for up to %ss",
              core.config.drain_timeout_seconds)
@@ -79,6 +87,8 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     if source is not None and nats_task is not None:
         source.stop()  # its last batch is committed and acked while the store is open
         await nats_task
+    if others is not None:
+        await others.stop(core.config.drain_timeout_seconds + 5)
     core.ready = False  # requests still in flight finish; new ones get 503
     await site.stop()
     drained = await core.drain_and_stop(core.config.drain_timeout_seconds)
@@ -88,21 +98,3 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     return 0
 
 
-async def _watch(config_path: Path, core: WorkerCore, app: web.Application) -> None:
-    """Apply config changes live. Credential files are re-read by their users on change."""
-    seen = _identity(config_path)
-    while True:
-        await asyncio.sleep(WATCH_SECONDS)
-        current = _identity(config_path)
-        if current is None or current == seen:
-            continue
-        seen = current
-        try:
-            config = load_config(config_path, WorkerConfig)
-            changes = await core.reload(config)
-        except (ConfigFileError, ConfigError) as error:
-            log.error("config change refused, the running config stays: %s", error)  # noqa: TRY400 - the message is the point, not a traceback
-            continue
-        tokens = app[_TOKENS]
-        tokens[:] = [(Credential(item.token), item.tenants) for item in config.ingest.tokens]
-        log.info("config reloaded: %s", ", ".join(changes) or "exports unchanged")

@@ -1,0 +1,221 @@
+"""`ingest.processes: 2`: several ingest processes on one port and one store, as users see it.
+
+Every test runs the real worker (`tests.worker_process`) and talks to it over many fresh
+connections, so the kernel spreads them over both processes (`SO_REUSEPORT`). What a user
+relies on, and is checked here:
+
+* every acknowledged event is stored exactly once, global and per-tenant order have no gaps,
+  and the chain verifies, while both processes take requests;
+* the export sees rows appended by the other process and delivers them all, in order;
+* `/metrics` and `/v1/status` tell the same truth on every connection (counts include the
+  other process's events; status and metrics are forwarded to the first process);
+* back-pressure refuses on every connection once exports fall behind;
+* a killed ingest process is replaced, SIGTERM stops them all with exit 0, and one whose first
+  process died exits by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from sealtrail.chain.verify import Status, verify_store
+from sealtrail.demo import sample_events
+
+from .receivers.splunk import SplunkReceiver
+from .test_export_conformance import wait_for, write_credential
+from .worker_process import Worker, running_worker
+
+pytestmark = pytest.mark.timeout(120)
+
+HEC_TOKEN = "5d1f0c4e-7b2a-4c8e-9f3d-2a6b8c0e1f47"  # noqa: S105 - the test receiver's
+
+
+def children(pid: int) -> list[int]:
+    """Live processes whose parent is `pid`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def events(count: int, seed: int) -> list[dict[str, Any]]:
+    return [orjson.loads(orjson.dumps(event)) for event in sample_events(
+        count, seed=seed, tenants=("acme", "globex"))]
+
+
+def post_on_fresh_connections(worker: Worker, batches: list[list[dict[str, Any]]],
+                              check: Callable[[httpx.Response], None] | None = None,
+                              ) -> list[dict[str, Any]]:
+    """Post each batch on its own new connection; return the acknowledged entries."""
+    acknowledged = []
+    for batch in batches:
+        with worker.client() as client:
+            answer = client.post("/v1/events", json=batch)
+        if check is not None:
+            check(answer)
+            continue
+        assert answer.status_code == 200, answer.text
+        acknowledged += answer.json()["events"]
+    return acknowledged
+
+
+def two_processes(tmp_path: Path, **overrides: Any) -> Any:
+    ingest = {"processes": 2, **overrides.pop("ingest", {})}
+    return running_worker(tmp_path, ingest=ingest, **overrides)
+
+
+def test_both_processes_ingest_into_one_chain_without_loss_or_gaps(tmp_path: Path) -> None:
+    with two_processes(tmp_path) as worker:
+        wait_for(lambda: len(children(worker.pid)) == 1, 10, "the second ingest process")
+        (other,) = children(worker.pid)
+        ticks = {pid: cpu_ticks(pid) for pid in (worker.pid, other)}
+        batches = [events(50, seed) for seed in range(40)]
+        acknowledged = post_on_fresh_connections(worker, batches)
+        busy = {pid: cpu_ticks(pid) - ticks[pid] for pid in ticks}
+        rows = worker.rows()
+    assert busy[other] > 0, "the second process took no requests"
+    assert len(acknowledged) == 2000
+    assert sorted(entry["seq"] for entry in acknowledged) == list(range(1, 2001))
+    by_seq = {row["seq"]: row for row in rows}
+    for entry in acknowledged:
+        row = by_seq[entry["seq"]]
+        assert (row["tenant_id"], row["tenant_seq"], row["record_hash"]) == (
+            entry["tenant_id"], entry["tenant_seq"], entry["record_hash"])
+    for tenant in ("acme", "globex"):
+        seqs = [row["tenant_seq"] for row in rows if row["tenant_id"] == tenant]
+        assert seqs == list(range(1, len(seqs) + 1))
+    assert verify_store(worker.db).status is Status.INTACT
+
+
+def test_export_delivers_what_either_process_stored_in_order(tmp_path: Path) -> None:
+    receiver = SplunkReceiver(HEC_TOKEN)
+    receiver.start()
+    write_credential(tmp_path / "hec-token", HEC_TOKEN)
+    try:
+        with two_processes(tmp_path, exports=[{
+            "name": "hec", "splunk": {"hecUrl": receiver.url,
+                                      "token": {"file": str(tmp_path / "hec-token")}},
+            "batch": {"intervalMs": 20}}]) as worker:
+            acknowledged = post_on_fresh_connections(worker, [events(25, s) for s in range(24)])
+            wait_for(lambda: len(receiver.event_bytes()) >= len(acknowledged), 20,
+                     "delivery of every acknowledged event")
+            delivered = [orjson.loads(body)["seq"] for body in receiver.event_bytes()]
+    finally:
+        receiver.stop()
+    assert delivered == list(range(1, len(acknowledged) + 1))
+
+
+def test_metrics_and_status_are_one_truth_on_every_connection(tmp_path: Path) -> None:
+    with two_processes(tmp_path) as worker:
+        post_on_fresh_connections(worker, [events(10, seed) for seed in range(20)])
+
+        def counted_everywhere() -> bool:
+            for _ in range(8):
+                with worker.client() as client:
+                    text = client.get("/metrics").text
+                if "sealtrail_audit_ingested_events_total 200.0" not in text:
+                    return False
+            return True
+
+        wait_for(counted_everywhere, 10, "every connection's /metrics to count 200 events")
+        for _ in range(8):
+            with worker.client() as client:
+                status = client.get("/v1/status")
+                ready = client.get("/readyz")
+                missing = client.get("/v1/nothing-here")
+            assert status.status_code == 200
+            assert status.json()["last_seq"] == 200
+            assert ready.status_code == 200
+            assert missing.status_code == 404
+            assert missing.headers["Content-Type"].startswith("application/json")
+
+
+def test_backpressure_refuses_on_every_connection(tmp_path: Path) -> None:
+    write_credential(tmp_path / "hec-token", HEC_TOKEN)
+    with two_processes(tmp_path, ingest={
+            "backpressure": {"highWatermarkRows": 300, "lowWatermarkRows": 100,
+                             "retryAfterSeconds": 1}},
+            exports=[{"name": "down", "splunk": {
+                "hecUrl": "http://127.0.0.1:9", "token": {"file": str(tmp_path / "hec-token")}},
+                "retry": {"initialBackoffMs": 50, "maxBackoffMs": 500}}]) as worker:
+        post_on_fresh_connections(worker, [events(100, seed) for seed in range(3)])
+        stored = worker.row_count()
+
+        def refused(answer: httpx.Response) -> None:
+            assert answer.status_code == 429, answer.text
+            assert answer.headers["Retry-After"] == "1"
+
+        time.sleep(0.5)  # one report round: the other process learns the lag
+        post_on_fresh_connections(worker, [events(10, seed) for seed in range(12)], refused)
+        assert worker.row_count() == stored  # refused means not stored, on both processes
+
+        def counted() -> str:
+            with worker.client() as client:
+                return client.get("/metrics").text
+
+        wait_for(lambda: "sealtrail_audit_backpressure_paused_total 12.0" in counted(), 5,
+                 "both processes' refusals to be counted: " + counted()[-400:])
+
+
+def test_a_killed_ingest_process_is_replaced_and_nothing_acknowledged_is_lost(
+        tmp_path: Path) -> None:
+    with two_processes(tmp_path) as worker:
+        wait_for(lambda: len(children(worker.pid)) == 1, 10, "the second ingest process")
+        (first_child,) = children(worker.pid)
+        before = post_on_fresh_connections(worker, [events(20, s) for s in range(5)])
+        os.kill(first_child, signal.SIGKILL)
+        wait_for(lambda: any(pid != first_child for pid in children(worker.pid)), 10,
+                 "a replacement ingest process")
+        after = post_on_fresh_connections(worker, [events(20, s) for s in range(5, 15)])
+        rows = worker.rows()
+        assert "exited with status -9; starting another" in worker.log()
+    assert {row["seq"] for row in rows} >= {entry["seq"] for entry in before + after}
+    assert verify_store(worker.db).status is Status.INTACT
+
+
+def test_sigterm_stops_every_process_with_exit_0(tmp_path: Path) -> None:
+    with two_processes(tmp_path) as worker:
+        wait_for(lambda: len(children(worker.pid)) == 1, 10, "the second ingest process")
+        (child,) = children(worker.pid)
+        post_on_fresh_connections(worker, [events(10, s) for s in range(4)])
+        assert worker.stop() == 0
+    assert not alive(child)
+
+
+def test_an_orphaned_ingest_process_exits_by_itself(tmp_path: Path) -> None:
+    with two_processes(tmp_path) as worker:
+        wait_for(lambda: len(children(worker.pid)) == 1, 10, "the second ingest process")
+        (child,) = children(worker.pid)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.process.wait(timeout=10)
+        wait_for(lambda: not alive(child), 10, "the orphaned ingest process to exit")
