@@ -33,3 +33,6 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
+
+# kubectl and helm, for the operator's and the chart's tests.
+bash scripts/kube_tools.sh

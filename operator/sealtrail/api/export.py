@@ -27,6 +27,8 @@ from sealtrail.api.event import Severity
 
 __all__ = [
     "BACKEND_KINDS",
+    "DNS_LABEL",
+    "DNS_SUBDOMAIN",
     "BatchSpec",
     "CloudWatchSpec",
     "CredentialRef",
@@ -34,10 +36,12 @@ __all__ = [
     "ElasticAuth",
     "ElasticBasicAuth",
     "ElasticSpec",
+    "ExportSettings",
     "ExportSpec",
     "ExportsConfig",
     "RetrySpec",
     "RouteRule",
+    "SecretKeySelector",
     "SplunkSpec",
     "SyslogSpec",
     "TLSSpec",
@@ -46,35 +50,59 @@ __all__ = [
 
 BACKEND_KINDS: Final = ("splunk", "elastic", "datadog", "webhook", "syslog", "cloudwatch")
 
+#: A Kubernetes object name (RFC 1123 label): exports and Secrets are named so.
+DNS_LABEL: Final = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+DNS_SUBDOMAIN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
 
 
+class SecretKeySelector(_Model):
+    """A key of a Secret in the resource's own namespace (`AuditExport`, `AuditPolicy` only)."""
+
+    name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]
+    key: Annotated[str, Field(max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+
+
 class CredentialRef(_Model):
-    """Where a secret lives: exactly one of an environment variable or a file."""
+    """Where a secret lives: exactly one of an environment variable, a file, or a Secret key.
+
+    A worker reads `env` or `file`; a custom resource names a `secretKeyRef`, which the
+    operator mounts as a file (never an env var, so that rotation reaches a running worker).
+    """
 
     env: str | None = None
     file: str | None = None
+    secret_key_ref: SecretKeySelector | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> CredentialRef:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("give exactly one of 'env' or 'file'")
+        given = [self.env, self.file, self.secret_key_ref]
+        if sum(value is not None for value in given) != 1:
+            raise ValueError("give exactly one of 'env', 'file' or 'secretKeyRef'")
         return self
 
     def describe(self) -> str:
         """Where the secret comes from, for messages (never the secret itself)."""
+        if self.secret_key_ref is not None:
+            return f"secret:{self.secret_key_ref.name}/{self.secret_key_ref.key}"
         return f"env:{self.env}" if self.env is not None else f"file:{self.file}"
 
 
 class TLSSpec(_Model):
-    """TLS to the SIEM: a private CA, a client certificate, or (for tests only) no checks."""
+    """TLS to the SIEM: a private CA, a client certificate, or (for tests only) no checks.
+
+    A worker names files; a custom resource names a Secret (`secretName`) holding `ca.crt`
+    and/or `tls.crt` + `tls.key`, which the operator mounts and turns into those files.
+    """
 
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    secret_name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)] | None = None
     insecure_skip_verify: bool = False
 
     @model_validator(mode="after")
@@ -198,10 +226,13 @@ class CloudWatchSpec(_Model):
     create_missing: bool = True
 
 
-class ExportSpec(_Model):
-    """One export: a name, exactly one backend block, and how to batch and retry."""
+class ExportSettings(_Model):
+    """An export without its name: exactly one backend block, and how to batch and retry.
 
-    name: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    This is the `spec` of an `AuditExport` (named by its metadata) and, with a name, an entry
+    of a worker's `exports`.
+    """
+
     paused: bool = False
     splunk: SplunkSpec | None = None
     elastic: ElasticSpec | None = None
@@ -216,7 +247,7 @@ class ExportSpec(_Model):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _one_backend(cls, data: Any, handler: ModelWrapValidatorHandler[ExportSpec]) -> ExportSpec:
+    def _one_backend(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
         # Wrapped around field validation, so that a missing or doubled backend block is
         # reported together with any field errors, not instead of them or after them.
         problem = None
@@ -248,6 +279,29 @@ class ExportSpec(_Model):
     def kind(self) -> str:
         """Which backend: `splunk`, `elastic`, ..."""
         return next(kind for kind in BACKEND_KINDS if getattr(self, kind) is not None)
+
+    def credentials(self) -> list[tuple[tuple[str, ...], CredentialRef]]:
+        """Every credential of the export, with its path in camelCase (for messages)."""
+        return _credentials(self, ())
+
+
+class ExportSpec(ExportSettings):
+    """One export of a worker: a name, and its settings."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL)]
+
+
+def _credentials(model: BaseModel, path: tuple[str, ...]) -> list[
+        tuple[tuple[str, ...], CredentialRef]]:
+    found: list[tuple[tuple[str, ...], CredentialRef]] = []
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        where = (*path, field.alias or name)
+        if isinstance(value, CredentialRef):
+            found.append((where, value))
+        elif isinstance(value, BaseModel):
+            found += _credentials(value, where)
+    return found
 
 
 class RouteRule(_Model):

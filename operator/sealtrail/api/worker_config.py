@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from sealtrail.api.errors import format_path
 from sealtrail.api.export import CredentialRef, ExportsConfig, _Model
 
 __all__ = [
@@ -103,3 +104,22 @@ class WorkerConfig(ExportsConfig):
     ingest: IngestSpec = Field(default_factory=IngestSpec)
     nats: NatsSpec | None = None
     drain_timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 20.0
+
+    @model_validator(mode="after")
+    def _files_not_secrets(self) -> WorkerConfig:
+        """A worker reads files and env vars; Secret references are the operator's to mount."""
+        named: list[tuple[tuple[str | int, ...], CredentialRef | None]] = [
+            (("checkpoints", "signingKey"), self.checkpoints.signing_key)]
+        named += [(("ingest", "tokens", number, "token"), item.token)
+                  for number, item in enumerate(self.ingest.tokens)]
+        for number, export in enumerate(self.exports):
+            named += [(("exports", number, *path), ref) for path, ref in export.credentials()]
+            if export.tls.secret_name is not None:
+                raise ValueError(f"exports[{number}].tls.secretName: a worker reads caFile, "
+                                 "certFile and keyFile; the operator mounts the Secret as those")
+        for path, ref in named:
+            if ref is not None and ref.secret_key_ref is not None:
+                raise ValueError(f"{format_path(path)}.secretKeyRef: a worker reads secrets from "
+                                 "{file:} or {env:}; the operator mounts Secrets as files")
+        return self
+

@@ -1,0 +1,212 @@
+"""The two custom resources, `AuditExport` and `AuditPolicy` (group `sealtrail.dev/v1alpha1`).
+
+These models are the source of truth: `crds/` is generated from them (`sealtrail crds`), and a
+test holds the committed files identical to what they generate. The export settings are the
+very models of the worker's config file (`ExportSettings`), so the operator renders a worker
+entry by replacing each `secretKeyRef` with the file the Secret is mounted as.
+
+Secrets are only ever `secretKeyRef`s to the resource's own namespace: a resource can never
+name another namespace's Secret, and the worker gets them as mounted files (never env vars,
+never `subPath`), which the kubelet updates in place on rotation.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+from pydantic import Field, model_validator
+
+from sealtrail.api.errors import format_path
+from sealtrail.api.export import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    CredentialRef,
+    ExportSettings,
+    RouteRule,
+    _Model,
+)
+from sealtrail.api.worker_config import BackpressureSpec
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "VERSION",
+    "AuditExportSpec",
+    "AuditExportStatus",
+    "AuditPolicySpec",
+    "AuditPolicyStatus",
+    "CollectorSettings",
+    "Condition",
+    "LabelSelector",
+    "LabelSelectorRequirement",
+    "PolicyCheckpoints",
+    "WorkerSettings",
+]
+
+GROUP: Final = "sealtrail.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+#: A Kubernetes quantity such as `1Gi` or `500Mi`.
+_QUANTITY: Final = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$"
+
+
+def _only_secret_refs(named: list[tuple[tuple[str | int, ...], CredentialRef | None]]) -> None:
+    for path, ref in named:
+        if ref is not None and ref.secret_key_ref is None:
+            raise ValueError(f"{format_path(path)}: a custom resource names secrets as "
+                             "secretKeyRef: {name, key} (a Secret in its own namespace)")
+
+
+class AuditExportSpec(ExportSettings):
+    """Where audit rows go: one SIEM backend and how to talk to it."""
+
+    @model_validator(mode="after")
+    def _secrets_by_reference(self) -> AuditExportSpec:
+        _only_secret_refs(list(self.credentials()))
+        tls = self.tls
+        if tls.ca_file or tls.cert_file or tls.key_file:
+            raise ValueError("tls: name a Secret with tls.secretName (keys ca.crt, tls.crt, "
+                             "tls.key); file paths are for a worker's own config")
+        return self
+
+
+class LabelSelectorRequirement(_Model):
+    """One `matchExpressions` entry, as in any Kubernetes label selector."""
+
+    key: Annotated[str, Field(min_length=1, max_length=317)]
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _values_fit(self) -> LabelSelectorRequirement:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError(f"{self.operator} needs at least one value")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError(f"{self.operator} takes no values")
+        return self
+
+
+class LabelSelector(_Model):
+    """Which pods: all of `matchLabels` and every expression must hold."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        """True when `labels` satisfy the selector (an empty selector matches everything)."""
+        if any(labels.get(key) != value for key, value in self.match_labels.items()):
+            return False
+        for requirement in self.match_expressions:
+            present = requirement.key in labels
+            value = labels.get(requirement.key)
+            holds = {
+                "In": present and value in requirement.values,
+                "NotIn": not present or value not in requirement.values,
+                "Exists": present,
+                "DoesNotExist": not present,
+            }[requirement.operator]
+            if not holds:
+                return False
+        return True
+
+
+class PolicyCheckpoints(_Model):
+    """Signed checkpoints: the Ed25519 key (a Secret key, PEM) and how often."""
+
+    signing_key: CredentialRef | None = None
+    every_rows: Annotated[int, Field(ge=1, le=10_000_000)] = 1000
+    every_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+
+
+class WorkerSettings(_Model):
+    """The worker the policy runs, as a sidecar or in the collector."""
+
+    image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    port: Annotated[int, Field(ge=1024, le=65535)] = 8470
+    processes: Annotated[int, Field(ge=1, le=32)] = 1
+    synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
+    #: Size of the sidecar's store volume (an `emptyDir` with this `sizeLimit`).
+    store_size: Annotated[str, Field(pattern=_QUANTITY)] = "1Gi"
+    cpu_request: Annotated[str, Field(pattern=_QUANTITY)] = "50m"
+    memory_request: Annotated[str, Field(pattern=_QUANTITY)] = "96Mi"
+    memory_limit: Annotated[str, Field(pattern=_QUANTITY)] = "256Mi"
+    backpressure: BackpressureSpec = Field(default_factory=BackpressureSpec)
+    drain_timeout_seconds: Annotated[int, Field(ge=0, le=3600)] = 20
+
+
+class CollectorSettings(_Model):
+    """Collector mode: a StatefulSet with a volume per replica, behind a Service."""
+
+    replicas: Annotated[int, Field(ge=1, le=20)] = 1
+    storage_size: Annotated[str, Field(pattern=_QUANTITY)] = "10Gi"
+    storage_class_name: Annotated[str, Field(pattern=DNS_SUBDOMAIN)] | None = None
+    #: Bearer token callers must send (the collector listens beyond localhost).
+    ingest_token: CredentialRef | None = None
+
+
+class AuditPolicySpec(_Model):
+    """Which pods get a worker, how, and which of this namespace's exports rows go to."""
+
+    mode: Literal["sidecar", "collector"] = "sidecar"
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    routes: list[RouteRule] = Field(min_length=1, max_length=64)
+    default_tenant: Annotated[
+        str, Field(pattern=r"^(\$\{namespace\}|_system|[A-Za-z0-9][A-Za-z0-9_.-]{0,62})$")
+    ] = "${namespace}"
+    checkpoints: PolicyCheckpoints = Field(default_factory=PolicyCheckpoints)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    collector: CollectorSettings = Field(default_factory=CollectorSettings)
+
+    @model_validator(mode="after")
+    def _secrets_by_reference(self) -> AuditPolicySpec:
+        _only_secret_refs([(("checkpoints", "signingKey"), self.checkpoints.signing_key),
+                           (("collector", "ingestToken"), self.collector.ingest_token)])
+        return self
+
+    def export_names(self) -> list[str]:
+        """Every export the routes name, in first-mention order."""
+        names: list[str] = []
+        for rule in self.routes:
+            names += [name for name in rule.exports if name not in names]
+        return names
+
+
+class Condition(_Model):
+    """A status condition, as `metav1.Condition`."""
+
+    type: Annotated[str, Field(pattern=r"^[A-Z][A-Za-z]*$")]
+    status: Literal["True", "False", "Unknown"]
+    reason: Annotated[str, Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
+    message: Annotated[str, Field(max_length=32768)] = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class AuditExportStatus(_Model):
+    """What the operator and the workers say about an export."""
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    backend: str | None = None
+    #: Rows the furthest-behind worker has yet to deliver (None: no worker reported).
+    cursor_lag: int | None = None
+    paused: bool = False
+    pause_reason: str | None = None
+    workers: int = 0
+    workers_unreachable: int = 0
+    last_error: str | None = None
+    #: `resourceVersion`s of the Secrets the export uses, as the workers report using them.
+    credential_version: str | None = None
+
+
+class AuditPolicyStatus(_Model):
+    """What a policy produced: its config, the exports it found, the pods it reached."""
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    config_map: Annotated[str, Field(pattern=DNS_LABEL)] | None = None
+    matched_exports: list[str] = Field(default_factory=list)
+    unknown_exports: list[str] = Field(default_factory=list)
+    injected_pods: int = 0
+    uninjected_pods: list[str] = Field(default_factory=list)
