@@ -123,7 +123,11 @@ class WorkerSettings(_Model):
     """The worker the policy runs, as a sidecar or in the collector."""
 
     image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    #: Ingest, on the pod's loopback (sidecar) or every address (collector).
     port: Annotated[int, Field(ge=1024, le=65535)] = 8470
+    #: Status, metrics, health and resume, on every address: the operator and Prometheus
+    #: reach the worker here. Ingest is never served on it.
+    admin_port: Annotated[int, Field(ge=1024, le=65535)] = 8471
     processes: Annotated[int, Field(ge=1, le=32)] = 1
     synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
     #: Size of the sidecar's store volume (an `emptyDir` with this `sizeLimit`).

@@ -15,6 +15,7 @@ from sealtrail.api.errors import format_path
 from sealtrail.api.export import CredentialRef, ExportsConfig, _Model
 
 __all__ = [
+    "AdminSpec",
     "BackpressureSpec",
     "CheckpointSpec",
     "IngestSpec",
@@ -96,12 +97,23 @@ class NatsSpec(_Model):
     batch: Annotated[int, Field(ge=1, le=10_000)] = 500
 
 
+class AdminSpec(_Model):
+    """A second listener for status, metrics, health and resume, and never ingest.
+
+    In a pod, ingest stays on loopback (only the app's containers can write) while the
+    operator and Prometheus reach the worker on the pod's address through this one.
+    """
+
+    listen: Annotated[str, Field(pattern=r"^[^\s:]+:[0-9]{1,5}$")] | None = None
+
+
 class WorkerConfig(ExportsConfig):
     """The whole worker config file."""
 
     store: StoreSpec = Field(default_factory=StoreSpec)
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
     ingest: IngestSpec = Field(default_factory=IngestSpec)
+    admin: AdminSpec = Field(default_factory=AdminSpec)
     nats: NatsSpec | None = None
     drain_timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 20.0
 
