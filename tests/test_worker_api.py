@@ -752,3 +752,26 @@ def test_secrets_never_appear_in_responses_or_the_log(secured: Worker) -> None:
         assert all(secret.encode() not in body for body in bodies), secret
         assert secret not in log, secret
     assert "Traceback" not in log
+
+
+def test_admin_listener_serves_status_and_metrics_but_never_audit_data(tmp_path: Path) -> None:
+    from tests.worker_process import free_port
+    admin_port = free_port()
+    with running_worker(tmp_path, admin={"listen": f"127.0.0.1:{admin_port}"}) as worker:
+        with worker.client() as client:
+            assert client.post("/v1/events", json=_event()).status_code == 200
+        with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10) as admin:
+            assert admin.get("/healthz").status_code == 200
+            assert admin.get("/readyz").status_code == 200
+            status = admin.get("/v1/status")
+            assert status.status_code == 200
+            assert status.json()["last_seq"] == 1
+            assert "sealtrail_audit_ingested_events_total 1.0" in admin.get("/metrics").text
+            # No way in or out for audit data on the admin port.
+            refused_in = admin.post("/v1/events", json=_event())
+            refused_out = admin.get("/v1/events", params={"tenant": "default"})
+            assert refused_in.status_code in (404, 405)
+            assert refused_out.status_code in (404, 405)
+            assert refused_in.headers["Content-Type"].startswith("application/json")
+        assert worker.row_count() == 1
+        assert f"admin on 127.0.0.1:{admin_port}" in worker.log()

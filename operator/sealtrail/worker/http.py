@@ -29,7 +29,15 @@ from sealtrail.worker.backpressure import RefusedError
 from sealtrail.worker.core import IngestCore, WorkerCore
 from sealtrail.worker.k8s_audit import K8sAuditError, map_event_list
 
-__all__ = ["CORE", "INGEST", "TOKENS", "build_app", "build_ingest_app", "tokens_of"]
+__all__ = [
+    "CORE",
+    "INGEST",
+    "TOKENS",
+    "build_admin_app",
+    "build_app",
+    "build_ingest_app",
+    "tokens_of",
+]
 
 log = logging.getLogger("sealtrail.worker")
 
@@ -350,6 +358,24 @@ def build_app(core: WorkerCore) -> web.Application:
     app.router.add_get("/v1/status", get_status)
     app.router.add_post("/v1/exports/{name}/resume", resume_export)
     app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+def build_admin_app(core: WorkerCore) -> web.Application:
+    """The admin listener's application: status, metrics, health, resume; never ingest.
+
+    It carries no data (no events in, no rows out) and no secrets, which is why it may listen
+    on the pod's address for the operator and Prometheus while ingest stays on loopback.
+    Restrict who reaches it with a NetworkPolicy (the chart ships one).
+    """
+    app = web.Application(middlewares=[_errors])
+    app[CORE] = core
+    app[TOKENS] = []  # nothing here writes or reads audit data
+    app.router.add_get("/v1/status", get_status)
+    app.router.add_post("/v1/exports/{name}/resume", resume_export)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
 

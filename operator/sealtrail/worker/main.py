@@ -24,7 +24,7 @@ from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.export.engine import ConfigError
 from sealtrail.worker.config_watch import watch_config
 from sealtrail.worker.core import WorkerCore
-from sealtrail.worker.http import TOKENS, build_app, tokens_of
+from sealtrail.worker.http import TOKENS, build_admin_app, build_app, tokens_of
 from sealtrail.worker.ingest_process import run_ingest_process
 from sealtrail.worker.nats_source import NatsSource
 from sealtrail.worker.processes import IngestProcesses, listen_socket
@@ -59,6 +59,11 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     site = web.SockSite(runner, listen_socket(config.ingest.listen,
                                               shared=config.ingest.processes > 1))
     await site.start()
+    admin = None
+    if config.admin.listen is not None:
+        admin = web.AppRunner(build_admin_app(core), access_log=None)
+        await admin.setup()
+        await web.SockSite(admin, listen_socket(config.admin.listen, shared=False)).start()
     core.start()
     others = None
     if config.ingest.processes > 1:
@@ -66,7 +71,9 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
         await others.start()
     source = NatsSource(core, config.nats) if config.nats is not None else None
     nats_task = asyncio.create_task(source.run(), name="nats-source") if source else None
-    log.info("worker listening on %s, %d exports", config.ingest.listen, len(core.engine.loops))
+    log.info("worker listening on %s%s, %d exports", config.ingest.listen,
+             f" (admin on {config.admin.listen})" if config.admin.listen else "",
+             len(core.engine.loops))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -93,6 +100,8 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     await site.stop()
     drained = await core.drain_and_stop(core.config.drain_timeout_seconds)
     await runner.cleanup()
+    if admin is not None:
+        await admin.cleanup()
     log.info("stopped; %s", "every export drained" if drained
              else "a backlog stays on disk and resumes from each cursor on the next start")
     return 0
