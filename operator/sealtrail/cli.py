@@ -51,6 +51,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _add_operator_parser(commands: Any) -> None:
+    operator = commands.add_parser("operator", help="run the Kubernetes operator (kopf)")
+    operator.add_argument("--namespace", action="append", default=[], dest="namespaces",
+                          help="watch this namespace (repeat); default: every namespace")
+    operator.add_argument("--poll-seconds", type=float, default=5.0,
+                          help="how often each AuditExport asks its workers for status")
+    operator.add_argument("--policy-resync-seconds", type=float, default=30.0)
+    operator.add_argument("--default-image", default="sealtrail/sealtrail:0.1.0",
+                          help="worker image when a policy names none")
+    operator.add_argument("--webhook-port", type=int, default=9443)
+    operator.add_argument("--webhook-host", action="append", default=[], dest="webhook_hosts",
+                          help="DNS name or IP the webhook certificate is for (repeat)")
+    operator.add_argument("--webhook-cert-dir", type=Path,
+                          help="tls.crt, tls.key (and ca.crt) to serve with; default: self-made")
+    operator.add_argument("--webhook-configuration", default="sealtrail",
+                          help="MutatingWebhookConfiguration to write a self-made CA into")
+    operator.add_argument("--no-webhook", action="store_true", help="no sidecar injection")
+    operator.add_argument("--liveness-port", type=int, default=8080)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sealtrail", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--version", action="version", version=f"sealtrail {__version__}")
@@ -106,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--config", type=Path, required=True, help="worker config (YAML)")
     worker.add_argument("--ingest-process", help=argparse.SUPPRESS)  # set by the worker itself
 
+    _add_operator_parser(commands)
+
+    crds = commands.add_parser("crds", help="write or check crds/ and the CRD reference")
+    crds.add_argument("mode", choices=["write", "check"])
+
     demo = commands.add_parser("demo", help="run the embedded demo end to end")
     demo.add_argument("--dir", type=Path, default=Path("demo-out"), help="where to put its files")
     return parser
@@ -130,6 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from sealtrail.worker.main import run_worker  # noqa: PLC0415 - heavy imports
 
                 return run_worker(args.config, args.ingest_process)
+            case "operator":
+                return _operator(args)
+            case "crds":
+                from sealtrail.operator.crdgen import main as crdgen  # noqa: PLC0415
+
+                return crdgen([f"--{args.mode}"])
             case "export":
                 from sealtrail.export.run import run_export  # noqa: PLC0415 - heavy imports
 
@@ -345,3 +376,17 @@ def _print_report(report: VerifyReport) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from sealtrail.operator.config import OperatorConfig, WebhookConfig  # noqa: PLC0415
+    from sealtrail.operator.main import run_operator  # noqa: PLC0415 - heavy imports
+
+    webhook = None if args.no_webhook else WebhookConfig(
+        port=args.webhook_port, hosts=tuple(args.webhook_hosts) or ("localhost",),
+        cert_dir=args.webhook_cert_dir, configuration=args.webhook_configuration or None)
+    return run_operator(OperatorConfig(
+        namespaces=tuple(args.namespaces), poll_seconds=args.poll_seconds,
+        policy_resync_seconds=args.policy_resync_seconds, default_image=args.default_image,
+        webhook=webhook, liveness_port=args.liveness_port or None))
+

@@ -1,0 +1,35 @@
+"""The operator's own settings, loaded once (from the command line) and passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["OperatorConfig", "WebhookConfig"]
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """The admission webhook server the operator runs for sidecar injection."""
+
+    port: int = 9443
+    addr: str = "0.0.0.0"  # noqa: S104 - the apiserver calls in from outside the pod
+    #: DNS names (and IPs) the certificate must carry: the Service's names in a cluster.
+    hosts: tuple[str, ...] = ("localhost",)
+    #: A mounted certificate (`tls.crt`, `tls.key`, `ca.crt`; cert-manager); None: self-made.
+    cert_dir: Path | None = None
+    #: The MutatingWebhookConfiguration whose `caBundle` a self-made CA is written into.
+    configuration: str | None = "sealtrail"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything the handlers need to know that is not in the cluster."""
+
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    poll_seconds: float = 5.0
+    policy_resync_seconds: float = 30.0
+    watch_timeout_seconds: int = 300
+    default_image: str = "sealtrail/sealtrail:0.1.0"
+    webhook: WebhookConfig | None = field(default_factory=WebhookConfig)
+    liveness_port: int | None = 8080
