@@ -117,7 +117,7 @@ def expected_body(rows: Sequence[ExportRow], index: str) -> bytes:
     """The `_bulk` body the brief specifies, built independently of the backend."""
     return b"".join(
         b'{"create":{"_index":"' + index.encode() + b'","_id":"'
-        + f"{row.tenant_id}:{row.tenant_seq}".encode() + b'"}}\n' + row.body + b"\n"
+        + row.record_hash.encode() + b'"}}\n' + row.body + b"\n"
         for row in rows
     )
 
@@ -161,7 +161,7 @@ def test_rows_arrive_in_order_and_byte_identical(store: ChainStore, receiver: El
     assert outcome.kind is OutcomeKind.SUCCESS
     assert outcome.delivered == frozenset(range(len(rows)))
     assert receiver.sources() == list(store.rows())  # same bytes, same order
-    assert receiver.ids() == [("sealtrail-audit", f"{r.tenant_id}:{r.tenant_seq}") for r in rows]
+    assert receiver.ids() == [("sealtrail-audit", r.record_hash) for r in rows]
     request = receiver.requests[-1]
     assert (request.method, request.path) == ("POST", "/_bulk")
     assert request.header("content-type") == "application/x-ndjson"
@@ -204,16 +204,16 @@ def test_a_resent_batch_is_delivered_and_stored_once(store: ChainStore, receiver
 
 
 def positions(rows: Sequence[ExportRow], *keys: str) -> set[int]:
-    return {index for index, row in enumerate(rows) if row.dedupe_key in keys}
+    return {index for index, row in enumerate(rows) if row.record_hash in keys}
 
 
 def test_item_429_and_5xx_are_retryable_with_the_others_delivered(
         store: ChainStore, receiver: ElasticReceiver, sender: Sender) -> None:
     rows = export_rows(store)
-    busy = positions(rows, rows[3].dedupe_key, rows[17].dedupe_key, rows[30].dedupe_key)
-    receiver.reject_ids(f"^({rows[3].dedupe_key}|{rows[17].dedupe_key})$", 429,
+    busy = positions(rows, rows[3].record_hash, rows[17].record_hash, rows[30].record_hash)
+    receiver.reject_ids(f"^({rows[3].record_hash}|{rows[17].record_hash})$", 429,
                         "es_rejected_execution_exception", "rejected execution of primary op")
-    receiver.reject_ids(f"^{rows[30].dedupe_key}$", 503, "unavailable_shards_exception",
+    receiver.reject_ids(f"^{rows[30].record_hash}$", 503, "unavailable_shards_exception",
                         "primary shard is not active")
     outcome = sender.send(rows)
     assert outcome.kind is OutcomeKind.RETRYABLE
@@ -233,11 +233,11 @@ def test_item_400_is_permanent_with_the_rejected_index(
         store: ChainStore, receiver: ElasticReceiver, sender: Sender) -> None:
     rows = export_rows(store)
     bad, busy = rows[5], rows[2]
-    receiver.reject_ids(f"^{bad.dedupe_key}$", 400, "mapper_parsing_exception",
+    receiver.reject_ids(f"^{bad.record_hash}$", 400, "mapper_parsing_exception",
                         "failed to parse field [reason] of type [long] in document with id "
-                        f"'{bad.dedupe_key}'. Preview of field's value: 'egress to an "
+                        f"'{bad.record_hash}'. Preview of field's value: 'egress to an "
                         "unapproved host'")
-    receiver.reject_ids(f"^{busy.dedupe_key}$", 429, "es_rejected_execution_exception", "busy")
+    receiver.reject_ids(f"^{busy.record_hash}$", 429, "es_rejected_execution_exception", "busy")
     outcome = sender.send(rows)
     assert outcome.kind is OutcomeKind.PERMANENT  # permanent outranks retryable
     assert outcome.rejected_index == 5

@@ -314,7 +314,8 @@ class RouteRule(_Model):
     tenants: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     event_types: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     min_severity: Severity = Severity.INFO
-    exports: list[str] = Field(min_length=1)
+    #: Where matching rows go. Empty: they go nowhere (and are not offered to later rules).
+    exports: list[str] = Field(max_length=32)
     index: str | None = None
     #: Splunk only: the sourcetype for these rows (else the export's own).
     sourcetype: Annotated[str, Field(min_length=1, max_length=256)] | None = None

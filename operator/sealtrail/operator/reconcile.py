@@ -342,8 +342,9 @@ def render_policy(kube: Kube, facts: NamespaceFacts, fact: PolicyFact, pods_idx:
         else cond("ExportsResolved", "True", "Resolved", "every export the routes name is used"))
     pods = [pod for pod in _values(pods_idx, facts.namespace)
             if isinstance(pod, PodFact)]
+    label = naming.policy_label_value(policy.name)
     injected = [pod.name for pod in pods if pod.has_worker
-                and pod.labels.get(naming.POLICY_LABEL) == policy.name]
+                and pod.labels.get(naming.POLICY_LABEL) == label]
     missing = sorted(pod.name for pod in pods if policy.spec.mode == "sidecar"
                      and not pod.has_worker and not pod.opted_out
                      and policy.spec.selector.matches(dict(pod.labels)))
@@ -364,7 +365,8 @@ def workers_of_export(facts: NamespaceFacts, workers_idx: Any,
     found: list[WorkerAddress] = []
     for policy in facts.valid_policies:
         if export in policy.spec.export_names():
-            found += _values(workers_idx, (facts.namespace, policy.name))
+            label = naming.policy_label_value(policy.name)
+            found += _values(workers_idx, (facts.namespace, label))
     return sorted(found, key=lambda worker: worker.pod)
 
 

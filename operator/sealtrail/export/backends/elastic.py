@@ -1,9 +1,13 @@
 """Elasticsearch `_bulk`: one NDJSON request per batch, classified item by item.
 
-Why `create` with `_id = tenant_id:tenant_seq`, always: a batch that is sent again (after a
-timeout, a crash, a partial failure) must not store a row twice, and `create` refuses a second
-document with the same `_id` (item 409 `version_conflict_engine_exception`), which here means
-"already delivered". Data streams accept nothing but `create`, so the same request serves both.
+Why `create` with `_id = record_hash`, always: a batch that is sent again (after a timeout, a
+crash, a partial failure) must not store a row twice, and `create` refuses a second document
+with the same `_id` (item 409 `version_conflict_engine_exception`), which here means "already
+delivered". Data streams accept nothing but `create`, so the same request serves both. The
+record hash, not `tenant_id:tenant_seq`: every worker keeps its own chains, so two replicas of
+a Deployment both write a row 1 of tenant `payments`; keyed by position, the second would be
+taken for a duplicate and dropped. The hash covers the row and its whole chain before it, so it
+is the same on every resend of a row and different for every other row.
 
 Why per-item classification: Elasticsearch answers 200 even when some items failed
 (`"errors": true`). Treating that 200 as success drops rows (the failure mode several shippers
@@ -120,7 +124,7 @@ class ElasticBackend(Backend):
         return rendered[: _INDEX_RULE.max_length]
 
     def _action_line(self, row: ExportRow) -> bytes:
-        action = {"create": {"_index": self._index_for(row), "_id": row.dedupe_key}}
+        action = {"create": {"_index": self._index_for(row), "_id": row.record_hash}}
         return orjson.dumps(action) + b"\n"
 
     # -- sending -----------------------------------------------------------------------------
