@@ -63,7 +63,9 @@ class _Model(BaseModel):
 class SecretKeySelector(_Model):
     """A key of a Secret in the resource's own namespace (`AuditExport`, `AuditPolicy` only)."""
 
+    #: The Secret's name, in this resource's namespace.
     name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]
+    #: The key within the Secret; the worker reads its value from a mounted file.
     key: Annotated[str, Field(max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
 
 
@@ -134,6 +136,12 @@ class RetrySpec(_Model):
     max_backoff_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 30_000
     pause_after_failures: Annotated[int, Field(ge=1, le=1000)] = 5
     request_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetrySpec:
+        if self.max_backoff_ms < self.initial_backoff_ms:
+            raise ValueError("maxBackoffMs must be at least initialBackoffMs")
+        return self
 
 
 class SplunkSpec(_Model):

@@ -179,12 +179,14 @@ class AuditPolicySpec(_Model):
 class Condition(_Model):
     """A status condition, as `metav1.Condition`."""
 
-    type: Annotated[str, Field(pattern=r"^[A-Z][A-Za-z]*$")]
+    type: Annotated[str, Field(max_length=316, pattern=r"^[A-Z][A-Za-z]*$")]
     status: Literal["True", "False", "Unknown"]
-    reason: Annotated[str, Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
+    reason: Annotated[str, Field(min_length=1, max_length=1024,
+                                 pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
     message: Annotated[str, Field(max_length=32768)] = ""
+    #: When `status` last changed (RFC 3339).
     last_transition_time: str
-    observed_generation: int | None = None
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
 
 
 class AuditExportStatus(_Model):
@@ -193,7 +195,7 @@ class AuditExportStatus(_Model):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     backend: str | None = None
-    #: Rows the furthest-behind worker has yet to deliver (None: no worker reported).
+    #: Rows the furthest-behind worker has yet to deliver (absent until a worker reports).
     cursor_lag: int | None = None
     paused: bool = False
     pause_reason: str | None = None

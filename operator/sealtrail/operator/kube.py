@@ -126,7 +126,8 @@ class Kube:
         webhooks = json.loads(raw.data).get("webhooks") or []
         patch = [{"op": "replace" if "caBundle" in hook.get("clientConfig", {}) else "add",
                   "path": f"/webhooks/{index}/clientConfig/caBundle", "value": bundle}
-                 for index, hook in enumerate(webhooks)]
+                 for index, hook in enumerate(webhooks)
+                 if hook.get("clientConfig", {}).get("caBundle") != bundle]
         if patch:
             try:
                 self.admission.patch_mutating_webhook_configuration(configuration, patch)
