@@ -13,8 +13,8 @@ the operator's e2e tests see real workers, exactly as rendered by the operator:
   (`/etc/sealtrail/...`) and has its own loopback. A local process has neither, so this
   kubelet gives each pod its own loopback address (127.0.0.2, 127.0.0.3, ...) as its pod IP,
   and translates the worker's config file as it projects it: every volume's `mountPath` becomes
-  the pod's local directory, and the listen addresses `127.0.0.1:`/`0.0.0.0:` become the pod
-  IP. The mapping is printed in the pod's log. Nothing else of the config is changed.
+  the pod's local directory, and the listen addresses (`listen: 127.0.0.1:`/`0.0.0.0:`) become
+  the pod IP. The mapping is printed in the pod's log. Nothing else of the config is changed.
 * **Status.** Once the worker answers `/readyz` on its admin port, the pod's status is written
   through the API's `/status` subresource (`phase: Running`, `podIP`, `Ready`), which is what
   the operator reads to find the worker.
@@ -178,7 +178,9 @@ class FakeKubelet:
             pattern = re.compile(r"(?<![\w./-])(" + "|".join(map(re.escape, paths))
                                  + r")(?=/|\s|['\"]|$)", re.MULTILINE)
             text = pattern.sub(lambda match: local[match.group(1)], text)
-        return text.replace("127.0.0.1:", f"{pod.ip}:").replace("0.0.0.0:", f"{pod.ip}:")
+        # Only the worker's own listeners move to the pod IP; a SIEM on 127.0.0.1 stays there.
+        return re.sub(r"(?m)^(\s*listen:\s*['\"]?)(?:127\.0\.0\.1|0\.0\.0\.0):",
+                      lambda match: f"{match.group(1)}{pod.ip}:", text)
 
     def _project(self, pod: RunningPod) -> None:
         for name, volume in pod.volumes.items():

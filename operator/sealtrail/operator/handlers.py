@@ -48,37 +48,42 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:  # noqa: C9
 
     # -- indexes: what the cluster holds, kept current by kopf's watches ---------------------
 
-    @kopf.index(*EXPORTS, registry=registry)
+    @kopf.index(*EXPORTS, id="exports_idx", registry=registry)
     def exports_idx(*, namespace: str | None, name: str, body: kopf.Body,
                     **_: Any) -> dict[str | None, reconcile.ExportFact]:
         return {namespace: reconcile.export_fact(name, body)}
 
-    @kopf.index(*POLICIES, registry=registry)
+    @kopf.index(*POLICIES, id="policies_idx", registry=registry)
     def policies_idx(*, namespace: str | None, name: str, body: kopf.Body,
                      **_: Any) -> dict[str | None, reconcile.PolicyFact]:
         return {namespace: reconcile.policy_fact(name, body)}
 
-    @kopf.index("", "v1", "secrets", registry=registry)
+    @kopf.index("", "v1", "secrets", id="secrets_idx", registry=registry)
     def secrets_idx(*, namespace: str | None, body: kopf.Body,
                     **_: Any) -> dict[str | None, reconcile.SecretFact]:
         return {namespace: reconcile.secret_fact(body)}
 
     @kopf.index("", "v1", "pods", labels={naming.POLICY_LABEL: kopf.PRESENT},
-                registry=registry)
+                id="workers_idx", registry=registry)
     def workers_idx(*, namespace: str | None, name: str, labels: Mapping[str, str],
                     body: kopf.Body, **_: Any) -> dict[tuple[str | None, str], WorkerAddress]:
         policy = str(labels[naming.POLICY_LABEL])
         return {(namespace, policy): reconcile.worker_address(str(namespace), name, body)}
 
-    @kopf.index("", "v1", "pods", registry=registry)
+    @kopf.index("", "v1", "pods", id="pods_idx", registry=registry)
     def pods_idx(*, namespace: str | None, name: str, body: kopf.Body,
                  **_: Any) -> dict[str | None, reconcile.PodFact]:
         return {namespace: reconcile.pod_fact(name, body)}
 
     # -- start-up ---------------------------------------------------------------------------
 
-    @kopf.on.startup(registry=registry)
-    def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In-cluster service account, or the kubeconfig, as the kubernetes client finds them.
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(id="configure", registry=registry)
+    async def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         settings.posting.level = logging.INFO
         settings.persistence.finalizer = f"{GROUP}/operator"
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
@@ -92,16 +97,16 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:  # noqa: C9
             server = reconcile.webhook_server(config.webhook, memo.kube)
             settings.admission.server = server
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(id="close", registry=registry)
     async def close(*, memo: Any, **_: Any) -> None:
         poller: StatusPoller = memo.poller
         await poller.aclose()
 
     # -- AuditExport: validate, resolve Secrets, re-render the policies that use it --------
 
-    @kopf.on.create(*EXPORTS, registry=registry)
-    @kopf.on.update(*EXPORTS, field="spec", registry=registry)
-    @kopf.on.resume(*EXPORTS, registry=registry)
+    @kopf.on.create(*EXPORTS, id="export", registry=registry)
+    @kopf.on.update(*EXPORTS, id="export", field="spec", registry=registry)
+    @kopf.on.resume(*EXPORTS, id="export", registry=registry)
     def export_changed(*, namespace: str | None, name: str, body: kopf.Body,
                        patch: kopf.Patch, memo: Any, **indexes: Any) -> None:
         fact = reconcile.export_fact(name, body)
@@ -112,14 +117,23 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:  # noqa: C9
             backend=fact.backend, spec_problem=fact.problem, spec_paused=fact.paused,
             credentials=credentials, reports=[], previous=previous,
             generation=body["metadata"].get("generation"), now=_now())
-        # Workers' facts come from the timer; keep what it last found.
+        # Workers' facts come from the timer; keep what it last found. The spec's own pause
+        # (set, or just cleared) is known here and shown at once.
+        own = {"Ready", "CredentialsValid"}
+        was_spec_paused = any(c.get("type") == "Paused" and c.get("reason") == "SpecPaused"
+                              for c in previous.get("conditions") or [])
+        if fact.paused:
+            own |= {"Paused", "Delivering"}
+        elif was_spec_paused:
+            own |= {"Paused"}  # resumed; whether it delivers, the next poll says
+        else:
+            fresh.pop("paused")
+            fresh.pop("pauseReason")
         for key in ("cursorLag", "workers", "workersUnreachable", "lastError",
                     "credentialVersion"):
             fresh.pop(key)
-        fresh["conditions"] = [c for c in fresh["conditions"]
-                               if c["type"] in ("Ready", "CredentialsValid")] + [
-            c for c in previous.get("conditions") or []
-            if c.get("type") not in ("Ready", "CredentialsValid")]
+        fresh["conditions"] = [c for c in fresh["conditions"] if c["type"] in own] + [
+            c for c in previous.get("conditions") or [] if c.get("type") not in own]
         patch.status.update(status_changes(previous, fresh))
         if credentials.problems:
             kopf.warn(body, reason="CredentialsInvalid", message="; ".join(credentials.problems))
@@ -128,7 +142,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:  # noqa: C9
         if fact.problem is not None:
             raise kopf.PermanentError(fact.problem)
 
-    @kopf.on.delete(*EXPORTS, registry=registry, optional=True)
+    @kopf.on.delete(*EXPORTS, id="export-deleted", optional=True, registry=registry)
     def export_deleted(*, namespace: str | None, name: str, memo: Any,
                        **indexes: Any) -> None:
         facts = _facts(namespace, indexes, without_export=name)
@@ -137,7 +151,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:  # noqa: C9
 
     # -- the status timer: what the workers say -------------------------------------------
 
-    @kopf.timer(*EXPORTS, interval=config.poll_seconds, initial_delay=1.0, registry=registry)
+    @kopf.timer(*EXPORTS, id="delivery", interval=config.poll_seconds, initial_delay=1.0,
+                registry=registry)
     async def export_delivery(*, namespace: str | None, name: str, body: kopf.Body,
                               patch: kopf.Patch, memo: Any, **indexes: Any) -> None:
         fact = reconcile.export_fact(name, body)
@@ -158,11 +173,11 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:  # noqa: C9
 
     # -- AuditPolicy: render the worker config, run the collector ------------------------
 
-    @kopf.on.create(*POLICIES, registry=registry)
-    @kopf.on.update(*POLICIES, field="spec", registry=registry)
-    @kopf.on.resume(*POLICIES, registry=registry)
-    @kopf.timer(*POLICIES, interval=config.policy_resync_seconds, initial_delay=2.0,
-                registry=registry)
+    @kopf.on.create(*POLICIES, id="policy", registry=registry)
+    @kopf.on.update(*POLICIES, id="policy", field="spec", registry=registry)
+    @kopf.on.resume(*POLICIES, id="policy", registry=registry)
+    @kopf.timer(*POLICIES, id="policy-resync", interval=config.policy_resync_seconds,
+                initial_delay=2.0, registry=registry)
     def policy_changed(*, namespace: str | None, name: str, body: kopf.Body,
                        patch: kopf.Patch, memo: Any, **indexes: Any) -> None:
         facts = _facts(namespace, indexes)
@@ -177,7 +192,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:  # noqa: C9
     # -- Secrets: a rotation needs nothing (the kubelet updates the files); a Secret that
     # -- appears, disappears or changes keys changes what renders -------------------------
 
-    @kopf.on.event("", "v1", "secrets", registry=registry)
+    @kopf.on.event("", "v1", "secrets", id="secret", registry=registry)
     def secret_changed(*, namespace: str | None, name: str, memo: Any,
                        **indexes: Any) -> None:
         facts = _facts(namespace, indexes)
