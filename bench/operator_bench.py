@@ -32,10 +32,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
+from tests.kube.emulator import KubeEmulator  # noqa: E402
+
 from chain_bench import machine  # noqa: E402
 from export_bench import free_port, rss_kib  # noqa: E402
-
-from tests.kube.emulator import KubeEmulator  # noqa: E402
 
 NAMESPACE = "bench"
 GROUP_PATH = "/apis/sealtrail.dev/v1alpha1/namespaces/" + NAMESPACE
