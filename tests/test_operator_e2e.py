@@ -193,6 +193,13 @@ def test_every_example_applies_and_reaches_ready(cluster: Cluster) -> None:
         wait_until(lambda k=kind, n=name, ns=namespace: conditions(cluster.get(k, n, ns))
                    .get("Ready", {}).get("status") == "True", 60,
                    f"{kind} {namespace}/{name} to be Ready", cluster)
+    collector = cluster.get("statefulset", "sealtrail-collector-cluster-audit", "ex-08")
+    assert collector["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "st-store"
+    service = cluster.get("service", "sealtrail-collector-cluster-audit", "ex-08")
+    assert {p["name"] for p in service["spec"]["ports"]} == {"st-ingest", "st-admin"}
+    config = cluster.get("configmap", "sealtrail-payments", "ex-01")["data"]["worker.yaml"]
+    assert "/etc/sealtrail/secrets/splunk-hec/token" in config
+    assert "00000000-0000-0000-0000-000000000000" not in config  # a path, never the value
     table = cluster.kubectl("get", "auditexports", "-n", "ex-01").stdout
     assert table.split("\n")[0].split() == ["NAME", "BACKEND", "READY", "PAUSED", "LAG",
                                             "WORKERS", "AGE"]
@@ -410,3 +417,39 @@ def test_spec_paused_round_trips(delivery: Delivery) -> None:
     wait_until(lambda: len(delivery.receiver.event_bytes()) >= 12, 30, "delivery to resume",
                delivery.cluster)
     wait_until(lambda: delivery.status().get("paused") is False, 30, "paused=false")
+
+
+@LOCAL_ONLY
+def test_an_unreachable_worker_is_reported_not_hidden(delivery: Delivery) -> None:
+    delivery.post(3, seed=9)
+    wait_until(lambda: delivery.status().get("workers") == 1
+               and delivery.status().get("workersUnreachable") == 0, 30, "one live worker",
+               delivery.cluster)
+    process = delivery.worker().process
+    assert process is not None
+    process.kill()  # the worker dies; the pod object stays, as after an OOM kill
+    process.wait(timeout=10)
+    status = wait_until(lambda: (s := delivery.status()).get("workersUnreachable") == 1 and s,
+                        30, "the dead worker to be reported", delivery.cluster)
+    assert status["workers"] == 1
+    assert f"{NAMESPACE}/{delivery.pod_name}: unreachable" in status["lastError"]
+    assert conditions({"status": status})["Delivering"]["reason"] == "WorkersUnreachable"
+
+
+@LOCAL_ONLY
+def test_pods_a_policy_missed_are_listed_in_its_status(cluster: Cluster) -> None:
+    cluster.apply(yaml.safe_dump({"apiVersion": "v1", "kind": "Pod",
+                                  "metadata": {"name": "early-pod", "labels": {"app": "late"}},
+                                  "spec": {"containers": [{"name": "app", "image": "a:1"}]}}))
+    cluster.apply(yaml.safe_dump({
+        "apiVersion": "sealtrail.dev/v1alpha1", "kind": "AuditPolicy",
+        "metadata": {"name": "late-policy"},
+        "spec": {"selector": {"matchLabels": {"app": "late"}},
+                 "routes": [{"exports": ["no-such-export"]}]}}))
+    status = wait_until(lambda: (cluster.get("auditpolicy", "late-policy").get("status") or {})
+                        .get("uninjectedPods") and cluster.get("auditpolicy", "late-policy")[
+                            "status"], 30, "the missed pod to be listed", cluster)
+    assert status["uninjectedPods"] == ["early-pod"]
+    assert status["unknownExports"] == ["no-such-export"]
+    assert conditions({"status": status})["ExportsResolved"]["status"] == "False"
+
