@@ -34,13 +34,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.kube import KUBECTL, Kubectl, KubeEmulator
+from tests.kube.emulator import KubeEmulator
+from tests.kube.kubectl import Kubectl
 from tests.receivers.http_base import HttpReceiver, Request, Response, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-pytestmark = pytest.mark.skipif(not KUBECTL.exists(), reason="kubectl not installed "
-                                "(scripts/kube_tools.sh installs it)")
 
 WIDGET_CRD = """
 apiVersion: apiextensions.k8s.io/v1
@@ -265,10 +263,24 @@ def test_kubectl_pods_and_protobuf_creates(kubectl: Kubectl, emulator: KubeEmula
     assert secret is not None
     assert base64.b64decode(secret["data"]["t"]) == b"s3cr3t"
     assert secret["type"] == "Opaque"
-    assert emulator.get("configmaps", "settings", "team-a")["data"] == {"a": "1"}  # type: ignore[index]
+    settings = emulator.get("configmaps", "settings", "team-a")
+    assert settings is not None
+    assert settings["data"] == {"a": "1"}
     namespace = emulator.get("namespaces", "team-a")
-    assert namespace["metadata"]["labels"] == {"kubernetes.io/metadata.name": "team-a"}  # type: ignore[index]
+    assert namespace is not None
+    assert namespace["metadata"]["labels"] == {"kubernetes.io/metadata.name": "team-a"}
     assert "default" in kubectl.ok("get", "sa", "-n", "team-a", "-o", "name")
+
+    owner = emulator.get("configmaps", "settings", "team-a")
+    worker = emulator.register_pod("team-a", "worker-0", labels={"app": "worker"},
+                                   ports=[8443], owner=owner)
+    assert worker["status"]["podIP"] == "127.0.0.1"
+    assert worker["spec"]["containers"][0]["ports"] == [{"containerPort": 8443,
+                                                         "protocol": "TCP"}]
+    row = kubectl.ok("get", "pods", "-n", "team-a", "-l", "app=worker", "--no-headers").split()
+    assert row[:3] == ["worker-0", "1/1", "Running"]
+    kubectl.ok("delete", "configmap", "settings", "-n", "team-a")
+    assert emulator.get("pods", "worker-0", "team-a") is None  # garbage-collected with its owner
 
 
 def test_kubectl_patch_every_type_and_apply_prunes_removed_fields(
@@ -278,7 +290,9 @@ def test_kubectl_patch_every_type_and_apply_prunes_removed_fields(
     kubectl.ok("patch", "widget", "w1", "--type", "merge", "-p", '{"spec":{"mode":"pull"}}')
     kubectl.ok("patch", "widget", "w1", "--type", "json",
                "-p", '[{"op":"replace","path":"/spec/maxReplicas","value":9}]')
-    spec = emulator.get("widgets", "w1", "default")["spec"]  # type: ignore[index]
+    patched_widget = emulator.get("widgets", "w1", "default")
+    assert patched_widget is not None
+    spec = patched_widget["spec"]
     assert (spec["mode"], spec["maxReplicas"]) == ("pull", 9)
     refused = kubectl("patch", "widget", "w1", "--type", "strategic", "-p", '{"spec":{}}')
     assert refused.returncode != 0
@@ -304,11 +318,25 @@ def test_kubectl_patch_every_type_and_apply_prunes_removed_fields(
         {"name": "A", "value": "1"}]
     assert stored["metadata"]["generation"] == 2
 
+    rollout = kubectl("rollout", "status", "deployment/d1", "--timeout=1s")
+    assert rollout.returncode != 0  # no controller: nothing becomes ready by itself
+    emulator.set_workload_ready("deployments", "d1", "default")
+    assert "successfully rolled out" in kubectl.ok("rollout", "status", "deployment/d1",
+                                                   "--timeout=10s")
+
     kubectl.ok("patch", "deployment", "d1", "-p", json.dumps({"spec": {"template": {"spec": {
         "containers": [{"name": "main", "env": [{"name": "C", "value": "3"}],
                         "ports": [{"containerPort": 8080}]}]}}}}))
-    main = emulator.get("deployments", "d1", "default")["spec"]["template"]["spec"][  # type: ignore[index]
-        "containers"][0]
+    patched = emulator.get("deployments", "d1", "default")
+    assert patched is not None
+    main = patched["spec"]["template"]["spec"]["containers"][0]
+    patches = [(r.path.rsplit("/", 2)[-2], r.content_type)
+               for r in emulator.requests if r.method == "PATCH"]
+    assert patches == [("widgets", "application/merge-patch+json"),
+                       ("widgets", "application/json-patch+json"),
+                       ("widgets", "application/strategic-merge-patch+json"),
+                       ("deployments", "application/strategic-merge-patch+json"),
+                       ("deployments", "application/strategic-merge-patch+json")]
     assert main["env"] == [{"name": "A", "value": "1"}, {"name": "C", "value": "3"}]
     assert main["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
     assert main["image"] == "nginx:1.27"
@@ -1160,3 +1188,12 @@ def test_server_side_apply_creates_then_merges(emulator: KubeEmulator, http: htt
                                                 "data": {"other": "x"}}))
     assert merged.status_code == 200
     assert merged.json()["data"] == {"k": "v", "other": "x"}
+
+
+def test_crd_paths_must_hold_only_crds(tmp_path: Path):
+    (tmp_path / "mixed.yaml").write_text(WIDGET_CRD + "\n---\n" + yaml.safe_dump(configmap("c")),
+                                         encoding="utf-8")
+    emulator = KubeEmulator([tmp_path])
+    with pytest.raises(RuntimeError, match="is not a CustomResourceDefinition"):
+        emulator.start()
+    emulator.stop()  # a no-op after a failed start

@@ -34,7 +34,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.worker_process import Worker, running_worker
+from tests.worker_process import Worker, free_port, running_worker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -755,7 +755,6 @@ def test_secrets_never_appear_in_responses_or_the_log(secured: Worker) -> None:
 
 
 def test_admin_listener_serves_status_and_metrics_but_never_audit_data(tmp_path: Path) -> None:
-    from tests.worker_process import free_port
     admin_port = free_port()
     with running_worker(tmp_path, admin={"listen": f"127.0.0.1:{admin_port}"}) as worker:
         with worker.client() as client:

@@ -79,12 +79,15 @@ class AdmissionRequest:
                 "request": request}
 
 
+def _listed(values: list[str] | None, wanted: str) -> bool:
+    if not values:
+        return False
+    return "*" in values or wanted in values
+
+
 def _rule_matches(rule: dict[str, Any], request: AdmissionRequest) -> bool:
     rtype = request.rtype
-
-    def listed(values: list[str] | None, wanted: str) -> bool:
-        return bool(values) and ("*" in values or wanted in values)  # type: ignore[operator]
-
+    listed = _listed
     if not listed(rule.get("operations"), request.operation):
         return False
     if not listed(rule.get("apiGroups"), rtype.group) or \
@@ -99,9 +102,7 @@ def _rule_matches(rule: dict[str, Any], request: AdmissionRequest) -> bool:
         main, _, sub = resource.partition("/")
         if main not in ("*", rtype.plural):
             continue
-        if (sub or "") == request.subresource or (sub == "*" and request.subresource):
-            return True
-        if main == "*" and not sub and not request.subresource:
+        if sub == request.subresource or (sub == "*" and request.subresource):
             return True
     return False
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from tests.kube import builtins, schema
+from tests.kube import builtin_kinds, schema
 from tests.kube.admission import Admission, AdmissionRequest
 from tests.kube.errors import (
     ApiError,
@@ -188,7 +188,7 @@ class Api:
                     warnings.extend(listed)
             schema.default(obj, rtype.schema)
         else:
-            builtins.apply_defaults(rtype.group_resource, obj, creating)
+            builtin_kinds.apply_defaults(rtype.group_resource, obj, creating)
         if rtype.group_resource == _CRD:
             self._crd_status(obj)
 
@@ -217,12 +217,12 @@ class Api:
         meta = obj["metadata"]
         causes: list[Cause] = []
         if old is None:
-            causes += builtins.name_causes(rtype.group_resource, meta["name"])
-        causes += builtins.metadata_causes(obj)
+            causes += builtin_kinds.name_causes(rtype.group_resource, meta["name"])
+        causes += builtin_kinds.metadata_causes(obj)
         if rtype.is_custom and rtype.schema is not None:
             causes += schema.validate(obj, rtype.schema, old)
         else:
-            causes += builtins.validation_causes(rtype.group_resource, obj)
+            causes += builtin_kinds.validation_causes(rtype.group_resource, obj)
         if rtype.group_resource == _CRD:
             causes += crd_causes(obj)
             for index, version in enumerate((obj.get("spec") or {}).get("versions") or []):

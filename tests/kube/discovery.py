@@ -135,8 +135,8 @@ def _gv_path(group: str, version: str) -> str:
 
 
 def _schema_name(rtype: ResourceType) -> str:
-    reversed_group = ".".join(reversed(rtype.group.split("."))) if rtype.group else "io.k8s.api.core"
-    return f"{reversed_group}.{rtype.version}.{rtype.kind}"
+    prefix = ".".join(reversed(rtype.group.split("."))) if rtype.group else "io.k8s.api.core"
+    return f"{prefix}.{rtype.version}.{rtype.kind}"
 
 
 def openapi_v3_document(registry: Registry, group: str, version: str) -> dict[str, Any] | None:

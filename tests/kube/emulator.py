@@ -11,9 +11,10 @@ kube-apiserver:
     emulator.stop()
 
 It serves on 127.0.0.1 from a background thread with its own asyncio loop. The in-process
-helpers (`objects`, `get`, `create`, `set_status`, `set_pod_status`, `register_pod`, `wait_for`,
-`compact`) are for tests; they run on the server's loop through the same code paths as HTTP
-requests (admission included), but the operator and kubectl must only use HTTP.
+helpers (`objects`, `get`, `create`, `set_status`, `set_pod_status`, `register_pod`,
+`set_workload_ready`, `wait_for`, `compact`, `restart`) are for tests; they run on the server's
+loop through the same code paths as HTTP requests (admission included), but the operator and
+kubectl must only use HTTP.
 
 As a process: `python -m tests.kube.emulator --crds DIR --port N [--kubeconfig FILE]` prints the
 URL and serves until SIGTERM or SIGINT.
@@ -119,7 +120,8 @@ def _reply(status: int, body: Any, *, content_type: str = "application/json",
 class KubeEmulator:
     """An in-process kube-apiserver stand-in; see the module docstring."""
 
-    def __init__(self, crd_paths: Iterable[Path] = (), service_resolver: ServiceResolver | None = None,
+    def __init__(self, crd_paths: Iterable[Path] = (),
+                 service_resolver: ServiceResolver | None = None,
                  *, port: int = 0, bookmark_interval: float = 5.0, history_limit: int = 5000,
                  log_path: Path | None = None) -> None:
         self.crd_paths = [Path(p) for p in crd_paths]
@@ -137,7 +139,7 @@ class KubeEmulator:
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
+        self._startup_errors: list[BaseException] = []
         self._log_file: Any = None
 
     @property
@@ -161,16 +163,16 @@ class KubeEmulator:
         if self.log_path is not None:
             self._log_file = self.log_path.open("a", encoding="utf-8")
         self._ready.clear()
-        self._startup_error = None
+        self._startup_errors.clear()
         self._thread = threading.Thread(target=self._serve, name="kube-emulator", daemon=True)
         self._thread.start()
         if not self._ready.wait(30):
             raise RuntimeError("the kube emulator did not start within 30 s")
-        if self._startup_error is not None:
+        if self._startup_errors:
             self._thread.join(10)
             self._thread = None
-            raise RuntimeError(f"the kube emulator failed to start: {self._startup_error}") \
-                from self._startup_error
+            failure = self._startup_errors[0]
+            raise RuntimeError(f"the kube emulator failed to start: {failure}") from failure
         return self
 
     def stop(self) -> None:
@@ -212,7 +214,7 @@ class KubeEmulator:
         try:
             loop.run_until_complete(self._startup())
         except BaseException as error:
-            self._startup_error = error
+            self._startup_errors.append(error)
             self._ready.set()
             loop.run_until_complete(self._cleanup())
             loop.close()
@@ -237,7 +239,8 @@ class KubeEmulator:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1])
-        documents = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        documents: list[Obj] = [{"apiVersion": "v1", "kind": "Namespace",
+                                 "metadata": {"name": name}}
                      for name in _STARTUP_NAMESPACES] + _load_documents(self.crd_paths)
         for document in documents:
             if document.get("kind") not in ("Namespace", "CustomResourceDefinition"):
@@ -510,6 +513,33 @@ class KubeEmulator:
                   "startTime": stamp, "qosClass": "BestEffort", "containerStatuses": containers,
                   "observedGeneration": pod["metadata"].get("generation", 1)}
         return self.set_status("pods", name, status, namespace)
+
+    def set_workload_ready(self, plural: str, name: str, namespace: str) -> Obj:
+        """What the deployment or statefulset controller reports once every replica is ready.
+
+        There are no controllers here: a test says when a workload the operator made is up.
+        """
+        workload = self.get(plural, name, namespace)
+        if workload is None:
+            raise KeyError(f"{plural} {namespace}/{name} does not exist")
+        replicas = int((workload.get("spec") or {}).get("replicas", 1))
+        stamp = now()
+        status: Obj = {
+            "observedGeneration": workload["metadata"].get("generation", 1),
+            "replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
+            "updatedReplicas": replicas,
+        }
+        if workload["kind"] == "Deployment":
+            status["conditions"] = [
+                {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+                 "lastUpdateTime": stamp, "lastTransitionTime": stamp},
+                {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+                 "lastUpdateTime": stamp, "lastTransitionTime": stamp}]
+        else:
+            revision = f"{name}-emulated"
+            status.update(currentReplicas=replicas, currentRevision=revision,
+                          updateRevision=revision, collisionCount=0)
+        return self.set_status(plural, name, status, namespace)
 
     def register_pod(self, namespace: str, name: str, *, labels: dict[str, str] | None = None,
                      ports: Iterable[int] = (), owner: Obj | None = None,

@@ -136,7 +136,8 @@ def not_found(resource: str, group: str, name: str) -> ApiError:
 
 def path_not_found() -> ApiError:
     return ApiError(404, "NotFound", "the server could not find the requested resource",
-                    {"causes": [{"reason": "UnexpectedServerResponse", "message": "404 page not found"}]})
+                    {"causes": [{"reason": "UnexpectedServerResponse",
+                                 "message": "404 page not found"}]})
 
 
 def already_exists(resource: str, group: str, name: str) -> ApiError:
@@ -147,8 +148,8 @@ def already_exists(resource: str, group: str, name: str) -> ApiError:
 def conflict(resource: str, group: str, name: str, why: str | None = None) -> ApiError:
     why = why or ("the object has been modified; please apply your changes to the latest version "
                   "and try again")
-    return ApiError(409, "Conflict",
-                    f'Operation cannot be fulfilled on {_qualified(resource, group)} "{name}": {why}',
+    target = f'{_qualified(resource, group)} "{name}"'
+    return ApiError(409, "Conflict", f"Operation cannot be fulfilled on {target}: {why}",
                     _details(resource, group, name))
 
 

@@ -165,7 +165,8 @@ def _smp_field(kind: str, path: str, result: dict[str, Any], key: str, value: An
 def strategic_merge_patch(kind: str, target: dict[str, Any], patch: Any) -> dict[str, Any]:
     """Strategic merge patch for a built-in kind (lists merge by their Kubernetes merge key)."""
     if not isinstance(patch, dict):
-        raise bad_request("json: cannot unmarshal array into Go value of type map[string]interface {}")
+        raise bad_request("json: cannot unmarshal array into Go value of type "
+                          "map[string]interface {}")
     result = _smp(kind, "", target, patch)
     return result if isinstance(result, dict) else {}
 

@@ -15,7 +15,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ABSENT", "END", "Store", "StoreConflictError", "WatchEvent", "WatchExpiredError", "Watcher"]
+__all__ = [
+    "ABSENT", "END", "Store", "StoreConflictError", "WatchEvent", "WatchExpiredError", "Watcher",
+]
 
 ABSENT = "<absent>"  # expected resourceVersion of an object that must not exist yet
 END = "END"  # the type of the event that tells a watch its resource is no longer served
@@ -162,7 +164,8 @@ class Store:
                                     "ADDED" if old is None else "MODIFIED", stored, old))
             return copy.deepcopy(stored)
 
-    def delete(self, group_resource: str, obj: dict[str, Any], expect: str | None) -> dict[str, Any]:
+    def delete(self, group_resource: str, obj: dict[str, Any],
+               expect: str | None) -> dict[str, Any]:
         """Remove the object; the DELETED event carries it with a fresh resourceVersion."""
         with self.lock:
             objects = self._objects.get(group_resource, {})

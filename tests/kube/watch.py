@@ -38,7 +38,8 @@ def _in_namespace(target: Target, obj: dict[str, Any]) -> bool:
     return target.namespace is None or obj["metadata"].get("namespace") == target.namespace
 
 
-def _translate(event: WatchEvent, target: Target, matches: Matcher) -> tuple[str, dict[str, Any]] | None:
+def _translate(event: WatchEvent, target: Target,
+               matches: Matcher) -> tuple[str, dict[str, Any]] | None:
     """The event as this watcher sees it through its namespace and selectors (None: unseen)."""
     if target.name is not None and event.obj["metadata"]["name"] != target.name:
         return None
