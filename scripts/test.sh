@@ -9,4 +9,5 @@ bin=.venv/bin
 echo "== ruff"; "$bin/ruff" check operator tests bench
 echo "== mypy (strict)"; "$bin/mypy"
 echo "== import layers"; "$bin/lint-imports"
-echo "== pytest"; exec "$bin/pytest" -n 2 "$@"
+# loadgroup: a module that shares one costly fixture (the operator e2e) stays on one worker.
+echo "== pytest"; exec "$bin/pytest" -n 2 --dist loadgroup "$@"

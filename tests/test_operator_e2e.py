@@ -48,7 +48,8 @@ from .receivers.http_base import free_port
 from .receivers.splunk import SplunkReceiver
 from .worker_process import ROOT
 
-pytestmark = [pytest.mark.timeout(300)]
+# One worker process runs the whole module: it shares one emulator, operator and kubelet.
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("operator-e2e")]
 
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 REAL_CLUSTER = os.environ.get("SEALTRAIL_E2E_KUBECONFIG")
@@ -65,6 +66,7 @@ class Cluster:
 
     kubeconfig: Path
     directory: Path
+    emulator: Any  # tests.kube.emulator.KubeEmulator, or None against a real cluster
     kubelet: FakeKubelet | None
     operator: subprocess.Popen[bytes] | None
     operator_log: Path | None
@@ -130,7 +132,7 @@ def webhook_configuration(port: int) -> str:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     directory = tmp_path_factory.mktemp("e2e")
     if REAL_CLUSTER:
-        yield Cluster(Path(REAL_CLUSTER), directory, None, None, None)
+        yield Cluster(Path(REAL_CLUSTER), directory, None, None, None, None)
         return
     from .kube.emulator import KubeEmulator  # noqa: PLC0415 - local harness only
 
@@ -140,7 +142,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     emulator.write_kubeconfig(kubeconfig)
     webhook_port = free_port()
     operator_log = directory / "operator.log"
-    harness = Cluster(kubeconfig, directory, None, None, operator_log)
+    harness = Cluster(kubeconfig, directory, emulator, None, None, operator_log)
     harness.kubectl("create", "namespace", NAMESPACE)
     harness.kubectl("apply", "--validate=false", "-f", "-",
                     stdin=webhook_configuration(webhook_port))
@@ -452,4 +454,54 @@ def test_pods_a_policy_missed_are_listed_in_its_status(cluster: Cluster) -> None
     assert status["uninjectedPods"] == ["early-pod"]
     assert status["unknownExports"] == ["no-such-export"]
     assert conditions({"status": status})["ExportsResolved"]["status"] == "False"
+
+
+def _rbac_request(method: str, path: str, query: str) -> tuple[str, str, str, str] | None:
+    """(verb, apiGroup, resource[/subresource], name) of an API request; None: discovery."""
+    parts = [part for part in path.split("/") if part]
+    if not parts or parts[0] not in ("api", "apis") or len(parts) < 3:
+        return None
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    if len(rest) > 2 and rest[0] == "namespaces":
+        rest = rest[2:]  # a namespaced resource (not the namespace object itself)
+    if not rest:
+        return None  # a group version's discovery document
+    resource, name = rest[0], rest[1] if len(rest) > 1 else ""
+    if len(rest) > 2:
+        resource += "/" + rest[2]
+    watching = "watch=true" in query or "watch=1" in query
+    verb = {"GET": "watch" if watching else ("get" if name else "list"), "POST": "create",
+            "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+    return verb, group, resource, name
+
+
+@LOCAL_ONLY
+def test_the_charts_rbac_allows_every_request_the_operator_made(cluster: Cluster) -> None:
+    chart = subprocess.run([str(ROOT / ".tools" / "bin" / "helm"), "template", "sealtrail",
+                            str(ROOT / "helm" / "sealtrail")], capture_output=True, text=True,
+                           check=True, timeout=60).stdout
+    (role,) = [doc for doc in yaml.safe_load_all(chart) if doc and doc["kind"] == "ClusterRole"]
+    # Some work of every kind, whatever ran before: an export, a policy rendering a config.
+    for folder in ("01-splunk", "08-collector-k8s-audit"):
+        cluster.kubectl("create", "namespace", f"rbac-{folder[:2]}", check=False)
+        for manifest in ("secret.yaml", "auditexport.yaml", "auditpolicy.yaml"):
+            cluster.kubectl("apply", "-n", f"rbac-{folder[:2]}", "-f",
+                            str(ROOT / "examples" / folder / manifest))
+    for namespace, name in (("rbac-01", "payments"), ("rbac-08", "cluster-audit")):
+        wait_until(lambda ns=namespace, n=name: conditions(cluster.get("auditpolicy", n, ns))
+                   .get("Ready", {}).get("status") == "True", 30, f"policy {name}", cluster)
+    made = {found for record in list(cluster.emulator.requests)
+            if record.user_agent.startswith(("kopf/", "OpenAPI-Generator/"))
+            and (found := _rbac_request(record.method, record.path, record.query))}
+    assert any(resource == "auditexports/status" for _, _, resource, _ in made)
+    assert any(resource == "configmaps" for _, _, resource, _ in made)
+
+    def allowed(verb: str, group: str, resource: str, name: str) -> bool:
+        return any(group in rule.get("apiGroups", []) and resource in rule["resources"]
+                   and verb in rule["verbs"]
+                   and (not rule.get("resourceNames") or name in rule["resourceNames"])
+                   for rule in role["rules"])
+
+    refused = sorted(request for request in made if not allowed(*request))
+    assert not refused, f"the chart's ClusterRole does not allow: {refused}"
 

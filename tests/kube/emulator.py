@@ -80,6 +80,7 @@ class RequestRecord:
     content_type: str
     status: int
     seconds: float
+    user_agent: str = ""
 
 
 def _media_types(request: web.Request) -> list[dict[str, str]]:
@@ -282,7 +283,8 @@ class KubeEmulator:
 
     def _record(self, request: web.Request, status: int, seconds: float) -> None:
         record = RequestRecord(request.method, request.path, request.query_string,
-                               request.headers.get("Content-Type", ""), status, seconds)
+                               request.headers.get("Content-Type", ""), status, seconds,
+                               request.headers.get("User-Agent", ""))
         self.requests.append(record)
         log.debug("%s %s -> %d (%.3f s)", record.method, request.path_qs, status, seconds)
         if self._log_file is not None:
