@@ -179,3 +179,11 @@ def test_verify_shows_progress_on_a_terminal_only(tmp_path: Path) -> None:
     piped = subprocess.run(command, capture_output=True, env=env, timeout=120, check=False)
     assert piped.returncode == 0
     assert b"verifying" not in piped.stderr
+
+
+def test_crds_check_passes_on_the_committed_files() -> None:
+    # As the README says to run it: from the repository, after changing a model.
+    done = subprocess.run([sys.executable, "-m", "sealtrail", "crds", "check"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "operator")})
+    assert done.returncode == 0, done.stdout + done.stderr
