@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from tests.kube import builtin_kinds, schema
+from tests.kube import builtin_kinds, protobuf, schema
 from tests.kube.admission import Admission, AdmissionRequest
 from tests.kube.errors import (
     ApiError,
@@ -99,9 +99,12 @@ class _RetryError(Exception):
     """The object changed while a write was being prepared; read it again and redo the write."""
 
 
-def _decode(body: bytes, content_type: str) -> Any:
+def decode_body(body: bytes, content_type: str) -> Any:
+    """A request body as an object: JSON, YAML, or the protobuf kubectl sends for simple kinds."""
     if not body.strip():
         raise bad_request("the body of the request is empty")
+    if content_type == protobuf.PROTOBUF:
+        return protobuf.decode(body)
     try:
         if "yaml" in content_type:
             return yaml.safe_load(body)
@@ -458,7 +461,7 @@ class Api:
         if content_type == APPLY and not query.get("fieldManager"):
             raise invalid("PatchOptions", "meta.k8s.io", "", [
                 Cause.required("fieldManager", "is required for apply patch")])
-        patch = _decode(body, "yaml" if content_type == APPLY else "json")
+        patch = decode_body(body, "yaml" if content_type == APPLY else "json")
         for _ in range(_RETRIES):
             found = self.store.get(rtype.group_resource, target.namespace, target.name or "")
             if found is None:
@@ -544,7 +547,7 @@ class Api:
         rtype = target.rtype
         options: Obj = {}
         if body.strip():
-            decoded = _decode(body, "json")
+            decoded = decode_body(body, "json")
             options = decoded if isinstance(decoded, dict) else {}
         current = self.get(target)
         preconditions = options.get("preconditions") or {}

@@ -44,7 +44,7 @@ from aiohttp import web
 
 from tests.kube import discovery, protobuf
 from tests.kube.admission import Admission, ServiceResolver
-from tests.kube.api import Api, Reply, Target, now
+from tests.kube.api import Api, Reply, Target, decode_body, now
 from tests.kube.errors import (
     ApiError,
     bad_request,
@@ -409,9 +409,9 @@ class KubeEmulator:
         if method == "POST" and target.name is None:
             if target.rtype.namespaced and target.namespace is None:
                 raise method_not_allowed()
-            return await self.api.create(target, _decode_body(body, content_type), query)
+            return await self.api.create(target, decode_body(body, content_type), query)
         if method == "PUT" and target.name is not None:
-            return await self.api.update(target, _decode_body(body, content_type), query)
+            return await self.api.update(target, decode_body(body, content_type), query)
         if method == "DELETE" and target.name is not None and not target.subresource:
             return await self.api.delete(target, body, query)
         if method == "DELETE" and target.name is None:
@@ -601,19 +601,6 @@ class KubeEmulator:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         return path
-
-
-def _decode_body(body: bytes, content_type: str) -> Any:
-    if not body.strip():
-        raise bad_request("the body of the request is empty")
-    if content_type == protobuf.PROTOBUF:
-        return protobuf.decode(body)
-    try:
-        if "yaml" in content_type:
-            return yaml.safe_load(body)
-        return json.loads(body)
-    except (ValueError, yaml.YAMLError) as error:
-        raise bad_request(f"couldn't get version/kind; json parse error: {error}") from error
 
 
 def _load_documents(paths: Iterable[Path]) -> list[Obj]:
