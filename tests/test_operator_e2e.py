@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,16 +49,15 @@ from .receivers.http_base import free_port
 from .receivers.splunk import SplunkReceiver
 from .worker_process import ROOT
 
-# One worker process runs the whole module: it shares one emulator, operator and kubelet.
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("operator-e2e")]
+# The whole module shares one emulator, operator and kubelet (scripts/test.sh: --dist loadfile).
+pytestmark = [pytest.mark.timeout(300)]
 
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 REAL_CLUSTER = os.environ.get("SEALTRAIL_E2E_KUBECONFIG")
 LOCAL_ONLY = pytest.mark.skipif(
     bool(REAL_CLUSTER), reason="needs loopback workers and receivers (the local harness)")
 NAMESPACE = "e2e"
-TOKEN_A = "5f0c5a8e-1d7b-4c36-9d53-7c0a3b1e2f41"  # noqa: S105 - the test receiver's
-TOKEN_B = "b2d7e6c1-9a4f-4f0e-8c7d-1e3a5b9c0d22"  # noqa: S105 - the test receiver's
+
 
 
 @dataclass
@@ -240,6 +240,8 @@ class Delivery:
 
     cluster: Cluster
     receiver: SplunkReceiver
+    token: str  # this test's own: a receiver never takes an earlier test's worker's rows
+    rotated: str
     export: str
     policy: str
     secret: str
@@ -265,11 +267,12 @@ class Delivery:
 
 
 def start_delivery(cluster: Cluster, name: str, **export_extra: Any) -> Delivery:
-    receiver = SplunkReceiver(TOKEN_A)
+    token, rotated = str(uuid.uuid4()), str(uuid.uuid4())
+    receiver = SplunkReceiver(token)
     receiver.start()
-    delivery = Delivery(cluster, receiver, f"{name}-hec", f"{name}-app", f"{name}-token",
-                        f"{name}-pod")
-    cluster.apply(delivery.secret_manifest(TOKEN_A))
+    delivery = Delivery(cluster, receiver, token, rotated, f"{name}-hec", f"{name}-app",
+                        f"{name}-token", f"{name}-pod")
+    cluster.apply(delivery.secret_manifest(token))
     spec = {"splunk": {"hecUrl": receiver.url, "token": {"secretKeyRef": {
         "name": delivery.secret, "key": "token"}}},
             "batch": {"intervalMs": 100, "maxIntervalMs": 1000},
@@ -302,9 +305,15 @@ def delivery(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Deliv
     try:
         yield found
     finally:
-        found.receiver.stop()
+        # The worker goes first: a receiver stopped under a running worker leaves it retrying
+        # at a port the next test's receiver may be given.
         cluster.kubectl("delete", "pod", found.pod_name, "-n", NAMESPACE, "--wait=false",
                         check=False)
+        assert cluster.kubelet is not None
+        kubelet = cluster.kubelet
+        wait_until(lambda: kubelet.pod(NAMESPACE, found.pod_name) is None, 30,
+                   "the deleted pod's worker to stop", cluster)
+        found.receiver.stop()
 
 
 @LOCAL_ONLY
@@ -374,7 +383,7 @@ def test_permanent_failures_pause_and_a_rotated_secret_resumes_without_restart(
     pid = delivery.worker().process.pid  # type: ignore[union-attr]
     version_before = wait_until(lambda: delivery.status().get("credentialVersion"), 30,
                                 "a credential version", delivery.cluster)
-    delivery.receiver.token = TOKEN_B  # the SIEM rotated: the old token is now refused
+    delivery.receiver.token = delivery.rotated  # the SIEM rotated: the old token is refused
     delivery.post(5, seed=6)
     paused = wait_until(lambda: conditions({"status": (s := delivery.status())}).get(
         "Paused", {}).get("status") == "True" and s, 60, "Paused=True", delivery.cluster)
@@ -385,7 +394,7 @@ def test_permanent_failures_pause_and_a_rotated_secret_resumes_without_restart(
     events = delivery.cluster.kubectl("get", "events", "-n", NAMESPACE, "-o", "json").stdout
     assert any(e.get("reason") == "Paused" and e["involvedObject"]["name"] == delivery.export
                for e in json.loads(events)["items"])
-    delivery.cluster.apply(delivery.secret_manifest(TOKEN_B))  # rotate the Secret
+    delivery.cluster.apply(delivery.secret_manifest(delivery.rotated))  # rotate the Secret
     resumed = wait_until(lambda: (s := delivery.status()).get("paused") is False
                          and s.get("cursorLag") == 0 and s, 60,
                          "the rotated Secret to resume delivery", delivery.cluster)
@@ -395,8 +404,8 @@ def test_permanent_failures_pause_and_a_rotated_secret_resumes_without_restart(
     assert resumed["credentialVersion"] == f"{delivery.secret}/token@{secret_version}"
     assert delivery.worker().process.pid == pid  # type: ignore[union-attr]
     assert len({orjson.loads(b)["seq"] for b in delivery.receiver.event_bytes()}) == 10
-    assert TOKEN_A not in json.dumps(resumed)
-    assert TOKEN_B not in json.dumps(resumed)
+    assert delivery.token not in json.dumps(resumed)
+    assert delivery.rotated not in json.dumps(resumed)
 
 
 @LOCAL_ONLY
