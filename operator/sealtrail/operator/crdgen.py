@@ -390,7 +390,11 @@ def render_reference() -> str:
 
 def outputs() -> dict[str, str]:
     """Every generated file, by its path from the repository root."""
-    files = {f"crds/{name}": text for name, text in render_crds().items()}
+    crds = render_crds()
+    files = {f"crds/{name}": text for name, text in crds.items()}
+    # The chart's copies: Helm reads only files inside the chart, and a chart's `crds/` folder
+    # is never upgraded by Helm, so the chart renders these from a template instead.
+    files |= {f"helm/sealtrail/files/crds/{name}": text for name, text in crds.items()}
     files[REFERENCE_PATH] = render_reference()
     return files
 
