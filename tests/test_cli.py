@@ -187,3 +187,33 @@ def test_crds_check_passes_on_the_committed_files() -> None:
                           capture_output=True, text=True, timeout=120, check=False,
                           env={**os.environ, "PYTHONPATH": str(ROOT / "operator")})
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_verify_rows_rechecks_a_siems_copy(cli: Cli, tmp_path: Path, db_path: Path) -> None:
+    assert cli("keygen", "--out", tmp_path / "k.key").returncode == 0
+    appended = cli("append", "--db", db_path, "--checkpoint-key", tmp_path / "k.key",
+                   "--checkpoint-every", "10", stdin=ndjson(good(40)))
+    assert appended.returncode == 0, appended.stderr
+    dumped = cli("dump", "--db", db_path)
+    assert dumped.returncode == 0, dumped.stderr
+    rows = dumped.stdout.splitlines()  # rows exactly as a SIEM receives them
+    export = tmp_path / "siem-export.ndjson"
+    export.write_bytes(b"\n".join(reversed(rows)) + b"\n")  # a SIEM's order is its own
+    ok = cli("verify", "--rows", export, "--pubkey", tmp_path / "k.key.pub")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert b"intact" in ok.stdout
+    assert b"signed checkpoints checked" in ok.stdout
+    assert b" 0 signed" not in ok.stdout
+
+    edited = [orjson.loads(row) for row in rows]
+    edited[7]["reason"] = "nothing to see here"
+    export.write_bytes(b"\n".join(orjson.dumps(row) for row in edited) + b"\n")
+    tampered = cli("verify", "--rows", export, "--pubkey", tmp_path / "k.key.pub")
+    assert tampered.returncode == 1
+    assert (f"{edited[7]['tenant_id']}: row {edited[7]['tenant_seq']} does not match its "
+            "hash").encode() in tampered.stdout
+
+    export.write_bytes(b"\n".join(rows[:5] + rows[6:]) + b"\n")  # one row never arrived
+    gap = cli("verify", "--rows", export, "--pubkey", tmp_path / "k.key.pub")
+    assert gap.returncode == 1
+    assert b"never arrived" in gap.stdout
