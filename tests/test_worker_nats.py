@@ -30,6 +30,7 @@ import nats
 import nats.js.errors
 import orjson
 import pytest
+import yaml
 from nats.aio.client import Client
 from nats.js import api
 from prometheus_client import CollectorRegistry
@@ -39,6 +40,8 @@ from sealtrail.chain.verify import Status, verify_store
 from sealtrail.worker.backpressure import RefusedError
 from sealtrail.worker.core import WorkerCore
 from sealtrail.worker.nats_source import NatsSource
+
+from .worker_process import running_worker
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 STREAM = "AUDIT"
@@ -417,3 +420,30 @@ def test_missing_stream_is_reported_not_created(tmp_path: Path, nats_url: str) -
         await close(core)
 
     asyncio.run(scenario())
+
+
+def test_a_nats_block_added_to_a_running_workers_config_starts_consuming(
+        tmp_path: Path, nats_url: str) -> None:
+    async def publish_ten() -> None:
+        async with jetstream(nats_url, ack_wait=None) as client:
+            await publish(client, [event(n) for n in range(10)])
+
+    with running_worker(tmp_path / "worker") as worker:
+        pid = worker.pid
+        asyncio.run(publish_ten())
+        time.sleep(0.5)
+        assert worker.row_count() == 0  # no source yet
+        config = {**worker.config, "nats": {"url": nats_url, "stream": STREAM,
+                                             "subject": SUBJECT, "durable": DURABLE}}
+        fresh = worker.config_path.with_suffix(".new")
+        fresh.write_text(yaml.safe_dump(config), encoding="utf-8")
+        fresh.replace(worker.config_path)  # as the kubelet swaps a ConfigMap's file
+        deadline = time.monotonic() + 20
+        while worker.row_count() < 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert worker.row_count() == 10, worker.log()
+        assert worker.pid == pid
+        assert worker.alive()
+        assert "NATS source restarted" in worker.log()
+        jobs = [row["job_id"] for row in worker.rows()]
+        assert jobs == [f"job-{n:04d}" for n in range(10)]

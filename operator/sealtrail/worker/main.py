@@ -20,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sealtrail.api.configfile import ConfigFileError, load_config
-from sealtrail.api.worker_config import WorkerConfig
+from sealtrail.api.worker_config import NatsSpec, WorkerConfig
 from sealtrail.export.engine import ConfigError
 from sealtrail.worker.config_watch import watch_config
 from sealtrail.worker.core import WorkerCore
@@ -69,8 +69,8 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     if config.ingest.processes > 1:
         others = IngestProcesses(config_path, core, config.ingest.processes - 1)
         await others.start()
-    source = NatsSource(core, config.nats) if config.nats is not None else None
-    nats_task = asyncio.create_task(source.run(), name="nats-source") if source else None
+    nats = _NatsRunner(core)
+    nats.start(config.nats)
     log.info("worker listening on %s%s, %d exports", config.ingest.listen,
              f" (admin on {config.admin.listen})" if config.admin.listen else "",
              len(core.engine.loops))
@@ -80,8 +80,13 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     async def apply(new: WorkerConfig) -> str:
+        nats_changed = new.nats != core.config.nats
         changes = await core.reload(new)
         app[TOKENS][:] = tokens_of(new)
+        if nats_changed:  # the old consumer's last batch is committed and acked first
+            await nats.stop()
+            nats.start(new.nats)
+            changes.append("NATS source " + ("stopped" if new.nats is None else "restarted"))
         return ", ".join(changes) or "exports unchanged"
 
     watcher = asyncio.create_task(watch_config(config_path, apply))
@@ -91,9 +96,7 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
-    if source is not None and nats_task is not None:
-        source.stop()  # its last batch is committed and acked while the store is open
-        await nats_task
+    await nats.stop()  # its last batch is committed and acked while the store is open
     if others is not None:
         await others.stop(core.config.drain_timeout_seconds + 5)
     core.ready = False  # requests still in flight finish; new ones get 503
@@ -106,4 +109,23 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
              else "a backlog stays on disk and resumes from each cursor on the next start")
     return 0
 
+
+class _NatsRunner:
+    """The NATS source of a worker, if its config has one; replaced live on a config change."""
+
+    def __init__(self, core: WorkerCore) -> None:
+        self._core = core
+        self._source: NatsSource | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, spec: NatsSpec | None) -> None:
+        if spec is not None:
+            self._source = NatsSource(self._core, spec)
+            self._task = asyncio.create_task(self._source.run(), name="nats-source")
+
+    async def stop(self) -> None:
+        if self._source is not None and self._task is not None:
+            self._source.stop()
+            await self._task
+        self._source, self._task = None, None
 
