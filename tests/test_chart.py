@@ -1,7 +1,11 @@
 """The Helm chart, with the real helm (v4): it lints, it renders valid manifests, its RBAC is narrow.
 
-* `helm lint` passes with the default values and with a namespaced install;
-* every object `helm template` renders validates with `kubernetes-validate` for 1.37 (strict);
+* `helm lint` passes with the default values and with each file under `helm/sealtrail/ci/`;
+  `values.schema.json` refuses a bad value, naming it;
+* every object `helm template` renders validates with `kubernetes-validate` (strict) for the
+  oldest Kubernetes the chart declares (1.29: native sidecars) and for 1.37; the Prometheus
+  Operator's kinds, which it has no schema for, are checked for their shape here;
+* the chart's CRDs equal `crds/` (plus the chart's labels and keep annotation);
 * the RBAC grants what the operator does and no more: no wildcard, no Secret writes, the
   webhook configuration only by name; with `watchNamespaces` there is no cluster-wide grant of
   the operator's namespaced work, only Roles in those namespaces.
@@ -13,6 +17,7 @@ That the rules suffice for what the operator really asks of the API is shown in
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -43,13 +48,95 @@ def rules_of(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [rule for doc in docs if doc["kind"] == kind for rule in doc["rules"]]
 
 
-@pytest.mark.parametrize("values", [(), ("watchNamespaces={payments,billing}",),
-                                    ("webhook.enabled=false",)])
-def test_lints_and_renders_valid_objects(values: tuple[str, ...]) -> None:
-    sets = [arg for value in values for arg in ("--set", value)]
-    helm("lint", str(CHART), *sets)
-    for doc in render(*values):
-        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+VALUES_FILES = sorted((CHART / "ci").glob("*.yaml"))
+MONITORING_KINDS = ("PodMonitor", "PrometheusRule")
+
+
+def render_file(values_file: Path | None) -> list[dict[str, Any]]:
+    args = ["template", "audit", str(CHART), "--namespace", "sealtrail"]
+    if values_file is not None:
+        args += ["-f", str(values_file)]
+    return [doc for doc in yaml.safe_load_all(helm(*args)) if doc]
+
+
+def kube_version() -> str:
+    declared = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    return declared.removeprefix(">=").removesuffix("-0")
+
+
+@pytest.mark.parametrize("values_file", [None, *VALUES_FILES],
+                         ids=["defaults", *(path.stem for path in VALUES_FILES)])
+def test_lints_and_renders_valid_objects(values_file: Path | None) -> None:
+    helm("lint", str(CHART), *(["-f", str(values_file)] if values_file else []))
+    docs = render_file(values_file)
+    assert docs
+    for doc in docs:
+        if doc["kind"] in MONITORING_KINDS or doc["apiVersion"].startswith("cert-manager.io/"):
+            continue  # not Kubernetes' own kinds: no schema in kubernetes-validate
+        for version in (kube_version(), "1.37.0"):
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_values_schema_refuses_a_bad_value_naming_it() -> None:
+    done = subprocess.run([str(HELM), "lint", str(CHART), "--set",
+                           "webhook.failurePolicy=Sometimes"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode != 0
+    assert "/webhook/failurePolicy" in done.stdout + done.stderr
+
+
+def test_the_charts_crds_equal_crds_folder() -> None:
+    rendered = {doc["metadata"]["name"]: doc for doc in render()
+                if doc["kind"] == "CustomResourceDefinition"}
+    committed = {doc["metadata"]["name"]: doc
+                 for path in sorted((ROOT / "crds").glob("*.yaml"))
+                 for doc in yaml.safe_load_all(path.read_text())}
+    assert set(rendered) == set(committed) == {"auditexports.sealtrail.dev",
+                                               "auditpolicies.sealtrail.dev"}
+    for name, crd in rendered.items():
+        meta = crd["metadata"]
+        assert meta.pop("annotations") == {"helm.sh/resource-policy": "keep"}
+        labels = meta.pop("labels")
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        own = committed[name]["metadata"].get("labels", {})
+        assert own.items() <= labels.items()  # the chart adds its labels, keeps the CRD's
+        meta["labels"] = own
+        assert crd == committed[name], f"{name}: the chart's copy differs from crds/"
+    no_crds = render("crds.enabled=false")
+    assert not any(doc["kind"] == "CustomResourceDefinition" for doc in no_crds)
+
+
+def test_monitoring_objects_have_their_shape() -> None:
+    docs = render_file(CHART / "ci" / "monitoring-values.yaml")
+    (monitor,) = [doc for doc in docs if doc["kind"] == "PodMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchExpressions"] == [
+        {"key": "sealtrail.dev/policy", "operator": "Exists"}]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "st-admin"
+    (rule,) = [doc for doc in docs if doc["kind"] == "PrometheusRule"]
+    groups = rule["spec"]["groups"]
+    assert groups
+    assert all(alert["expr"] and alert["labels"]["severity"]
+               for group in groups for alert in group["rules"])
+    (dashboard,) = [doc for doc in docs if doc["kind"] == "ConfigMap"
+                    and doc["metadata"]["name"].endswith("-dashboard")]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["data"]["sealtrail.json"] == (
+        CHART / "files" / "dashboard.json").read_text().rstrip("\n")
+
+
+def test_cert_manager_replaces_the_self_made_certificate() -> None:
+    docs = render_file(CHART / "ci" / "cert-manager-values.yaml")
+    (certificate,) = [doc for doc in docs if doc["kind"] == "Certificate"]
+    assert certificate["spec"]["issuerRef"] == {"name": "internal-ca", "kind": "ClusterIssuer"}
+    (config,) = [doc for doc in docs if doc["kind"] == "MutatingWebhookConfiguration"]
+    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        "sealtrail/audit-sealtrail-webhook")
+    args = next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"][
+        "spec"]["containers"][0]["args"]
+    assert "--webhook-cert-dir=/etc/sealtrail/webhook-tls" in args
+    assert "--webhook-configuration=" in args  # the operator writes no CA of its own
 
 
 def test_rbac_is_narrow() -> None:

@@ -276,3 +276,51 @@ def test_a_routes_index_and_sourcetype_reach_splunk(tmp_path: Path, credential: 
         assert any(e.sourcetype == "sealtrail:safety" for e in received)
     finally:
         splunk.close()
+
+
+def test_new_rows_never_cut_a_retry_after_short(tmp_path: Path, webhook: WebhookCase,
+                                                credential: Path) -> None:
+    db = tmp_path / "audit.db"
+    with ChainStore(db) as store:
+        store.append(events(5))
+    webhook.receiver.fail_next(1, 503, b'{"error":"unavailable"}', {"Retry-After": "2"})
+
+    async def body(engine: ExportEngine, store: ChainStore) -> tuple[int, int]:
+        engine.start()
+        loop = engine.loops["hook"]
+        await asyncio.to_thread(wait_for, lambda: len(webhook.receiver.requests) >= 1, 10,
+                                "the first (refused) request")
+        for _ in range(10):  # steady ingest while the receiver asked for two seconds
+            stored = store.append(events(3))
+            engine.notify(stored[-1].seq)
+            await asyncio.sleep(0.1)
+        during = len(webhook.receiver.requests)
+        await asyncio.to_thread(wait_for, lambda: loop.cursor == 35, 20, "delivery")
+        return during, loop.cursor
+
+    (during, cursor), _ = engine_run(db, ExportsConfig(exports=[
+        webhook.export_spec("hook", credential)]), body)
+    assert during == 1  # one second of new rows, and no request before Retry-After ran out
+    assert cursor == 35
+
+
+def test_steady_load_fills_requests_instead_of_sending_each_write(
+        tmp_path: Path, webhook: WebhookCase, credential: Path) -> None:
+    db = tmp_path / "audit.db"
+    ChainStore(db).close()
+    spec = webhook.export_spec("hook", credential)
+    spec = spec.model_copy(update={"batch": spec.batch.model_copy(
+        update={"interval_ms": 50, "max_interval_ms": 400, "max_events": 100})})
+
+    async def body(engine: ExportEngine, store: ChainStore) -> int:
+        engine.start()
+        loop = engine.loops["hook"]
+        for _ in range(60):  # 60 writes of 2 rows, every 20 ms
+            stored = store.append(events(2))
+            engine.notify(stored[-1].seq)
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(wait_for, lambda: loop.cursor == 120, 20, "delivery")
+        return len(webhook.receiver.requests)
+
+    requests, _ = engine_run(db, ExportsConfig(exports=[spec]), body)
+    assert requests <= 20, f"{requests} requests for 60 writes: the interval did not batch"

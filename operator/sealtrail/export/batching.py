@@ -8,7 +8,8 @@ The interval is the pause between send cycles while there is less than a full ba
 it widens (doubling, up to the maximum) while every cycle finds rows, so that under steady load
 requests grow fuller and fewer, and when the receiver pushes back; it collapses to the base
 as soon as a cycle finds the queue empty. A full batch waiting is sent at once, whatever the
-interval. An interval stuck at the maximum means the receiver cannot keep up.
+interval. At the maximum under a steady trickle is normal (requests wait to fill); at the
+maximum while retryable failures continue, the receiver cannot keep up.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class ExportEngine:
         if last_seq is not None:
             self.metrics.last_seq.set(last_seq)
         for loop in self.loops.values():
-            loop.wake()
+            loop.wake(last_seq)
 
     def pause(self, name: str, reason: str = "paused by request") -> None:
         """Pause one export."""

@@ -91,7 +91,11 @@ class ExportLoop:
         self.delivered_rows = 0
         self.rejected_row: str | None = None
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
-        self._wake = asyncio.Event()
+        # What may cut a wait short, by what the loop waits for (see `_sleep`).
+        self._rows = asyncio.Event()  # any new row: ends an idle wait
+        self._full = asyncio.Event()  # a full batch waiting: ends the interval under load
+        self._interrupt = asyncio.Event()  # stop, resume, drain: ends any wait
+        self._stored = 0  # the newest seq the loop was told of
         self._stopping = False
         self._deadline: float | None = None  # of a drain in progress
         self._paused_credential: str | None = None
@@ -104,14 +108,29 @@ class ExportLoop:
 
     # -- control -------------------------------------------------------------------------
 
-    def wake(self) -> None:
-        """New rows were stored: stop waiting out the interval."""
-        self._wake.set()
+    def wake(self, last_seq: int | None = None) -> None:
+        """New rows were stored (up to `last_seq`, if known).
+
+        An idle loop sends at once. A loop waiting out its interval under steady load sends
+        early only once a full batch waits (else requests would never grow fuller), and a
+        retry backoff or a receiver's Retry-After is never cut short by new rows.
+        """
+        self._rows.set()
+        if last_seq is None:
+            self._full.set()
+            return
+        self._stored = max(self._stored, last_seq)
+        if self._stored - self.cursor >= self.spec.batch.max_events:
+            self._full.set()
+
+    def interrupt(self) -> None:
+        """End whatever wait the loop is in (a drain, a stop, a resume)."""
+        self._interrupt.set()
 
     def stop(self) -> None:
         """Finish the current attempt and return from `run()`."""
         self._stopping = True
-        self._wake.set()
+        self._interrupt.set()
 
     def pause(self, reason: str, *, self_paused: bool = False) -> None:
         """Stop sending until resumed; say why everywhere a person looks.
@@ -135,7 +154,7 @@ class ExportLoop:
         self.pause_reason = None
         self.failures = 0
         self.metrics.paused.labels(self.name).set(0)
-        self._wake.set()
+        self._interrupt.set()
 
     def status(self) -> LoopStatus:
         """What this export is doing, right now."""
@@ -193,7 +212,7 @@ class ExportLoop:
                     if deadline is not None:
                         return True
                     self._set_interval(collapse=True)
-                    await self._sleep(self.interval.seconds)
+                    await self._sleep(self.interval.seconds, self._rows)
                     continue
                 backlog = len(rows) == limit
                 if backlog:
@@ -207,7 +226,7 @@ class ExportLoop:
                 # when the next cycle waits); a backlog is sent on at once, whatever it says.
                 self._set_interval(collapse=False)
                 if not backlog and deadline is None:
-                    await self._sleep(self.interval.seconds)
+                    await self._sleep(self.interval.seconds, self._full)
             return False
         finally:
             self._deadline = None
@@ -366,12 +385,26 @@ class ExportLoop:
             self.interval.widen()
         self.metrics.interval.labels(self.name).set(self.interval.current_ms)
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float, also: asyncio.Event | None = None) -> None:
+        """Wait `seconds`, or until interrupted, or until `also` is set (if given)."""
         if self._deadline is not None:  # a drain never waits past its deadline
             seconds = max(0.0, min(seconds, self._deadline - time.monotonic()))
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        events = [self._interrupt] + ([also] if also is not None else [])
+        for event in events:
+            event.clear()
+        if self._stopping:
+            return
+        # What was stored while the loop was busy counts too (the events were just cleared).
+        waiting = self._stored - self.cursor
+        if (also is self._rows and waiting > 0) or (
+                also is self._full and waiting >= self.spec.batch.max_events):
+            return
+        waits = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _wait_while_paused(self) -> None:
         await self._sleep(PAUSED_POLL_SECONDS)
