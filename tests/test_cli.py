@@ -217,3 +217,27 @@ def test_verify_rows_rechecks_a_siems_copy(cli: Cli, tmp_path: Path, db_path: Pa
     gap = cli("verify", "--rows", export, "--pubkey", tmp_path / "k.key.pub")
     assert gap.returncode == 1
     assert b"never arrived" in gap.stdout
+
+
+def test_every_sealtrail_command_in_the_readme_is_one_the_cli_takes() -> None:
+    # The README's command lines are run elsewhere (the demo, the suite, the e2e tests); here
+    # each is parsed by the real argument parser, so no documented command or flag can drift.
+    import shlex  # noqa: PLC0415
+
+    from sealtrail.cli import _parser  # noqa: PLC0415
+
+    lines, fenced = [], False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif fenced and line.startswith("sealtrail "):
+            lines.append(line)
+    assert len(lines) >= 10
+    for line in lines:
+        command = line.split("  #", 1)[0].split(" < ", 1)[0]
+        words = [word.split("|", 1)[0] for word in shlex.split(command.replace("[", " ")
+                                                                    .replace("]", " "))]
+        try:
+            _parser().parse_args(words[1:])
+        except SystemExit as error:
+            raise AssertionError(f"the README documents {line!r}, which the CLI refuses") from error
