@@ -58,7 +58,7 @@ def _add_operator_parser(commands: Any) -> None:
     operator.add_argument("--poll-seconds", type=float, default=5.0,
                           help="how often each AuditExport asks its workers for status")
     operator.add_argument("--policy-resync-seconds", type=float, default=30.0)
-    operator.add_argument("--default-image", default="sealtrail/sealtrail:0.1.0",
+    operator.add_argument("--default-image", default=None,
                           help="worker image when a policy names none")
     operator.add_argument("--webhook-port", type=int, default=9443)
     operator.add_argument("--webhook-host", action="append", default=[], dest="webhook_hosts",
@@ -409,7 +409,11 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 def _operator(args: argparse.Namespace) -> int:
-    from sealtrail.operator.config import OperatorConfig, WebhookConfig  # noqa: PLC0415
+    from sealtrail.operator.config import (  # noqa: PLC0415
+        DEFAULT_IMAGE,
+        OperatorConfig,
+        WebhookConfig,
+    )
     from sealtrail.operator.main import run_operator  # noqa: PLC0415 - heavy imports
 
     webhook = None if args.no_webhook else WebhookConfig(
@@ -417,6 +421,7 @@ def _operator(args: argparse.Namespace) -> int:
         cert_dir=args.webhook_cert_dir, configuration=args.webhook_configuration or None)
     return run_operator(OperatorConfig(
         namespaces=tuple(args.namespaces), poll_seconds=args.poll_seconds,
-        policy_resync_seconds=args.policy_resync_seconds, default_image=args.default_image,
+        policy_resync_seconds=args.policy_resync_seconds,
+        default_image=args.default_image or DEFAULT_IMAGE,
         webhook=webhook, liveness_port=args.liveness_port or None))
 

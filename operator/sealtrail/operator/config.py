@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["OperatorConfig", "WebhookConfig"]
+__all__ = ["DEFAULT_IMAGE", "OperatorConfig", "WebhookConfig"]
+
+#: The worker image when neither a policy nor the command line names one.
+DEFAULT_IMAGE = "sealtrail/sealtrail:0.1.0"
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,6 @@ class OperatorConfig:
     poll_seconds: float = 5.0
     policy_resync_seconds: float = 30.0
     watch_timeout_seconds: int = 300
-    default_image: str = "sealtrail/sealtrail:0.1.0"
+    default_image: str = DEFAULT_IMAGE
     webhook: WebhookConfig | None = field(default_factory=WebhookConfig)
     liveness_port: int | None = 8080

@@ -65,6 +65,10 @@ class StatusPoller:
 
     async def reports(self, workers: Sequence[WorkerAddress], export: str) -> list[WorkerReport]:
         """One report per worker for the export named `export`."""
+        now = time.monotonic()  # forget answers past their time: pods come and go
+        self._cache = {url: entry for url, entry in self._cache.items()
+                       if now - entry[0] < self._ttl}
+
         async def ask(worker: WorkerAddress) -> WorkerReport:
             if not worker.ip:
                 return WorkerReport(worker.pod, reachable=False, error="the pod has no IP yet")

@@ -26,9 +26,10 @@ from pydantic import ValidationError
 from sealtrail.api.errors import field_errors
 from sealtrail.api.resources import AuditExportSpec
 from sealtrail.operator import naming
+from sealtrail.operator.admission import matching_policies
 from sealtrail.operator.certs import make_serving_certificate
 from sealtrail.operator.collector import plan_collector
-from sealtrail.operator.config import WebhookConfig
+from sealtrail.operator.config import DEFAULT_IMAGE, WebhookConfig
 from sealtrail.operator.inject import has_worker, opted_out, plan_sidecar
 from sealtrail.operator.kube import Kube, KubeError
 from sealtrail.operator.polling import WorkerAddress
@@ -297,7 +298,7 @@ def _apply_policy_objects(kube: Kube, facts: NamespaceFacts,
 
 def render_policies_using(kube: Kube, facts: NamespaceFacts, *, export: str | None = None,
                           secret: str | None = None,
-                          default_image: str = "sealtrail/sealtrail:0.1.0") -> None:
+                          default_image: str = DEFAULT_IMAGE) -> None:
     """Re-render the policies of the namespace that route to `export` or use `secret`."""
     for policy in facts.valid_policies:
         names = policy.spec.export_names()
@@ -315,7 +316,7 @@ def render_policies_using(kube: Kube, facts: NamespaceFacts, *, export: str | No
 
 def render_policy(kube: Kube, facts: NamespaceFacts, fact: PolicyFact, pods_idx: Any, *,
                   now: str, previous: Mapping[str, Any],
-                  default_image: str = "sealtrail/sealtrail:0.1.0") -> dict[str, Any]:
+                  default_image: str = DEFAULT_IMAGE) -> dict[str, Any]:
     """Apply a policy's objects and return its whole status."""
     def cond(kind: str, status: Any, reason: str, message: str) -> dict[str, Any]:
         return condition(kind, status, reason, message, now=now, generation=fact.generation)
@@ -376,11 +377,7 @@ def workers_of_export(facts: NamespaceFacts, workers_idx: Any,
 def inject_pod(facts: NamespaceFacts, pod: dict[str, Any], patch: kopf.Patch,
                warnings: list[str], *, default_image: str) -> None:
     """Add the matching policy's worker to a pod being created (never refuse the pod)."""
-    labels = {str(k): str(v) for k, v in ((pod.get("metadata") or {}).get("labels") or {})
-              .items()}
-    matching = sorted((p for p in facts.valid_policies
-                       if p.spec.mode == "sidecar" and p.spec.selector.matches(labels)),
-                      key=lambda p: p.name)
+    matching = matching_policies(pod, facts.namespace, facts.valid_policies)
     if not matching:
         return
     policy = matching[0]
