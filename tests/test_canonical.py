@@ -19,6 +19,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sealtrail.api.event import Event
 from sealtrail.chain.canonical import canonical_json, hash_row, seal
 from sealtrail.chain.store import ChainStore
 
@@ -88,3 +89,31 @@ def test_worked_example_in_docs_is_exact() -> None:
     assert stored["record_hash"] == digest
     stored.pop("record_hash")
     assert jcs_bytes(stored).decode() == row_without_hash
+
+
+def _found(pattern: str, text: str) -> str:
+    match = re.search(pattern, text, re.DOTALL)
+    assert match is not None, pattern
+    return match.group(match.lastindex or 0)
+
+
+def test_the_store_writes_the_worked_example_byte_for_byte(tmp_path: Path) -> None:
+    """The documented rows are what a store makes of those events, not merely valid JCS."""
+    doc = (ROOT / "docs" / "chain-format.md").read_text(encoding="utf-8")
+    example_row = _found(r"<!-- example:row -->\s*```\w*\n(.*?)\n```", doc)
+    follower = _found(r'\{"action":"user.login"[^\n]*\}', doc)
+    example = json.loads(example_row)
+    first = Event.model_validate({key: example[key] for key in (
+        "decision", "event_type", "extra", "reason", "severity", "tenant_id", "timestamp")})
+    second = Event.model_validate({key: value for key, value in json.loads(follower).items()
+                                   if key in Event.model_fields})
+    with ChainStore(tmp_path / "audit.db") as store:
+        store.store_id = example["store_id"]  # the store's random id, fixed to the example's
+        store.append([first])
+        store.append([second])
+        stored = list(store.rows())
+    assert stored[0].decode() == example_row
+    second_row = orjson.loads(stored[1])
+    assert orjson.dumps({k: v for k, v in second_row.items() if k != "record_hash"},
+                        option=orjson.OPT_SORT_KEYS).decode() == follower
+    assert f"whose hash is `{second_row['record_hash']}`" in doc

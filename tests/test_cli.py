@@ -210,8 +210,8 @@ def test_verify_rows_rechecks_a_siems_copy(cli: Cli, tmp_path: Path, db_path: Pa
     export.write_bytes(b"\n".join(orjson.dumps(row) for row in edited) + b"\n")
     tampered = cli("verify", "--rows", export, "--pubkey", tmp_path / "k.key.pub")
     assert tampered.returncode == 1
-    assert (f"{edited[7]['tenant_id']}: row {edited[7]['tenant_seq']} does not match its "
-            "hash").encode() in tampered.stdout
+    assert (f"{edited[7]['tenant_id']} (store {edited[7]['store_id']}): row "
+            f"{edited[7]['tenant_seq']} does not match its hash").encode() in tampered.stdout
 
     export.write_bytes(b"\n".join(rows[:5] + rows[6:]) + b"\n")  # one row never arrived
     gap = cli("verify", "--rows", export, "--pubkey", tmp_path / "k.key.pub")

@@ -45,11 +45,13 @@ def test_changed_missing_and_forged_rows_are_named(db_path: Path, signer: Signer
     changed["reason"] = "edited inside the SIEM"
     tampered = [*received[:5], orjson.dumps(changed, option=orjson.OPT_SORT_KEYS), *received[6:]]
     problem = check_received(tampered, [signer.public]).problems[0]
-    assert problem == f"{changed['tenant_id']}: row {changed['tenant_seq']} does not match its hash"
+    assert problem == (f"{changed['tenant_id']} (store {changed['store_id']}): "
+                       f"row {changed['tenant_seq']} does not match its hash")
 
     gone = orjson.loads(received[3])
     problems = check_received(received[:3] + received[4:], [signer.public]).problems
-    assert f"{gone['tenant_id']}: row {gone['tenant_seq']} never arrived" in problems
+    assert (f"{gone['tenant_id']} (store {gone['store_id']}): row {gone['tenant_seq']} "
+            "never arrived") in problems
 
     from sealtrail.chain.keys import generate_keypair  # noqa: PLC0415
 

@@ -157,7 +157,8 @@ def test_a_row_too_big_for_the_backend_pauses_rather_than_being_skipped(
 
         status, registry = engine_run(db, ExportsConfig(exports=[spec]), body)
         assert status.cursor == 3  # the rows before it, not the row itself, not those after
-        assert status.rejected_row == "acme:4"
+        with ChainStore(db) as store:
+            assert status.rejected_row == f"{store.store_id}:acme:4"
         assert status.pause_reason is not None
         assert "5 consecutive permanent failures" in status.pause_reason
         assert registry.get_sample_value("sealtrail_audit_export_rejected_rows_total",

@@ -569,7 +569,7 @@ def test_more_than_one_collector_replica_is_planned_with_a_warning() -> None:
     raw["spec"]["collector"]["replicas"] = 3
     plan = plan_collector(Policy.from_object(raw), rendered("apiserver"), default_image=IMAGE)
     assert plan.stateful_set["spec"]["replicas"] == 3
-    assert "tenant_id:tenant_seq" in plan.warnings[0]
+    assert "told apart in the SIEM by store_id" in plan.warnings[0]
 
 
 def test_a_policy_is_planned_only_in_its_own_mode() -> None:

@@ -19,7 +19,13 @@ import pytest
 from sealtrail.api.event import Event
 from sealtrail.chain.checkpoint import Checkpoint
 from sealtrail.chain.keys import Signer
-from sealtrail.chain.store import ChainStore, CheckpointPolicy, EventTooLargeError, StoreError
+from sealtrail.chain.store import (
+    SCHEMA_VERSION,
+    ChainStore,
+    CheckpointPolicy,
+    EventTooLargeError,
+    StoreError,
+)
 from sealtrail.chain.verify import Status, verify_store
 
 from .conftest import events
@@ -160,9 +166,9 @@ def test_newer_schema_is_refused_untouched(db_path: Path) -> None:
     with ChainStore(db_path) as store:
         store.append([make("a")])
     with sqlite3.connect(db_path) as conn:
-        conn.execute("PRAGMA user_version = 2")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     before = db_path.read_bytes()
-    with pytest.raises(StoreError, match="schema version 2"):
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}"):
         ChainStore(db_path)
     assert db_path.read_bytes() == before
 

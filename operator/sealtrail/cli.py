@@ -349,8 +349,9 @@ def _verify_rows(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"TAMPERED  {problem}")
     verdict = "tampered" if report.problems else "intact"
-    print(f"{verdict}: {report.rows} rows in {report.tenants} tenant chains, "
-          f"{report.checkpoints} signed checkpoints checked")
+    stores = f" from {report.stores} stores" if report.stores > 1 else ""
+    print(f"{verdict}: {report.rows} rows in {report.chains} chains ({report.tenants} tenants"
+          f"{stores}), {report.checkpoints} signed checkpoints checked")
     if not report.checkpoints:
         print("note: no checkpoint was checked (none in the rows, or no --pubkey): a removed "
               "tail is not detectable", file=sys.stderr)
@@ -382,7 +383,11 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _print_report(report: VerifyReport) -> None:
     for finding in report.store_findings:
-        print(f"TAMPERED  store: {finding.problem}")
+        print(f"{finding.status.name:<9} store: {finding.problem}")
+    if report.other_stores:
+        count = sum(report.other_stores.values())
+        print(f"note: {count} checkpoints given are other stores' (a SIEM export holds every "
+              f"replica's chains) and were not used; this store is {report.store_id}")
     for tenant in report.tenants:
         bad = tenant.first_bad
         if bad is None:
@@ -396,7 +401,8 @@ def _print_report(report: VerifyReport) -> None:
                 f"{bad.tenant_seq}: {bad.problem}"
             )
     verdict = report.status
-    print(f"{verdict.name.lower()}: {report.rows} rows in {len(report.tenants)} tenant chains")
+    print(f"{verdict.name.lower()}: {report.rows} rows in {len(report.tenants)} tenant chains"
+          f" of store {report.store_id or '(made before store ids)'}")
     if verdict is Status.INTACT and not report.checkpoints_given:
         print(
             "note: without --checkpoints (kept outside this store), a removed tail or a rewrite "

@@ -22,7 +22,7 @@ from sealtrail.chain.canonical import GENESIS_HASH, hash_row
 from sealtrail.chain.checkpoint import CHECKPOINT_EVENT_TYPE, Checkpoint
 from sealtrail.chain.keys import PublicKey
 
-__all__ = ["LocalSiem", "SiemCheck", "check_received"]
+__all__ = ["LocalSiem", "SiemCheck", "chain_name", "check_received"]
 
 
 class LocalSiem:
@@ -87,30 +87,46 @@ class SiemCheck:
 
     rows: int = 0
     tenants: int = 0
+    chains: int = 0  # (store, tenant) pairs: every replica keeps its own chain per tenant
+    stores: int = 0
     checkpoints: int = 0
     problems: list[str] = field(default_factory=list)
 
 
+def chain_name(store_id: str | None, tenant: str) -> str:
+    """How a chain is named in messages: its tenant, and its store when rows carry one."""
+    return tenant if store_id is None else f"{tenant} (store {store_id})"
+
+
 def check_received(received: list[bytes], keys: list[PublicKey]) -> SiemCheck:
-    """Re-check each tenant's chain from received rows alone (duplicates are fine)."""
-    by_tenant: dict[str, dict[int, dict[str, Any]]] = {}
+    """Re-check each chain from received rows alone (duplicates are fine).
+
+    Rows are grouped by `(store_id, tenant_id)`: two replicas each write a row 1 of the same
+    tenant, and only the store id tells their chains apart.
+    """
+    chains: dict[tuple[str | None, str], dict[int, dict[str, Any]]] = {}
     for body in received:
         row = orjson.loads(body)
-        by_tenant.setdefault(row["tenant_id"], {})[row["tenant_seq"]] = row
-    report = SiemCheck(tenants=len(by_tenant))
-    for tenant, rows in sorted(by_tenant.items()):
+        chains.setdefault((row.get("store_id"), row["tenant_id"]), {})[row["tenant_seq"]] = row
+    report = SiemCheck(
+        tenants=len({tenant for _, tenant in chains}),
+        chains=len(chains),
+        stores=len({store for store, _ in chains}),
+    )
+    for (store_id, tenant), rows in sorted(chains.items(), key=lambda item: str(item[0])):
+        name = chain_name(store_id, tenant)
         previous = GENESIS_HASH
         for tenant_seq in range(1, max(rows) + 1):
             row = rows.get(tenant_seq)
             if row is None:
-                report.problems.append(f"{tenant}: row {tenant_seq} never arrived")
+                report.problems.append(f"{name}: row {tenant_seq} never arrived")
                 break
             claimed = row["record_hash"]
             if hash_row({k: v for k, v in row.items() if k != "record_hash"}) != claimed:
-                report.problems.append(f"{tenant}: row {tenant_seq} does not match its hash")
+                report.problems.append(f"{name}: row {tenant_seq} does not match its hash")
                 break
             if row["prev_hash"] != previous:
-                report.problems.append(f"{tenant}: row {tenant_seq} does not link")
+                report.problems.append(f"{name}: row {tenant_seq} does not link")
                 break
             if row["event_type"] == CHECKPOINT_EVENT_TYPE:
                 checkpoint = Checkpoint.from_row(row)
@@ -118,7 +134,7 @@ def check_received(received: list[bytes], keys: list[PublicKey]) -> SiemCheck:
                 head = rows.get(checkpoint.tenant_seq, {}).get("record_hash")
                 if key is None or not checkpoint.signature_valid(key) or (
                         head != checkpoint.head_hash):
-                    report.problems.append(f"{tenant}: checkpoint at {tenant_seq} is not valid")
+                    report.problems.append(f"{name}: checkpoint at {tenant_seq} is not valid")
                     break
                 report.checkpoints += 1
             previous = claimed

@@ -8,11 +8,13 @@ has another hash.
 
 What is signed is the canonical JSON (same rule as rows) of
 
-    {"head_hash", "key_id", "signed_at", "tenant_id", "tenant_seq",
+    {"head_hash", "key_id", "signed_at", "store_id", "tenant_id", "tenant_seq",
      "type": "sealtrail.checkpoint/v1"}
 
-where `tenant_seq` is the size of the chain covered and `head_hash` the `record_hash` of its
-last row. Each checkpoint is also appended to the tenant's own chain as a row of type
+where `tenant_seq` is the size of the chain covered, `head_hash` the `record_hash` of its
+last row, and `store_id` the store whose chain it is (left out for a store made before stores
+had ids): signed with the rest, so a checkpoint of one replica's chain cannot be passed off as
+vouching for another's. Each checkpoint is also appended to the tenant's own chain as a row of type
 `sealtrail.checkpoint`, so it travels to the SIEM with the data it vouches for.
 """
 
@@ -59,31 +61,42 @@ class Checkpoint:
     signed_at: str
     key_id: str
     signature: str  # base64 of the 64-byte Ed25519 signature
+    store_id: str | None = None  # None: a store made before stores had ids
 
     @staticmethod
-    def statement_bytes(
-        tenant_id: str, tenant_seq: int, head_hash: str, signed_at: str, key_id: str
+    def statement_bytes(  # noqa: PLR0917 - the signed fields, in one place
+        tenant_id: str, tenant_seq: int, head_hash: str, signed_at: str, key_id: str,
+        store_id: str | None = None,
     ) -> bytes:
         """The exact bytes that are signed."""
-        return canonical_json(
-            {
-                "head_hash": head_hash,
-                "key_id": key_id,
-                "signed_at": signed_at,
-                "tenant_id": tenant_id,
-                "tenant_seq": tenant_seq,
-                "type": STATEMENT_TYPE,
-            }
-        )
+        statement: dict[str, Any] = {
+            "head_hash": head_hash,
+            "key_id": key_id,
+            "signed_at": signed_at,
+            "tenant_id": tenant_id,
+            "tenant_seq": tenant_seq,
+            "type": STATEMENT_TYPE,
+        }
+        if store_id is not None:
+            statement["store_id"] = store_id
+        return canonical_json(statement)
 
     @classmethod
-    def sign(
-        cls, signer: Signer, tenant_id: str, tenant_seq: int, head_hash: str, signed_at: str
+    def sign(  # noqa: PLR0917 - the signed fields and the key
+        cls, signer: Signer, tenant_id: str, tenant_seq: int, head_hash: str, signed_at: str,
+        store_id: str | None = None,
     ) -> Checkpoint:
         """Sign the head of a chain."""
-        message = cls.statement_bytes(tenant_id, tenant_seq, head_hash, signed_at, signer.key_id)
+        message = cls.statement_bytes(tenant_id, tenant_seq, head_hash, signed_at,
+                                      signer.key_id, store_id)
         signature = base64.b64encode(signer.sign(message)).decode("ascii")
-        return cls(tenant_id, tenant_seq, head_hash, signed_at, signer.key_id, signature)
+        return cls(tenant_id, tenant_seq, head_hash, signed_at, signer.key_id, signature,
+                   store_id)
+
+    @property
+    def chain(self) -> tuple[str | None, str]:
+        """`(store_id, tenant_id)`: the chain this checkpoint is about."""
+        return (self.store_id, self.tenant_id)
 
     def signature_valid(self, key: PublicKey) -> bool:
         """True when `key` made this checkpoint's signature over exactly these fields."""
@@ -94,7 +107,8 @@ class Checkpoint:
         except (binascii.Error, ValueError):
             return False
         message = self.statement_bytes(
-            self.tenant_id, self.tenant_seq, self.head_hash, self.signed_at, self.key_id
+            self.tenant_id, self.tenant_seq, self.head_hash, self.signed_at, self.key_id,
+            self.store_id,
         )
         return key.verifies(raw, message)
 
@@ -119,7 +133,10 @@ class Checkpoint:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Checkpoint:
-        """Read a checkpoint back from its row (as stored, or as a SIEM returns it)."""
+        """Read a checkpoint back from its row (as stored, or as a SIEM returns it).
+
+        Its store is the row's own `store_id`: the row is in the chain it vouches for.
+        """
         extra = row.get("extra")
         if row.get("event_type") != CHECKPOINT_EVENT_TYPE or not isinstance(extra, dict):
             raise ValueError("not a sealtrail.checkpoint row")
@@ -128,7 +145,11 @@ class Checkpoint:
             size = int(values.pop("tenant_seq"))
         except (KeyError, ValueError) as error:
             raise ValueError(f"checkpoint row lacks a field: {error}") from None
-        return cls(tenant_id=str(row.get("tenant_id")), tenant_seq=size, **values)
+        store_id = row.get("store_id")
+        if store_id is not None and not isinstance(store_id, str):
+            raise ValueError("store_id must be a string")
+        return cls(tenant_id=str(row.get("tenant_id")), tenant_seq=size, store_id=store_id,
+                   **values)
 
     @classmethod
     def from_json(cls, data: Any) -> Checkpoint:
@@ -143,6 +164,7 @@ class Checkpoint:
                 signed_at=data["signed_at"],
                 key_id=data["key_id"],
                 signature=data["signature"],
+                store_id=data.get("store_id"),
             )
         except KeyError as error:
             raise ValueError(f"missing field {error}") from None
@@ -152,14 +174,23 @@ class Checkpoint:
         for name in ("tenant_id", "head_hash", "signed_at", "key_id", "signature"):
             if not isinstance(getattr(checkpoint, name), str):
                 raise ValueError(f"{name} must be a string")  # noqa: TRY004 - a format error
+        if checkpoint.store_id is not None and not isinstance(checkpoint.store_id, str):
+            raise ValueError("store_id must be a string")
         return checkpoint
+
+    def to_json(self) -> dict[str, Any]:
+        """One entry of a checkpoints file (`store_id` only when the store has one)."""
+        entry = asdict(self)
+        if self.store_id is None:
+            del entry["store_id"]
+        return entry
 
 
 def write_checkpoints(path: Path, checkpoints: Iterable[Checkpoint]) -> None:
     """Write checkpoints as one JSON document (atomically: a reader never sees half a file)."""
     document = {
         "format": FILE_FORMAT,
-        "checkpoints": [asdict(checkpoint) for checkpoint in checkpoints],
+        "checkpoints": [checkpoint.to_json() for checkpoint in checkpoints],
     }
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")

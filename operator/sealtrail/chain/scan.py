@@ -24,7 +24,14 @@ import orjson
 
 from sealtrail.chain.checkpoint import CHECKPOINT_EVENT_TYPE, Checkpoint
 
-__all__ = ["Problem", "RangeResult", "Segment", "connect_read_only", "scan_store"]
+__all__ = [
+    "Problem",
+    "RangeResult",
+    "Segment",
+    "connect_read_only",
+    "read_store_id",
+    "scan_store",
+]
 
 #: Rows per range handed to a worker.
 RANGE_ROWS: Final = 100_000
@@ -73,6 +80,7 @@ class _Range:
     low: int
     high: int
     tenant_id: str | None
+    store_id: str | None  # every row must name this store (None: rows name none)
 
     @property
     def size(self) -> int:
@@ -82,6 +90,17 @@ class _Range:
 def connect_read_only(path: Path) -> sqlite3.Connection:
     """A connection that cannot change the evidence it examines."""
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def read_store_id(db: sqlite3.Connection) -> str | None:
+    """The store's id, or None for a store made before stores had ids (schema 1)."""
+    has_meta = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_meta'"
+    ).fetchone()
+    if not has_meta:
+        return None
+    found = db.execute("SELECT value FROM audit_meta WHERE key = 'store_id'").fetchone()
+    return str(found[0]) if found else None
 
 
 _worker_db: sqlite3.Connection | None = None
@@ -97,7 +116,7 @@ def _worker_scan(span: _Range) -> RangeResult:
     return _scan(_worker_db, span)
 
 
-def _plan(db: sqlite3.Connection, tenant: str | None) -> list[_Range]:
+def _plan(db: sqlite3.Connection, tenant: str | None, store_id: str | None) -> list[_Range]:
     if tenant is None:
         (high,) = db.execute("SELECT MAX(seq) FROM audit_rows").fetchone()
     else:
@@ -106,7 +125,7 @@ def _plan(db: sqlite3.Connection, tenant: str | None) -> list[_Range]:
         ).fetchone()
     # From 1 whatever the lowest row is, so that a deleted first row shows as a gap.
     return [
-        _Range(low, min(low + RANGE_ROWS - 1, high), tenant)
+        _Range(low, min(low + RANGE_ROWS - 1, high), tenant, store_id)
         for low in range(1, (high or 0) + 1, RANGE_ROWS)
     ]
 
@@ -119,7 +138,7 @@ def scan_store(
     progress: Callable[[int, int], None] | None,
 ) -> list[RangeResult]:
     """Scan every row (of one tenant, or all), in range order."""
-    ranges = _plan(db, tenant)
+    ranges = _plan(db, tenant, read_store_id(db))
     total = sum(span.size for span in ranges)
     workers = processes if processes is not None else (os.cpu_count() or 1)
     pool = None
@@ -214,6 +233,11 @@ def _scan(db: sqlite3.Connection, span: _Range) -> RangeResult:  # noqa: C901, P
                 or row.get("tenant_id") != tenant
             ):
                 message = "row disagrees with its index columns"
+            elif row.get("store_id") != span.store_id:
+                message = (
+                    f"row names store {row.get('store_id')!r}, not this store's "
+                    f"{span.store_id!r}: it was written into another store's chain"
+                )
             elif segment.rows == 0:
                 segment.first_tenant_seq = tenant_seq
                 segment.first_prev_hash = row.get("prev_hash", "")

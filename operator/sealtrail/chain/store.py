@@ -19,6 +19,13 @@ kernel releases it when a holder dies, even by SIGKILL. Writers that don't take 
 
 A row is stored as its canonical JSON bytes (`body`), exactly as it is exported and hashed;
 the other columns are indexes into it, and `verify` checks that they agree with it.
+
+Why every row names its store (`store_id`, random, made when the store is created): a tenant's
+chain is only a chain within one store. Two replicas of a Deployment each keep a store, and each
+has its own row 1 of tenant `payments`; in the SIEM, where both arrive, `(store_id, tenant_id)`
+is what tells the two chains apart. The id is inside the hash, so a row cannot be moved from one
+chain to another. Stores made before the id existed (schema 1) keep writing rows without it:
+adding it half-way would split their chains.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,7 +62,7 @@ __all__ = [
     "Synchronous",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 Synchronous = Literal["FULL", "EXTRA", "NORMAL"]
 
@@ -79,6 +87,10 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     signature    TEXT    NOT NULL,
     row_seq      INTEGER NOT NULL,         -- global seq of the checkpoint's own row
     PRIMARY KEY (tenant_id, tenant_seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_meta (
+    key          TEXT    PRIMARY KEY,      -- 'store_id'
+    value        TEXT    NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit_export_cursor (
     export_name  TEXT    PRIMARY KEY,
@@ -132,6 +144,7 @@ class StoredRow:
     severity: str
     timestamp: str
     body: bytes
+    store_id: str | None  # the store's id (None for a store made before ids existed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,14 +223,15 @@ class ChainStore:
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._create_schema()
+            self.store_id = self._create_schema()
         except sqlite3.Error as error:
             os.close(self._lock_fd)
             raise StoreError(f"cannot open store {self.path}: {error}") from None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _create_schema(self) -> None:
+    def _create_schema(self) -> str | None:
+        """Create or upgrade the tables; return the store's id (see the module docstring)."""
         with self._transaction():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -228,7 +242,17 @@ class ChainStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            found = self._db.execute(
+                "SELECT value FROM audit_meta WHERE key = 'store_id'").fetchone()
+            store_id: str | None = found[0] if found else None
+            has_rows = self._db.execute("SELECT 1 FROM audit_rows LIMIT 1").fetchone()
+            if store_id is None and not has_rows:
+                store_id = uuid.uuid4().hex
+                self._db.execute(
+                    "INSERT INTO audit_meta (key, value) VALUES ('store_id', ?)", (store_id,))
+            if version != SCHEMA_VERSION:
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        return store_id
 
     def close(self) -> None:
         """Close the connection. Committed data is already durable."""
@@ -295,6 +319,8 @@ class ChainStore:
             row["tenant_id"] = tenant
             row["tenant_seq"] = tenant_seq
             row["prev_hash"] = head[1]
+            if self.store_id is not None:
+                row["store_id"] = self.store_id
             row.setdefault("timestamp", stamp)
             digest, body = seal(row)
             heads[tenant] = (tenant_seq, digest)
@@ -347,7 +373,8 @@ class ChainStore:
 
     def _sign_head(self, tenant: str, signer: Signer, now: datetime) -> Checkpoint:
         tenant_seq, head_hash = self._load_head(tenant)
-        checkpoint = Checkpoint.sign(signer, tenant, tenant_seq, head_hash, format_timestamp(now))
+        checkpoint = Checkpoint.sign(signer, tenant, tenant_seq, head_hash, format_timestamp(now),
+                                     self.store_id)
         row = checkpoint.row_fields()
         row["tenant_id"] = tenant
         (stored,) = self._append_rows([row], checkpoint.signed_at)
@@ -367,7 +394,13 @@ class ChainStore:
             "FROM audit_checkpoints WHERE tenant_id = ? ORDER BY tenant_seq DESC LIMIT 1",
             (tenant,),
         ).fetchone()
-        return Checkpoint(*found) if found else None
+        return self._checkpoint(found) if found else None
+
+    def _checkpoint(self, values: Sequence[Any]) -> Checkpoint:
+        """A checkpoint from an `audit_checkpoints` row (tenant_id ... signature)."""
+        tenant_id, tenant_seq, head_hash, signed_at, key_id, signature = values
+        return Checkpoint(tenant_id, tenant_seq, head_hash, signed_at, key_id, signature,
+                          self.store_id)
 
     def checkpoint(self, signer: Signer, tenants: Iterable[str] | None = None) -> list[Checkpoint]:
         """Sign, now, the head of every tenant (or those named) that moved since its last one."""
@@ -404,7 +437,7 @@ class ChainStore:
             params = (tenant,)
         with self._lock:
             found = self._db.execute(query + " ORDER BY c.tenant_id", params).fetchall()
-        return [Checkpoint(*values) for values in found]
+        return [self._checkpoint(values) for values in found]
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -489,7 +522,11 @@ class ChainStore:
                 "timestamp, body FROM audit_rows WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-        return [StoredRow(*values) for values in found]
+        store_id = self.store_id
+        return [
+            StoredRow(seq, tenant, tenant_seq, digest, event_type, severity, stamp, body, store_id)
+            for seq, tenant, tenant_seq, digest, event_type, severity, stamp, body in found
+        ]
 
     def query(
         self,

@@ -27,7 +27,13 @@ from typing import Any, Final
 from sealtrail.chain.canonical import GENESIS_HASH
 from sealtrail.chain.checkpoint import Checkpoint
 from sealtrail.chain.keys import PublicKey
-from sealtrail.chain.scan import RangeResult, Segment, connect_read_only, scan_store
+from sealtrail.chain.scan import (
+    RangeResult,
+    Segment,
+    connect_read_only,
+    read_store_id,
+    scan_store,
+)
 
 __all__ = [
     "Finding",
@@ -103,6 +109,10 @@ class VerifyReport:
     tenants: list[TenantReport]
     store_findings: list[Finding] = field(default_factory=list)
     checkpoints_given: bool = False
+    store_id: str | None = None
+    #: Checkpoints given that vouch for other stores' chains (a SIEM export holds every
+    #: replica's), by store id: not evidence about this store, so not used.
+    other_stores: dict[str | None, int] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -123,6 +133,11 @@ class VerifyReport:
             "exit_code": int(self.status),
             "rows": self.rows,
             "checkpoints_given": self.checkpoints_given,
+            "store_id": self.store_id,
+            "checkpoints_of_other_stores": [
+                {"store_id": store, "checkpoints": count}
+                for store, count in sorted(self.other_stores.items(), key=str)
+            ],
             "store_findings": [_finding_json(item) for item in self.store_findings],
             "tenants": [
                 {
@@ -296,6 +311,11 @@ def _join(report: TenantReport, segments: Iterable[Segment]) -> list[tuple[int, 
     return checkpoints
 
 
+def _store_names(stores: dict[str | None, int]) -> str:
+    names = sorted(store or "a store without id" for store in stores)
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 def _verify(  # noqa: PLR0917 - verify_store's arguments, passed on
     db: sqlite3.Connection,
     path: Path,
@@ -310,11 +330,25 @@ def _verify(  # noqa: PLR0917 - verify_store's arguments, passed on
     for result in results:
         for name, segment in result.segments.items():
             by_tenant.setdefault(name, []).append(segment)
+    store_id = read_store_id(db)
+    report = VerifyReport(tenants=[], checkpoints_given=bool(checkpoints), store_id=store_id)
+    ours = [item for item in checkpoints if item.store_id == store_id]
+    for item in checkpoints:
+        if item.store_id != store_id:
+            report.other_stores[item.store_id] = report.other_stores.get(item.store_id, 0) + 1
+    if checkpoints and not ours:
+        report.store_findings.append(Finding(
+            Status.TRUNCATED, None,
+            f"none of the {len(checkpoints)} checkpoints given is for this store "
+            f"({store_id or 'no store id'}); they vouch for "
+            f"{_store_names(report.other_stores)}: this store replaced the one they were "
+            "signed for, or the evidence belongs to another store",
+        ))
+    checkpoints = ours
     # A tenant that only a checkpoint remembers has lost its whole chain: report it too.
     remembered = {checkpoint.tenant_id for checkpoint in checkpoints}
     names = sorted(set(by_tenant) | remembered) if tenant is None else [tenant]
 
-    report = VerifyReport(tenants=[], checkpoints_given=bool(checkpoints))
     for name in names:
         tenant_report = TenantReport(tenant_id=name)
         embedded = _join(tenant_report, by_tenant.get(name, []))

@@ -59,7 +59,7 @@ class LoopStatus:
     interval_at_max: bool
     credential_version: str | None
     delivered_rows: int
-    rejected_row: str | None  # "tenant:tenant_seq" of the last row refused for good
+    rejected_row: str | None  # dedupe key ("store:tenant:tenant_seq") of the last row refused
 
 
 class ExportLoop:
@@ -259,7 +259,7 @@ class ExportLoop:
         )
         return ExportRow(row.seq, row.tenant_id, row.tenant_seq, row.record_hash,
                          row.event_type, row.severity, row.timestamp, row.body, destination,
-                         route.sourcetype)
+                         route.sourcetype, row.store_id)
 
     async def _deliver(self, batch: list[ExportRow]) -> bool:
         """Send one batch until every row is delivered; False if paused or stopped first."""

@@ -137,8 +137,8 @@ def plan_collector(policy: Policy, rendered: RenderedConfig, *,
         warnings.append(
             f"auditpolicy/{policy.name}: spec.collector.replicas: each of the "
             f"{policy.spec.collector.replicas} replicas keeps its own chain per tenant, and the "
-            "Service spreads callers over them; rows of one tenant from two replicas share "
-            "tenant_id:tenant_seq dedupe keys in the SIEM")
+            "Service spreads callers over them: one tenant's events are split over several "
+            "chains, told apart in the SIEM by store_id, with no order between them")
     return CollectorPlan(
         config_map=config_map(policy, rendered),
         stateful_set=_stateful_set(policy, rendered, default_image),

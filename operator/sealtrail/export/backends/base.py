@@ -7,7 +7,8 @@ all of that the same way for every SIEM. It must:
 - carry each row exactly as stored (`ExportRow.body`, the canonical JSON bytes), and put
   anything the protocol needs (index, tags, signatures) beside the row, never into it;
 - keep rows in the order given;
-- use the dedupe key (`tenant_id:tenant_seq`, `record_hash`) where the protocol allows;
+- use the dedupe key (`store_id:tenant_id:tenant_seq`, `record_hash`) where the protocol
+  allows;
 - never put a credential or a row's content into `Outcome.reason`.
 """
 
@@ -48,11 +49,19 @@ class ExportRow:
     body: bytes  # canonical row JSON, exactly as stored and hashed
     destination: str | None = None  # rendered index / stream for this row, if any
     sourcetype: str | None = None  # a route's Splunk sourcetype, if it sets one
+    store_id: str | None = None  # the store that wrote it (None: made before stores had ids)
 
     @property
     def dedupe_key(self) -> str:
-        """`tenant_id:tenant_seq`: the same row always has the same key."""
-        return f"{self.tenant_id}:{self.tenant_seq}"
+        """`store_id:tenant_id:tenant_seq`: the same row always has the same key.
+
+        The store is part of it because every replica numbers its own chains from 1: two pods
+        of a Deployment both write row 1 of tenant `payments`. Stores made before stores had
+        ids give `tenant_id:tenant_seq`.
+        """
+        if self.store_id is None:
+            return f"{self.tenant_id}:{self.tenant_seq}"
+        return f"{self.store_id}:{self.tenant_id}:{self.tenant_seq}"
 
 
 @dataclass(frozen=True, slots=True)

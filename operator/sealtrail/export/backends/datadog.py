@@ -6,7 +6,8 @@ Why it looks the way it does:
   decoded as UTF-8), so a Datadog-side checker that reads `message` back gets exactly the bytes
   that were hashed. Source, service, tags, the dedupe key and the record hash travel beside it
   as attributes of the entry, never inside it. Datadog has no idempotency key, so
-  `dedupe_key` (`tenant_id:tenant_seq`) is what lets duplicates be removed at query time.
+  `dedupe_key` (`store_id:tenant_id:tenant_seq`) is what lets duplicates be removed at query
+  time.
 - Datadog's limits: 1,000 entries and 5,000,000 bytes (uncompressed) a request, 1,000,000
   bytes a log. A log over 1 MB is *truncated and still answered 2xx*, which for a hash chain
   is silent corruption, so the sizes are checked here: `row_size` is the true size of a row's

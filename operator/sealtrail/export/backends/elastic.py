@@ -4,9 +4,10 @@ Why `create` with `_id = record_hash`, always: a batch that is sent again (after
 crash, a partial failure) must not store a row twice, and `create` refuses a second document
 with the same `_id` (item 409 `version_conflict_engine_exception`), which here means "already
 delivered". Data streams accept nothing but `create`, so the same request serves both. The
-record hash, not `tenant_id:tenant_seq`: every worker keeps its own chains, so two replicas of
-a Deployment both write a row 1 of tenant `payments`; keyed by position, the second would be
-taken for a duplicate and dropped. The hash covers the row and its whole chain before it, so it
+record hash, not the row's position: every worker keeps its own chains, so two replicas of
+a Deployment both write a row 1 of tenant `payments` (stores made before stores had ids do not
+even say which store they are from); keyed by position, the second would be taken for a
+duplicate and dropped. The hash covers the row and its whole chain before it, so it
 is the same on every resend of a row and different for every other row.
 
 Why per-item classification: Elasticsearch answers 200 even when some items failed

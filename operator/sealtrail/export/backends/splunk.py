@@ -88,8 +88,10 @@ _INDEX_RULE: Final = DestinationRule(
 )
 
 # Upper bounds for the envelope around one row, for `max_row_bytes`: a 20-character time, an
-# 80-character index, a 63-character tenant id with a 20-digit tenant_seq, a 64-digit hash.
+# 80-character index, a store id, a 63-character tenant id with a 20-digit tenant_seq, a
+# 64-digit hash.
 _WORST_TIME: Final = "-99999999999.999999"
+_WORST_STORE: Final = "f" * 32
 _WORST_TENANT: Final = "t" * 63
 _WORST_SEQ: Final = 10**20 - 1
 _SAFETY_MARGIN: Final = 64
@@ -165,7 +167,7 @@ class SplunkBackend(Backend):
 
     def _worst_overhead(self) -> int:
         prefix = self._prefix(_WORST_TIME, "x" * _INDEX_RULE.max_length,
-                              f"{_WORST_TENANT}:{_WORST_SEQ}", "0" * 64)
+                              f"{_WORST_STORE}:{_WORST_TENANT}:{_WORST_SEQ}", "0" * 64)
         return len(prefix) + len(b"}\n") + _SAFETY_MARGIN
 
     # -- the request -----------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 One row is one message::
 
-    <PRI>1 TIMESTAMP HOSTNAME APP-NAME - MSGID [sealtrail@32473 tenant=".." seq=".."
-        tenant_seq=".." record_hash=".."] BOM ROW-JSON
+    <PRI>1 TIMESTAMP HOSTNAME APP-NAME - MSGID [sealtrail@32473 store_id=".." tenant=".."
+        seq=".." tenant_seq=".." record_hash=".."] BOM ROW-JSON
 
 - PRI is the export's facility (default 13, "log audit") times 8 plus the severity the row's
   own severity maps to (CRITICAL crit ... INFO info), so a SIEM's syslog routing works on it.
@@ -137,6 +137,7 @@ def format_message(row: ExportRow, spec: SyslogSpec, hostname: str) -> bytes:
     timestamp = row.timestamp if _TIMESTAMP.match(row.timestamp) else NILVALUE
     msgid = _printable(row.event_type, _MSGID_MAX)
     params = (
+        *((("store_id", row.store_id),) if row.store_id is not None else ()),
         ("tenant", row.tenant_id),
         ("seq", str(row.seq)),
         ("tenant_seq", str(row.tenant_seq)),
