@@ -11,10 +11,8 @@ is a patch that applies to the very pod the planner promised, and never a refusa
 
 from __future__ import annotations
 
-import base64
 import copy
 import hashlib
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,7 +26,7 @@ import yaml
 from sealtrail.api.resources import AuditExportSpec
 from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.operator import naming
-from sealtrail.operator.admission import review
+from sealtrail.operator.admission import Admission, decide
 from sealtrail.operator.collector import plan_collector
 from sealtrail.operator.inject import SidecarPlan, new_pod_reasons, plan_sidecar
 from sealtrail.operator.render import (
@@ -583,79 +581,52 @@ def test_a_policy_is_planned_only_in_its_own_mode() -> None:
 # --- admission --------------------------------------------------------------------------------
 
 
-def admission_request(obj: Mapping[str, Any], *, operation: str = "CREATE", kind: str = "Pod",
-                      namespace: str = NAMESPACE) -> dict[str, Any]:
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-        "kind": {"group": "", "version": "v1", "kind": kind},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "requestKind": {"group": "", "version": "v1", "kind": kind},
-        "namespace": namespace, "operation": operation,
-        "userInfo": {"username": "system:serviceaccount:payments:deployer"},
-        "object": obj, "oldObject": None, "dryRun": False,
-        "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}}}
-
-
 def answer(obj: Mapping[str, Any], *, names: tuple[str, ...] = POLICIES,
-           keys: Mapping[str, frozenset[str]] | None = None, **request: Any) -> dict[str, Any]:
-    return review(admission_request(obj, **request), policies=[policy(n) for n in names],
-                  exports=exports(), secret_keys=secret_keys() if keys is None else keys,
-                  default_image=IMAGE)
+           keys: Mapping[str, frozenset[str]] | None = None,
+           namespace: str = NAMESPACE) -> Admission:
+    return decide(obj, namespace, policies=[policy(n) for n in names], exports=exports(),
+                  secret_keys=secret_keys() if keys is None else keys, default_image=IMAGE)
 
 
-def test_a_matching_pod_gets_a_base64_json_patch_that_yields_the_planned_pod() -> None:
+def test_a_matching_pod_becomes_the_planned_pod() -> None:
     obj = pod("payments-7c9f8-")
-    reply = answer(obj)
-    assert reply["apiVersion"] == "admission.k8s.io/v1"
-    assert reply["kind"] == "AdmissionReview"
-    response = reply["response"]
-    assert response["uid"] == "705ab4f5-6393-11e8-b7cc-42010a800002"
-    assert response["allowed"] is True
-    assert response["patchType"] == "JSONPatch"
-    patch = json.loads(base64.b64decode(response["patch"]))
-    assert jsonpatch.apply_patch(obj, patch) == _plan("payments-7c9f8-").pod
-    assert "warnings" not in response
+    before = copy.deepcopy(obj)
+    admission = answer(obj)
+    assert admission.pod == _plan("payments-7c9f8-").pod
+    assert admission.warnings == []
+    assert obj == before  # the request's pod is not changed in place
 
 
-def test_a_pod_no_policy_matches_is_allowed_unchanged() -> None:
+def test_a_pod_no_policy_matches_is_left_as_it_is() -> None:
     obj = pod("payments-7c9f8-")
     obj["metadata"]["labels"] = {"app": "other"}
-    assert answer(obj)["response"] == {"uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-                                       "allowed": True}
+    assert answer(obj) == Admission()
 
 
-@pytest.mark.parametrize("case", ["opted-out", "injected", "update", "not-a-pod",
-                                  "other-namespace", "collector-only"])
-def test_no_patch_when_sealtrail_has_nothing_to_do(case: str) -> None:
+@pytest.mark.parametrize("case", ["opted-out", "injected", "other-namespace", "collector-only"])
+def test_nothing_changes_when_sealtrail_has_nothing_to_do(case: str) -> None:
     obj = pod("payments-7c9f8-")
-    options: dict[str, Any] = {}
     names = POLICIES
+    namespace = NAMESPACE
     if case == "opted-out":
         obj["metadata"]["annotations"] = {"sealtrail.dev/inject": "false"}
     elif case == "injected":
         obj = pod("payments-injected")
-    elif case == "update":
-        options["operation"] = "UPDATE"
-    elif case == "not-a-pod":
-        options["kind"] = "ConfigMap"
     elif case == "other-namespace":  # policies apply to their own namespace only
-        obj["metadata"]["namespace"] = "elsewhere"
-        options["namespace"] = "elsewhere"
+        obj["metadata"]["namespace"] = namespace = "elsewhere"
     elif case == "collector-only":
         obj["metadata"]["labels"] = {}  # apiserver's empty selector matches every pod
         names = ("apiserver",)
-    assert answer(obj, names=names, **options)["response"] == {
-        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": True}
+    assert answer(obj, names=names, namespace=namespace) == Admission()
 
 
 def test_a_policy_that_cannot_render_admits_the_pod_with_a_warning() -> None:
     obj = pod("payments-7c9f8-")
     obj["metadata"]["labels"] = {"app": "vault"}
     keys = {name: value for name, value in secret_keys().items() if name != "checkpoint-key"}
-    response = answer(obj, keys=keys)["response"]
-    assert response["allowed"] is True
-    assert "patch" not in response
-    assert response["warnings"] == [
+    admission = answer(obj, keys=keys)
+    assert admission.pod is None
+    assert admission.warnings == [
         ("sealtrail: auditpolicy/checkpoints matches this pod, but its worker config cannot be "
         "rendered, so the pod runs without an audit worker: auditpolicy/checkpoints: "
         'spec.checkpoints.signingKey.secretKeyRef: Secret "checkpoint-key" not found')]
@@ -664,29 +635,27 @@ def test_a_policy_that_cannot_render_admits_the_pod_with_a_warning() -> None:
 def test_a_clashing_pod_is_admitted_without_a_worker_and_a_warning() -> None:
     obj = pod("payments-7c9f8-")
     obj["spec"]["volumes"] = [{"name": "st-tmp", "emptyDir": {}}]
-    response = answer(obj)["response"]
-    assert response["allowed"] is True
-    assert "patch" not in response
-    assert response["warnings"] == [
+    admission = answer(obj)
+    assert admission.pod is None
+    assert admission.warnings == [
         ("sealtrail: auditpolicy/two-exports matches this pod, but the worker was not injected: "
         "the pod already has volumes named st-tmp")]
 
 
 def test_two_matching_policies_inject_the_first_by_name_and_warn() -> None:
     obj = pod("payments-with-extras")  # app=payments (two-exports), tier=backend
-    response = answer(obj)["response"]
-    patch = json.loads(base64.b64decode(response["patch"]))
-    mutated = jsonpatch.apply_patch(obj, patch)
-    assert mutated["metadata"]["labels"]["sealtrail.dev/policy"] == "namespace-tenant"
-    assert response["warnings"] == [
+    admission = answer(obj)
+    assert admission.pod is not None
+    assert admission.pod["metadata"]["labels"]["sealtrail.dev/policy"] == "namespace-tenant"
+    assert admission.warnings == [
         ("sealtrail: auditpolicy/two-exports also matches this pod; a pod gets one worker, "
         "auditpolicy/namespace-tenant's (the first by name)")]
 
 
 def test_export_problems_reach_the_pod_creator_as_warnings() -> None:
     keys = secret_keys() | {"hec": frozenset()}
-    response = answer(pod("payments-7c9f8-"), keys=keys)["response"]
-    assert response["patchType"] == "JSONPatch"
-    assert response["warnings"][0] == (
+    admission = answer(pod("payments-7c9f8-"), keys=keys)
+    assert admission.pod is not None
+    assert admission.warnings[0] == (
         'sealtrail: auditexport/splunk-prod: spec.splunk.token.secretKeyRef: Secret "hec" has '
         'no key "token"')

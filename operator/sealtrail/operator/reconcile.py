@@ -26,11 +26,11 @@ from pydantic import ValidationError
 from sealtrail.api.errors import field_errors
 from sealtrail.api.resources import AuditExportSpec
 from sealtrail.operator import naming
-from sealtrail.operator.admission import matching_policies
+from sealtrail.operator.admission import decide
 from sealtrail.operator.certs import make_serving_certificate
 from sealtrail.operator.collector import plan_collector
 from sealtrail.operator.config import DEFAULT_IMAGE, WebhookConfig
-from sealtrail.operator.inject import has_worker, opted_out, plan_sidecar
+from sealtrail.operator.inject import has_worker, opted_out
 from sealtrail.operator.kube import Kube, KubeError
 from sealtrail.operator.polling import WorkerAddress
 from sealtrail.operator.render import Policy, config_map, render_worker_config
@@ -377,23 +377,13 @@ def workers_of_export(facts: NamespaceFacts, workers_idx: Any,
 def inject_pod(facts: NamespaceFacts, pod: dict[str, Any], patch: kopf.Patch,
                warnings: list[str], *, default_image: str) -> None:
     """Add the matching policy's worker to a pod being created (never refuse the pod)."""
-    matching = matching_policies(pod, facts.namespace, facts.valid_policies)
-    if not matching:
+    admission = decide(pod, facts.namespace, policies=facts.valid_policies,
+                       exports=facts.valid_exports, secret_keys=facts.secret_keys,
+                       default_image=default_image)
+    warnings.extend(admission.warnings)
+    if admission.pod is None:
         return
-    policy = matching[0]
-    if len(matching) > 1:
-        warnings.append(f"sealtrail: policies {', '.join(p.name for p in matching)} all match; "
-                        f"{policy.name} injected its worker")
-    result = render_worker_config(policy, facts.valid_exports, facts.secret_keys)
-    if result.rendered is None:
-        warnings.append("sealtrail: no worker injected: " + "; ".join(result.problems))
-        return
-    plan = plan_sidecar(pod, policy, result.rendered, default_image=default_image)
-    if plan.outcome != "injected":
-        if plan.reason and plan.outcome == "conflict":
-            warnings.append(f"sealtrail: {plan.reason}")
-        return
-    mutated = copy.deepcopy(plan.pod)
+    mutated = admission.pod
 
     def become(body: Any) -> None:  # kopf's RawBody: the pod as the apiserver sent it
         body.clear()
