@@ -353,6 +353,46 @@ def test_events_reach_the_siem_and_status_shows_delivery(delivery: Delivery) -> 
 
 
 @LOCAL_ONLY
+def test_two_replicas_chains_of_one_tenant_verify_from_the_siems_copy(
+        delivery: Delivery, tmp_path: Path) -> None:
+    """Two pods of one workload write the same tenants; the SIEM holds both replicas' chains."""
+    second = f"{delivery.pod_name}-2"
+    labels = delivery.cluster.get("pod", delivery.pod_name)["metadata"]["labels"]
+    delivery.cluster.apply(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": second, "labels": {"app": labels["app"]}},
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+    }))
+    kubelet = delivery.cluster.kubelet
+    assert kubelet is not None
+    try:
+        other = kubelet.wait_ready(NAMESPACE, second, timeout=40)
+        events = [orjson.loads(orjson.dumps(e)) for e in sample_events(20, seed=3)]
+        delivery.post(20, seed=3)
+        answer = httpx.post(other.url() + "/v1/events", json=events, timeout=10)
+        assert answer.status_code == 200, answer.text
+        wait_until(lambda: len(delivery.receiver.event_bytes()) >= 40, 30, "delivery")
+
+        rows = delivery.receiver.event_bytes()
+        chains = {(orjson.loads(row)["store_id"], orjson.loads(row)["tenant_id"]) for row in rows}
+        assert len({store for store, _ in chains}) == 2  # one store per pod
+        keys = [event.fields["dedupe_key"] for event in delivery.receiver.events]
+        assert len(set(keys)) == len(keys) == 40  # both pods have a row 1 of each tenant
+        export = tmp_path / "siem-rows.ndjson"
+        export.write_bytes(b"\n".join(rows) + b"\n")
+        done = subprocess.run([sys.executable, "-m", "sealtrail", "verify", "--rows", str(export)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert (f"intact: 40 rows in {len(chains)} chains "
+                f"({len({tenant for _, tenant in chains})} tenants from 2 stores)") in done.stdout
+    finally:
+        delivery.cluster.kubectl("delete", "pod", second, "-n", NAMESPACE, "--wait=false",
+                                 check=False)
+        wait_until(lambda: kubelet.pod(NAMESPACE, second) is None, 30,
+                   "the second pod's worker to stop", delivery.cluster)
+
+
+@LOCAL_ONLY
 def test_a_receiver_outage_shows_growing_lag_and_not_delivering(delivery: Delivery) -> None:
     delivery.post(10, seed=2)
     wait_until(lambda: len(delivery.receiver.event_bytes()) >= 10, 30, "first delivery")
