@@ -207,7 +207,7 @@ class FakeKubelet:
             local = next(path for mount_path, path in pod.mounts.items()
                          if any(m["name"] == name and m["mountPath"] == mount_path
                                 for m in pod.container.get("volumeMounts", [])))
-            _swap_in(local, files)
+            swap_in(local, files)
             pod.projected[name] = version
 
     def _start(self, pod: RunningPod) -> None:
@@ -263,7 +263,7 @@ def _worker_container(body: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _swap_in(directory: Path, files: dict[str, bytes]) -> None:
+def swap_in(directory: Path, files: dict[str, bytes]) -> None:
     """Replace the files of a projected volume at once, as the kubelet's atomic writer does."""
     stamp = f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
     fresh = directory / stamp

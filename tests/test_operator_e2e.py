@@ -345,9 +345,11 @@ def test_events_reach_the_siem_and_status_shows_delivery(delivery: Delivery) -> 
     assert seqs == [entry["seq"] for entry in stored]
     status = wait_until(lambda: (s := delivery.status()).get("workers") == 1
                         and conditions({"status": s}).get("Delivering", {}).get("status")
-                        == "True" and s.get("cursorLag") == 0 and s, 30,
+                        == "True" and s.get("cursorLag") == 0
+                        and str(s.get("credentialVersion")).startswith(
+                            f"{delivery.secret}/token@") and s, 30,
                         "status to show delivery", delivery.cluster)
-    assert status["credentialVersion"].startswith(f"{delivery.secret}/token@")
+    assert status["workersUnreachable"] == 0
     table = delivery.cluster.kubectl("get", "aex", delivery.export, "-n", NAMESPACE).stdout
     assert table.split("\n")[1].split()[1:6] == ["splunk", "True", "false", "0", "1"]
 

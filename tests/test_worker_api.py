@@ -536,6 +536,7 @@ def test_status_lists_every_tenant_with_its_head(worker: Worker, client: httpx.C
     for row in rows:
         heads[row["tenant_id"]] = row
     assert body["last_seq"] == rows[-1]["seq"]
+    assert body["store_id"] == rows[-1]["store_id"]  # the id a SIEM groups this pod's rows by
     assert body["ready"] is True
     listed = {item["tenant_id"]: item for item in body["tenants"]}
     assert set(listed) == set(heads)

@@ -3,12 +3,16 @@
 The HTTP handlers, the NATS source and the tests all go through `WorkerCore.append`, so every
 way in gets the same back-pressure and the same guarantee: a caller is told "stored" only
 after the transaction holding its events has committed.
+
+The checkpoint signing key follows its file: before the store may sign (an append, the
+checkpoint timer), the store's policy is pointed at the key the file holds now.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -20,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from sealtrail.api.event import Event
 from sealtrail.api.worker_config import WorkerConfig
-from sealtrail.chain.keys import load_signer
+from sealtrail.chain.keys import ReloadingSigner
 from sealtrail.chain.store import ChainStore, CheckpointPolicy, Stored
 from sealtrail.export.engine import ExportEngine
 from sealtrail.worker.backpressure import Backpressure
@@ -47,8 +51,11 @@ class IngestCore:
         self.registry = registry
         policy = None
         key = config.checkpoints.signing_key
+        #: The signing key, reloaded when its file changes (None: no checkpoints).
+        self.signing_key: ReloadingSigner | None = None
         if key is not None and key.file is not None:
-            policy = CheckpointPolicy(load_signer(Path(key.file)), config.checkpoints.every_rows,
+            self.signing_key = ReloadingSigner(Path(key.file))
+            policy = CheckpointPolicy(self.signing_key.current(), config.checkpoints.every_rows,
                                       config.checkpoints.every_seconds)
         Path(config.store.path).parent.mkdir(parents=True, exist_ok=True)
         self.store = ChainStore(config.store.path, synchronous=config.store.synchronous,
@@ -69,6 +76,7 @@ class IngestCore:
         """Pass back-pressure, store the batch in one transaction, say so."""
         await self.backpressure.admit()
         async with self.cpu:
+            self.follow_signing_key()
             stored = await asyncio.to_thread(self.store.append, list(events))
         if stored:
             self.last_seq = max(self.last_seq, stored[-1].seq)
@@ -78,6 +86,18 @@ class IngestCore:
 
     def appended(self, last_seq: int) -> None:
         """Rows up to `last_seq` were just committed here (a hook for the exports)."""
+
+    def follow_signing_key(self) -> None:
+        """Have the store sign its next checkpoints with the key file's current key.
+
+        `ReloadingSigner.current` costs a clock read, and a `stat` at most once a second.
+        """
+        policy = self.store.checkpoint_policy
+        if self.signing_key is None or policy is None:
+            return
+        signer = self.signing_key.current()
+        if signer is not policy.signer:
+            self.store.checkpoint_policy = dataclasses.replace(policy, signer=signer)
 
 
 class WorkerCore(IngestCore):
@@ -124,6 +144,7 @@ class WorkerCore(IngestCore):
         every = min(policy.every_seconds or 5.0, 5.0)
         while True:
             await asyncio.sleep(every)
+            self.follow_signing_key()
             made = await asyncio.to_thread(self.store.emit_due_checkpoints)
             if made:
                 self.last_seq = await asyncio.to_thread(self.store.last_seq)
@@ -202,6 +223,7 @@ class WorkerCore(IngestCore):
                     "key_id": checkpoint.key_id},
             })
         return {
+            "store_id": self.store.store_id,
             "last_seq": self.last_seq,
             "ready": self.ready,
             "backpressure": {"state": self.backpressure.state.value, "lag_rows": self.lag()},
