@@ -41,6 +41,7 @@ from sealtrail.export.http import HttpClients
 from sealtrail.export.outcome import Outcome, OutcomeKind
 
 from .conftest import events
+from .fake_kubelet import swap_in
 from .receivers.syslog import Received, RsyslogReceiver, SyslogCase
 
 Transport = Literal["tcp", "tls", "udp"]
@@ -204,6 +205,60 @@ def test_refused_client_certificate_is_never_counted_delivered(
     outcomes = send_batches(backend, [rows] * 5)
     assert all(outcome.kind is OutcomeKind.RETRYABLE for outcome in outcomes), outcomes
     assert rsyslog.messages(quiet_seconds=0.2) == []
+
+
+def test_a_renewed_client_certificate_is_used_from_the_next_connection(
+    rsyslog: RsyslogReceiver, db_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Secret volume's files are swapped as the kubelet does; no new backend, no restart."""
+    rows = stored_rows(db_path, 10)
+    files = rsyslog.tls
+    mount = tmp_path / "tls-secret"
+    mount.mkdir()
+
+    def project(cert: Path, key: Path, key_bytes: bytes | None = None) -> None:
+        swap_in(mount, {"ca.crt": files.ca.read_bytes(), "tls.crt": cert.read_bytes(),
+                        "tls.key": key.read_bytes() if key_bytes is None else key_bytes})
+
+    project(files.server_cert, files.server_key)  # valid, but not a name rsyslog permits
+    tls = TLSSpec(ca_file=str(mount / "ca.crt"), cert_file=str(mount / "tls.crt"),
+                  key_file=str(mount / "tls.key"))
+    backend = SyslogBackend(spec_for(rsyslog, "tls", tls=tls), HttpClients(check_seconds=0.0))
+
+    async def run() -> list[Outcome]:
+        try:
+            refused = await backend.send(rows[:5])
+            project(files.client_cert, files.client_key)  # renewed: a permitted certificate
+            delivered = await backend.send(rows[:5])
+            half = files.client_key.read_bytes()[:100]  # a broken renewal: the good one stays
+            project(files.client_cert, files.client_key, key_bytes=half)
+            await backend.aclose()  # force a new connection
+            still = await backend.send(rows[5:])
+            return [refused, delivered, still]
+        finally:
+            await backend.aclose()
+
+    refused, delivered, still = asyncio.run(run())
+    assert refused.kind is OutcomeKind.RETRYABLE
+    assert delivered.ok, delivered
+    assert still.ok, still
+    assert len(rsyslog.rows(at_least=10)) == 10
+    assert f"{mount / 'tls.crt'} with key {mount / 'tls.key'}" in caplog.text
+    assert "cannot be used" in caplog.text
+    assert files.client_key.read_text().splitlines()[1] not in caplog.text
+
+
+def test_tls_files_never_usable_are_named_in_the_reason(
+    rsyslog: RsyslogReceiver, db_path: Path, tmp_path: Path
+) -> None:
+    key = tmp_path / "tls.key"
+    key.write_bytes(rsyslog.tls.client_key.read_bytes()[:100])
+    tls = TLSSpec(ca_file=str(rsyslog.tls.ca), cert_file=str(rsyslog.tls.client_cert),
+                  key_file=str(key))
+    backend = SyslogBackend(spec_for(rsyslog, "tls", tls=tls), HttpClients())
+    [outcome] = send_batches(backend, [stored_rows(db_path, 2)])
+    assert outcome.kind is OutcomeKind.RETRYABLE
+    assert f"client certificate {rsyslog.tls.client_cert} with key {key}" in outcome.reason
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])

@@ -168,7 +168,7 @@ def test_unusable_new_files_keep_the_working_client_and_say_which(
     for case, messages in warnings.items():
         assert len(messages) == 1, (case, messages)  # once per state of the files, not per check
         assert "cannot be used" in messages[0]
-        assert "keep the previous certificates" in messages[0]
+        assert "the previous certificates stay in use" in messages[0]
     assert str(mount / "tls.key") in warnings["a half-written key"][0]
     assert "the key does not belong to the certificate" in warnings["a key of another certificate"][0]
     assert str(mount / "ca.crt") in warnings["a CA file cut short"][0]

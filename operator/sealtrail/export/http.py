@@ -4,54 +4,39 @@ One `httpx.AsyncClient` per distinct TLS and proxy setting, shared by every expo
 same settings (in practice: one per process). `HTTPS_PROXY`/`NO_PROXY` from the environment
 are honoured unless an export names its own proxy.
 
-TLS files follow their Secret. When a client is asked for, its CA, certificate and key files
-are looked at (at most every `TLS_CHECK_SECONDS` per setting: a `stat` of each, which follows
-the kubelet's `..data` symlinks to the file it currently projects). If one changed, a new
-client with a new `SSLContext` is built and handed out from then on; the old one is closed
-once nothing has been in flight on it for `RETIRE_IDLE_SECONDS`, so a batch (or a Splunk ack
-wait) that started on it finishes on it. New files that cannot be used (half written, a key
-that does not match the certificate) leave the old client in use: a warning names the files,
-never their contents, and they are tried again at the next check.
+TLS files follow their Secret (`tls_files.FollowedTls`): when a client is asked for and its
+setting's files have changed, a new client with the new `SSLContext` is handed out from then
+on. The old one is closed once nothing has been in flight on it for `RETIRE_IDLE_SECONDS`, so a
+batch (or a Splunk ack wait) that started on it finishes on it. New files that cannot be used
+leave the old client in use, with a warning naming them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import logging
 import ssl
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import httpx
 
 from sealtrail.api.export import TLSSpec
 from sealtrail.export.outcome import Outcome, OutcomeKind
+from sealtrail.export.tls_files import (
+    TLS_CHECK_SECONDS,
+    FollowedTls,
+    TlsFileError,
+    client_context,
+)
 
 __all__ = ["RETIRE_IDLE_SECONDS", "TLS_CHECK_SECONDS", "HttpClients", "TlsFileError", "post"]
 
-log = logging.getLogger("sealtrail.export")
-
-#: How often, at most, one TLS setting's files are looked at for a change.
-TLS_CHECK_SECONDS: Final = 1.0
 #: How long a replaced client must have had nothing in flight before it is closed. Longer than
 #: the longest pause inside one delivery: Splunk's ack polls are at most 60 s apart.
 RETIRE_IDLE_SECONDS: Final = 120.0
 
 _Key = tuple[TLSSpec, str | None]
-#: Per file: its path, then device, inode, size and mtime of what the path resolves to.
-_Stamp = tuple[tuple[str, int, int, int, int], ...]
-
-_SSL_REASONS: Final = {
-    "KEY_VALUES_MISMATCH": "the key does not belong to the certificate",
-    "NO_CERTIFICATE_OR_CRL_FOUND": "no certificate in it",
-}
-
-
-class TlsFileError(Exception):
-    """A TLS file is missing, unreadable or not usable; the message names it, never its bytes."""
 
 
 class _Client(httpx.AsyncClient):
@@ -75,13 +60,11 @@ class _Client(httpx.AsyncClient):
 
 @dataclass
 class _Entry:
-    """The client in use for one setting, and the state of the files it was built from."""
+    """The client in use for one setting, and the generation of TLS material it was built on."""
 
+    tls: FollowedTls[ssl.SSLContext | bool]
     client: _Client
-    stamp: _Stamp
-    digest: bytes
-    next_check: float
-    warned: tuple[_Stamp | None, str] | None = None  # the last warning given
+    generation: int
 
 
 class HttpClients:
@@ -103,42 +86,17 @@ class HttpClients:
         """
         key = (tls, proxy)
         entry = self._entries.get(key)
-        now = time.monotonic()
         if entry is None:
-            stamp, digest = _stamp(tls), _digest(tls)
-            entry = _Entry(_client(_ssl_context(tls), proxy), stamp, digest,
-                           now + self.check_seconds)
+            followed = FollowedTls(tls, _verify, check_seconds=self.check_seconds)
+            entry = _Entry(followed, _client(followed.current(), proxy), followed.generation)
             self._entries[key] = entry
-        elif entry.stamp and now >= entry.next_check:
-            entry.next_check = now + self.check_seconds
-            self._follow_files(tls, proxy, entry)
+            return entry.client
+        verify = entry.tls.current()
+        if entry.tls.generation != entry.generation:
+            old = entry.client
+            entry.client, entry.generation = _client(verify, proxy), entry.tls.generation
+            self._retire(old)
         return entry.client
-
-    def _follow_files(self, tls: TLSSpec, proxy: str | None, entry: _Entry) -> None:
-        """Swap in a client built from changed TLS files; keep the old one if they are bad."""
-        stamp: _Stamp | None = None
-        try:
-            stamp = _stamp(tls)
-            if stamp == entry.stamp:
-                return
-            digest = _digest(tls)
-            if digest == entry.digest:  # touched or projected again, same bytes
-                entry.stamp = stamp
-                return
-            context = _ssl_context(tls)
-        except TlsFileError as error:
-            problem = str(error)
-            if entry.warned != (stamp, problem):  # once per state of the files, not per check
-                entry.warned = (stamp, problem)
-                log.warning("TLS files changed but cannot be used: %s; requests keep the "
-                            "previous certificates, and the files are read again in %gs",
-                            problem, self.check_seconds)
-            return
-        old = entry.client
-        entry.client = _client(context, proxy)
-        entry.stamp, entry.digest, entry.warned = stamp, digest, None
-        log.info("TLS files changed (%s): new requests use them", ", ".join(_files(tls)))
-        self._retire(old)
 
     def _retire(self, client: _Client) -> None:
         """Close `client` once it has been idle long enough (at `aclose` without a loop)."""
@@ -183,62 +141,13 @@ def _client(verify: ssl.SSLContext | bool, proxy: str | None) -> _Client:
     )
 
 
-def _files(tls: TLSSpec) -> list[str]:
-    """The files a setting reads (none when verification is off)."""
-    if tls.insecure_skip_verify:
-        return []
-    return [path for path in (tls.ca_file, tls.cert_file, tls.key_file) if path is not None]
-
-
-def _stamp(tls: TLSSpec) -> _Stamp:
-    """What the files resolve to now: cheap to take, and changed by any kubelet swap."""
-    stamp = []
-    for path in _files(tls):
-        try:
-            found = Path(path).stat()  # follows symlinks: the projected file, not the link
-        except OSError as error:
-            raise TlsFileError(f"{path}: {error.strerror}") from None
-        stamp.append((path, found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns))
-    return tuple(stamp)
-
-
-def _digest(tls: TLSSpec) -> bytes:
-    digest = hashlib.sha256()
-    for path in _files(tls):
-        try:
-            content = Path(path).read_bytes()
-        except OSError as error:
-            raise TlsFileError(f"{path}: {error.strerror}") from None
-        digest.update(len(content).to_bytes(8, "big") + content)
-    return digest.digest()
-
-
-def _ssl_context(tls: TLSSpec) -> ssl.SSLContext | bool:
-    if tls.insecure_skip_verify:
+def _verify(tls: TLSSpec) -> ssl.SSLContext | bool:
+    """What httpx takes as `verify`: off, the system's CAs, or a context with our files."""
+    if tls.insecure_skip_verify and tls.cert_file is None:
         return False
     if tls.ca_file is None and tls.cert_file is None:
         return True
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file)
-    except (OSError, ValueError) as error:
-        raise TlsFileError(f"CA file {tls.ca_file}: {_reason(error)}") from None
-    if tls.cert_file is not None:
-        try:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        except (OSError, ValueError) as error:
-            raise TlsFileError(f"client certificate {tls.cert_file} with key {tls.key_file}: "
-                               f"{_reason(error)}") from None
-    return context
-
-
-def _reason(error: Exception) -> str:
-    """Why a file was refused, in words that never quote the file."""
-    if isinstance(error, ssl.SSLError):
-        reason = error.reason or ""
-        return _SSL_REASONS.get(reason, f"not usable PEM ({reason or 'unreadable'})")
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return type(error).__name__
+    return client_context(tls)
 
 
 async def post(

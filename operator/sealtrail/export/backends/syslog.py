@@ -73,6 +73,7 @@ from sealtrail.api.export import ExportSpec, SyslogSpec, TLSSpec
 from sealtrail.export.backends.base import Backend, BatchLimits, ExportRow
 from sealtrail.export.http import HttpClients
 from sealtrail.export.outcome import Outcome, OutcomeKind
+from sealtrail.export.tls_files import FollowedTls, TlsFileError, client_context
 
 __all__ = ["SD_ID", "SyslogBackend", "format_message", "frame"]
 
@@ -156,20 +157,9 @@ def frame(message: bytes) -> bytes:
 
 
 def _ssl_context(tls: TLSSpec) -> ssl.SSLContext:
-    """A client context from the export's TLS settings (files are read on every connect).
-
-    Reading them per connection means a rotated CA or client certificate Secret is used on
-    the next reconnect without a restart, as the HTTP backends' credentials are.
-    """
-    if tls.insecure_skip_verify:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context = ssl.create_default_context(cafile=tls.ca_file)
+    """A client context from the export's TLS settings, TLS 1.2 at least (RFC 5425)."""
+    context = client_context(tls)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert_file is not None:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
     return context
 
 
@@ -220,6 +210,8 @@ class SyslogBackend(Backend):
         self._writer: asyncio.StreamWriter | None = None
         self._udp: socket.socket | None = None
         self._lock = asyncio.Lock()
+        #: The TLS context, following the mounted files (used from the next connection).
+        self._tls = FollowedTls(spec.tls, _ssl_context, check_seconds=clients.check_seconds)
 
     @property
     def limits(self) -> BatchLimits:
@@ -260,8 +252,11 @@ class SyslogBackend(Backend):
                         await self._send_udp(payloads)
                     else:
                         await self._send_stream(b"".join(payloads))
-            except (OSError, EOFError, ConnectionError, TimeoutError, ValueError) as error:
-                # ValueError: an unreadable key or certificate file (ssl raises it for some).
+            except TlsFileError as error:
+                # The TLS files have never been usable (else the last good ones are used, see
+                # `tls_files`); the message names the file and why, never its content.
+                return Outcome(OutcomeKind.RETRYABLE, f"syslog {self._where()}: {error}")
+            except (OSError, EOFError, ConnectionError, TimeoutError) as error:
                 await self._drop()
                 return Outcome(OutcomeKind.RETRYABLE, f"syslog {self._where()}: {_describe(error)}")
             except asyncio.CancelledError:
@@ -293,7 +288,7 @@ class SyslogBackend(Backend):
             self._reader, self._writer = await asyncio.open_connection(
                 self.syslog.host,
                 self.syslog.port,
-                ssl=_ssl_context(self.spec.tls) if tls else None,
+                ssl=self._tls.current() if tls else None,
                 server_hostname=self.syslog.host if tls else None,
             )
             # No user-space buffering allowance: drain() then returns only once every byte
