@@ -24,6 +24,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from sealtrail.followed import CHECK_SECONDS, FollowedFiles
+
 __all__ = [
     "KEY_CHECK_SECONDS",
     "KeyFileError",
@@ -38,7 +40,7 @@ __all__ = [
 log = logging.getLogger("sealtrail.chain")
 
 #: How often, at most, a `ReloadingSigner` looks at its file.
-KEY_CHECK_SECONDS: Final = 1.0
+KEY_CHECK_SECONDS: Final = CHECK_SECONDS
 
 
 class KeyFileError(Exception):
@@ -139,55 +141,24 @@ def load_public_key(path: Path) -> PublicKey:
     return PublicKey(key, _key_id(key))
 
 
-class ReloadingSigner:
+class ReloadingSigner(FollowedFiles[Signer]):
     """The signing key in a file, followed as the file changes (a rotated Secret).
 
-    `current()` looks at the file at most every `check_seconds`: a `stat` that follows the
-    kubelet's `..data` symlinks to the file it projects now. When that changed, the key is
-    loaded again; a file that is not a usable key leaves the previous key in use, with a
-    warning naming the file (never its contents), and is tried again at the next check.
+    `current()` looks at the file at most every `check_seconds` (see `sealtrail.followed`); a
+    file that is not a usable key leaves the previous key in use, with a warning naming the
+    file (never its contents).
     """
 
     def __init__(self, path: Path, *, check_seconds: float = KEY_CHECK_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """Load the key now: without one there is nothing to fall back on (`KeyFileError`)."""
+        super().__init__(
+            [path], lambda: load_signer(path), refused=(KeyFileError,),
+            what="checkpoint signing key", log=log,
+            kept=lambda old: f"still signing with key {old.key_id}",
+            announce=lambda old, new: None if new.key_id == old.key_id else (
+                f"checkpoint signing key {new.key_id} loaded from {path}; it signs from now on "
+                f"(the previous key was {old.key_id})"),
+            check_seconds=check_seconds, clock=clock)
         self.path = path
-        self.check_seconds = check_seconds
-        self._clock = clock
-        self._stamp = self._stat()
-        self._signer = load_signer(path)
-        self._next_check = clock() + check_seconds
-        self._warned: tuple[tuple[int, int, int, int] | None, str] | None = None
-
-    def _stat(self) -> tuple[int, int, int, int] | None:
-        try:
-            found = self.path.stat()  # follows symlinks: the projected file, not the link
-        except OSError:
-            return None
-        return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
-
-    def current(self) -> Signer:
-        """The key to sign with now, loaded again first if its file changed."""
-        now = self._clock()
-        if now < self._next_check:
-            return self._signer
-        self._next_check = now + self.check_seconds
-        stamp = self._stat()
-        if stamp is not None and stamp == self._stamp:
-            return self._signer
-        try:
-            signer = load_signer(self.path)  # a vanished file (stamp None) says why here
-        except KeyFileError as error:
-            warning = (stamp, str(error))
-            if self._warned != warning:  # once per state of the file, not at every check
-                self._warned = warning
-                log.warning("checkpoint signing key changed but cannot be used: %s; still "
-                            "signing with key %s, the file is read again in %gs",
-                            error, self._signer.key_id, self.check_seconds)
-            return self._signer
-        self._stamp, self._warned = stamp, None
-        if signer.key_id != self._signer.key_id:
-            log.info("checkpoint signing key %s loaded from %s; it signs from now on "
-                     "(the previous key was %s)", signer.key_id, self.path, self._signer.key_id)
-            self._signer = signer
-        return self._signer
+        self.current()
