@@ -1,0 +1,381 @@
+"""A real Kubernetes control plane for the tests: etcd, kube-apiserver, kube-controller-manager.
+
+The binaries are built from pinned Go modules by `scripts/build_control_plane.sh` (once, into a
+cache outside the work tree). `ControlPlane.start()` runs them on loopback ports it picks, in a
+directory of its own:
+
+* **PKI.** A CA made here signs the apiserver's serving certificate (for 127.0.0.1 and the
+  in-cluster names), a client certificate for an administrator (`system:masters`) and one for
+  the controller-manager; a separate RSA key signs service-account tokens.
+* **kube-apiserver** with RBAC authorization and the default admission chain (which includes
+  ServiceAccount, LimitRanger, ResourceQuota and MutatingAdmissionWebhook). Webhook Services are
+  resolved through their EndpointSlices (`--enable-aggregator-routing`): there is no kube-proxy,
+  so a ClusterIP leads nowhere, while a pod's own IP (see `POD_CIDR`) is reachable here.
+* **kube-controller-manager** with the default controllers (deployments, replica sets, stateful
+  sets, garbage collection, namespaces, service accounts and their tokens, EndpointSlices)
+  except node lifecycle and taint eviction: the node is tests/fake_kubelet.py, which keeps no
+  heartbeat. Each controller acts with its own service account, as on a real cluster.
+
+Pod IPs: the tests run inside a network namespace of their own (`scripts/netns.sh`) in which
+`POD_CIDR` is routed to the loopback device, so a pod's worker can listen on an address such as
+10.244.0.7 that EndpointSlices accept (the API refuses loopback addresses there) while no packet
+leaves the machine.
+
+The control plane is shared by every xdist worker of a run: the first to ask starts it and
+writes `state.json`; the others attach; the controller process stops it at the end of the run
+(`stop_recorded`), by the process ids it recorded. The logs of all three stay in the directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import ipaddress
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = ["POD_CIDR", "ControlPlane", "ControlPlaneError", "binaries", "shared_control_plane",
+           "stop_recorded"]
+
+ROOT = Path(__file__).resolve().parent.parent
+POD_CIDR = ipaddress.ip_network("10.244.0.0/16")
+SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_VERSION = "v1.37.2"
+_STARTUP_SECONDS = 120
+
+
+class ControlPlaneError(RuntimeError):
+    """A component could not be built or did not come up; the message carries its log."""
+
+
+def binaries() -> Path:
+    """The directory with etcd, kube-apiserver and kube-controller-manager (built if needed)."""
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "build_control_plane.sh")],
+                          stdout=subprocess.PIPE, stderr=None, text=True, check=False)
+    if done.returncode != 0:
+        raise ControlPlaneError("scripts/build_control_plane.sh failed (its output is above)")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def pod_network_available() -> bool:
+    """Whether an address of POD_CIDR can be bound here (inside scripts/netns.sh it can)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((str(POD_CIDR.network_address + 1), 0))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- PKI ---------------------------------------------------------------------------------------
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _certificate(subject: x509.Name, key: ec.EllipticCurvePrivateKey,
+                 issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, *,
+                 sans: tuple[str, ...] = (), client: bool = False) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    issuer_name, issuer_key = issuer or (subject, key)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=2)))
+    if issuer is None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None),
+                                        critical=True)
+    else:
+        names: list[x509.GeneralName] = []
+        for san in sans:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(san)))
+            except ValueError:
+                names.append(x509.DNSName(san))
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _name(common: str, *orgs: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common),
+                      *(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in orgs)])
+
+
+def _write_pki(pki: Path) -> None:
+    pki.mkdir(parents=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("sealtrail-test-ca")
+    ca = _certificate(ca_name, ca_key, None)
+    (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (pki / "ca.key").write_bytes(_pem_key(ca_key))
+    leaves = {
+        "apiserver": (_name("kube-apiserver"), ("127.0.0.1", "localhost", "kubernetes",
+                                                "kubernetes.default", "kubernetes.default.svc",
+                                                "kubernetes.default.svc.cluster.local",
+                                                "10.96.0.1"), False),
+        "admin": (_name("sealtrail-test-admin", "system:masters"), (), True),
+        "controller-manager": (_name("system:kube-controller-manager"), (), True),
+    }
+    for stem, (subject, sans, client) in leaves.items():
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _certificate(subject, key, (ca_name, ca_key), sans=sans, client=client)
+        (pki / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (pki / f"{stem}.key").write_bytes(_pem_key(key))
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (pki / "sa.key").write_bytes(_pem_key(sa_key))
+    (pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def _kubeconfig(path: Path, server: str, pki: Path, user: str) -> None:
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "local",
+        "clusters": [{"name": "local", "cluster": {
+            "server": server, "certificate-authority": str(pki / "ca.crt")}}],
+        "users": [{"name": user, "user": {
+            "client-certificate": str(pki / f"{user}.crt"),
+            "client-key": str(pki / f"{user}.key")}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+    }, indent=2))
+
+
+# -- the control plane -------------------------------------------------------------------------
+
+
+@dataclass
+class ControlPlane:
+    """Three processes and what a client needs to talk to them."""
+
+    directory: Path
+    api_port: int = 0
+    etcd_port: int = 0
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def pki(self) -> Path:
+        return self.directory / "pki"
+
+    @property
+    def kubeconfig(self) -> Path:
+        """An administrator's kubeconfig (system:masters)."""
+        return self.directory / "admin.kubeconfig"
+
+    @property
+    def ca(self) -> Path:
+        return self.pki / "ca.crt"
+
+    def client(self, timeout: float = 30) -> httpx.Client:
+        """An httpx client authenticated as the administrator."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(self.pki / "admin.crt", self.pki / "admin.key")
+        return httpx.Client(base_url=self.url, verify=context, timeout=timeout)
+
+    def log(self, component: str) -> str:
+        path = self.directory / f"{component}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def logs_tail(self, chars: int = 3000) -> str:
+        return "".join(f"\n--- {name}.log ---\n{self.log(name)[-chars:]}"
+                       for name in ("etcd", "kube-apiserver", "kube-controller-manager"))
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        bin_dir = binaries()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _write_pki(self.pki)
+        self.etcd_port, self.api_port = _free_port(), _free_port()
+        peer = _free_port()
+        _kubeconfig(self.kubeconfig, self.url, self.pki, "admin")
+        _kubeconfig(self.directory / "controller-manager.kubeconfig", self.url, self.pki,
+                    "controller-manager")
+        etcd_url = f"http://127.0.0.1:{self.etcd_port}"
+        self._spawn("etcd", [
+            str(bin_dir / "etcd"), "--name=default", f"--data-dir={self.directory / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-cluster=default=http://127.0.0.1:{peer}",
+            "--unsafe-no-fsync=true", "--log-level=warn"])
+        self._wait("etcd", lambda: httpx.get(f"{etcd_url}/health", timeout=2).status_code == 200)
+        pki = self.pki
+        self._spawn("kube-apiserver", [
+            str(bin_dir / "kube-apiserver"), f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", f"--secure-port={self.api_port}",
+            "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
+            f"--cert-dir={self.directory / 'apiserver'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-aggregator-routing=true",
+            "--allow-privileged=true", "--profiling=false", "--v=1"])
+        self._wait("kube-apiserver", self._api_ready)
+        self._spawn("kube-controller-manager", [
+            str(bin_dir / "kube-controller-manager"),
+            f"--kubeconfig={self.directory / 'controller-manager.kubeconfig'}",
+            f"--authentication-kubeconfig={self.directory / 'controller-manager.kubeconfig'}",
+            f"--authorization-kubeconfig={self.directory / 'controller-manager.kubeconfig'}",
+            "--bind-address=127.0.0.1", f"--secure-port={_free_port()}",
+            f"--cert-dir={self.directory / 'controller-manager'}",
+            "--leader-elect=false", "--use-service-account-credentials=true",
+            "--controllers=*,-node-lifecycle-controller,-taint-eviction-controller",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--kube-api-qps=100", "--kube-api-burst=200", "--profiling=false", "--v=1"])
+        self._wait("kube-controller-manager", self._default_service_account)
+
+    def _spawn(self, component: str, argv: list[str]) -> None:
+        with (self.directory / f"{component}.log").open("ab") as log:
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, cwd=self.directory,
+                                       start_new_session=True)
+        self.pids[component] = process.pid
+
+    def _alive(self, component: str) -> bool:
+        try:
+            waited, _ = os.waitpid(self.pids[component], os.WNOHANG)
+        except ChildProcessError:
+            return _pid_alive(self.pids[component])
+        return waited == 0
+
+    def _wait(self, component: str, ready: object) -> None:
+        deadline = time.monotonic() + _STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if not self._alive(component):
+                raise ControlPlaneError(f"{component} exited during start-up:"
+                                        f"\n{self.log(component)[-4000:]}")
+            with contextlib.suppress(httpx.HTTPError, OSError):
+                if ready():  # type: ignore[operator]
+                    return
+            time.sleep(0.25)
+        raise ControlPlaneError(f"{component} not ready after {_STARTUP_SECONDS} s:"
+                                f"\n{self.log(component)[-4000:]}")
+
+    def _api_ready(self) -> bool:
+        with self.client(timeout=3) as client:
+            return client.get("/readyz").status_code == 200
+
+    def _default_service_account(self) -> bool:
+        with self.client(timeout=3) as client:
+            return client.get("/api/v1/namespaces/default/serviceaccounts/default"
+                              ).status_code == 200
+
+    def stop(self) -> None:
+        # The controller-manager first, etcd last: nobody writes to a store that is going away.
+        for component in ("kube-controller-manager", "kube-apiserver", "etcd"):
+            pid = self.pids.get(component)
+            if pid is not None:
+                _terminate(pid)
+
+    # -- sharing between processes -----------------------------------------------------------
+
+    def record(self) -> None:
+        state = {**asdict(self), "directory": str(self.directory)}
+        (self.directory / "state.json").write_text(json.dumps(state))
+
+    @classmethod
+    def attach(cls, directory: Path) -> ControlPlane:
+        state = json.loads((directory / "state.json").read_text())
+        return cls(Path(state["directory"]), state["api_port"], state["etcd_port"],
+                   state["pids"])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _terminate(pid: int, grace: float = 15) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        if not _pid_alive(pid):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def shared_control_plane(run_directory: Path) -> ControlPlane:
+    """The run's control plane: started by the first caller, attached to by the others."""
+    directory = run_directory / "control-plane"
+    run_directory.mkdir(parents=True, exist_ok=True)
+    with _locked(run_directory / "control-plane.lock"):
+        if (directory / "state.json").exists():
+            plane = ControlPlane.attach(directory)
+            if all(_pid_alive(pid) for pid in plane.pids.values()):
+                return plane
+            raise ControlPlaneError(f"the run's control plane has died:{plane.logs_tail()}")
+        plane = ControlPlane(directory)
+        try:
+            plane.start()
+        except BaseException:
+            plane.stop()
+            raise
+        plane.record()
+        return plane
+
+
+def stop_recorded(run_directory: Path) -> Path | None:
+    """Stop the run's control plane if one was started; returns its directory (logs kept)."""
+    directory = run_directory / "control-plane"
+    if not (directory / "state.json").exists():
+        return None
+    ControlPlane.attach(directory).stop()
+    (directory / "state.json").unlink()
+    return directory
