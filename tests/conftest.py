@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,14 @@ import pytest
 from sealtrail.api.event import Event
 from sealtrail.chain.keys import Signer, generate_keypair
 from sealtrail.demo import sample_events
+
+from .control_plane import (
+    ControlPlane,
+    locked,
+    pod_network_available,
+    shared_control_plane,
+    stop_recorded,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,3 +68,88 @@ def cli(tmp_path: Path) -> Callable[..., CliResult]:
         )
 
     return run
+
+
+# -- the real control plane ------------------------------------------------------------------
+
+HELM = ROOT / ".tools" / "bin" / "helm"
+KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
+RELEASE = "sealtrail"
+RELEASE_NAMESPACE = "sealtrail"
+#: What the tests install the chart with: the node runs any `sealtrail` image from the image
+#: built from the Dockerfile; short intervals keep the tests quick.
+RELEASE_VALUES = ("--set", "image.tag=test", "--set", "operator.pollSeconds=1",
+                  "--set", "operator.policyResyncSeconds=2")
+
+
+def _run_directory(config: pytest.Config) -> Path:
+    """A directory every process of this run shares (xdist workers and their controller)."""
+    base: Path = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]  # noqa: SLF001
+    return base.parent if hasattr(config, "workerinput") else base
+
+
+@pytest.fixture(scope="session")
+def control_plane(request: pytest.FixtureRequest) -> ControlPlane:
+    """The run's etcd, kube-apiserver, kube-controller-manager and node (one for all)."""
+    if not pod_network_available():
+        pytest.fail("the real control plane needs the pod network: run the tests through "
+                    "scripts/test.sh, or under scripts/netns.sh")
+    return shared_control_plane(_run_directory(request.config))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput"):
+        return  # the controller stops it, once every worker is done
+    directory = stop_recorded(_run_directory(session.config))
+    if directory is not None and exitstatus != 0:
+        print(f"\ncontrol plane logs (etcd, kube-apiserver, kube-controller-manager, node, "
+              f"audit) kept in {directory}")
+
+
+def tool(plane: ControlPlane, *args: str | Path, stdin: str | None = None,
+         check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run kubectl or helm (the first argument) as the cluster's administrator."""
+    done = subprocess.run([str(a) for a in args], input=stdin, capture_output=True, text=True,
+                          timeout=timeout, check=False,
+                          env={**os.environ, "KUBECONFIG": str(plane.kubeconfig),
+                               "HELM_CACHE_HOME": str(plane.directory / "helm-cache"),
+                               "HELM_CONFIG_HOME": str(plane.directory / "helm-config"),
+                               "HELM_DATA_HOME": str(plane.directory / "helm-data")})
+    if check and done.returncode != 0:
+        raise AssertionError(f"{Path(str(args[0])).name} {' '.join(map(str, args[1:]))} failed "
+                             f"({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+    return done
+
+
+def install_chart(plane: ControlPlane, *extra: str) -> None:
+    """`helm install` of the chart, then wait until the operator has published its CA."""
+    tool(plane, HELM, "install", RELEASE, ROOT / "helm" / "sealtrail", "--namespace",
+         RELEASE_NAMESPACE, "--create-namespace", *RELEASE_VALUES, *extra, "--wait",
+         "--timeout", "5m", timeout=330)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = tool(plane, KUBECTL, "get", "mutatingwebhookconfiguration", RELEASE, "-o",
+                     "jsonpath={.webhooks[0].clientConfig.caBundle}", check=False)
+        if found.returncode == 0 and found.stdout.strip():
+            return
+        time.sleep(0.5)
+    raise AssertionError("the operator never published its webhook CA:\n" + operator_log(plane))
+
+
+def operator_log(plane: ControlPlane) -> str:
+    """The output of the operator pods the node runs (newest last)."""
+    return "".join(f"\n--- {pod} ---\n"
+                   + plane.container_log(RELEASE_NAMESPACE, pod, "operator")[-6000:]
+                   for pod in plane.pods_named(RELEASE_NAMESPACE, RELEASE))
+
+
+@pytest.fixture(scope="session")
+def sealtrail_release(control_plane: ControlPlane, request: pytest.FixtureRequest
+                      ) -> ControlPlane:
+    """The chart installed on the run's control plane (once, by whichever process is first)."""
+    marker = control_plane.directory / "release-installed"
+    with locked(_run_directory(request.config) / "control-plane.lock"):
+        if not marker.exists():
+            install_chart(control_plane)
+            marker.write_text(RELEASE)
+    return control_plane

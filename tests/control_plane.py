@@ -38,10 +38,12 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from cryptography import x509
@@ -49,14 +51,23 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["POD_CIDR", "ControlPlane", "ControlPlaneError", "binaries", "shared_control_plane",
+__all__ = ["GATEWAY", "POD_CIDR", "ControlPlane", "ControlPlaneError", "binaries", "locked", "shared_control_plane",
            "stop_recorded"]
 
 ROOT = Path(__file__).resolve().parent.parent
 POD_CIDR = ipaddress.ip_network("10.244.0.0/16")
+#: The pod network's gateway (the bridge scripts/netns.sh makes): where pods reach the API
+#: server and the tests' SIEM receivers.
+GATEWAY = str(POD_CIDR.network_address + 1)
 SERVICE_CIDR = "10.96.0.0/16"
 KUBERNETES_VERSION = "v1.37.2"
 _STARTUP_SECONDS = 120
+#: What the API server's audit log keeps: the requests of the operator's namespace's service
+#: accounts (so a test can show that the chart's RBAC allowed every one of them).
+AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts:sealtrail"]},
+              {"level": "None"}]}
 
 
 class ControlPlaneError(RuntimeError):
@@ -73,10 +84,10 @@ def binaries() -> Path:
 
 
 def pod_network_available() -> bool:
-    """Whether an address of POD_CIDR can be bound here (inside scripts/netns.sh it can)."""
+    """Whether the pod network's gateway is here (inside scripts/netns.sh it is)."""
     with socket.socket() as sock:
         try:
-            sock.bind((str(POD_CIDR.network_address + 1), 0))
+            sock.bind((GATEWAY, 0))
         except OSError:
             return False
     return True
@@ -138,7 +149,7 @@ def _write_pki(pki: Path) -> None:
         "apiserver": (_name("kube-apiserver"), ("127.0.0.1", "localhost", "kubernetes",
                                                 "kubernetes.default", "kubernetes.default.svc",
                                                 "kubernetes.default.svc.cluster.local",
-                                                "10.96.0.1"), False),
+                                                "10.96.0.1", GATEWAY), False),
         "admin": (_name("sealtrail-test-admin", "system:masters"), (), True),
         "controller-manager": (_name("system:kube-controller-manager"), (), True),
     }
@@ -175,6 +186,8 @@ class ControlPlane:
     directory: Path
     api_port: int = 0
     etcd_port: int = 0
+    #: This plane's node's share of POD_CIDR (each plane of a run gets its own).
+    subnet: str = "10.244.1.0/24"
     pids: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -189,6 +202,33 @@ class ControlPlane:
     def kubeconfig(self) -> Path:
         """An administrator's kubeconfig (system:masters)."""
         return self.directory / "admin.kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: every request of a service account of `sealtrail`."""
+        return self.directory / "audit.log"
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line]
+
+    def pods(self) -> dict[str, dict[str, Any]]:
+        """What the node runs: `namespace/name` -> ip, uid, containers (pid, restarts)."""
+        path = self.node_directory / "pods.json"
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+
+    def container_log(self, namespace: str, pod: str, container: str) -> str:
+        """A container's output as the node kept it (there is no kubelet API for logs here)."""
+        found = self.pods().get(f"{namespace}/{pod}")
+        if found is None:
+            return f"(pod {namespace}/{pod} is not on the node)"
+        path = Path(found["root"]) / "logs" / f"{container}.log"
+        return path.read_text(errors="replace") if path.exists() else "(no output)"
+
+    def pods_named(self, namespace: str, prefix: str) -> list[str]:
+        return sorted(key.split("/", 1)[1] for key in self.pods()
+                      if key.startswith(f"{namespace}/{prefix}"))
 
     @property
     def ca(self) -> Path:
@@ -206,11 +246,25 @@ class ControlPlane:
 
     def logs_tail(self, chars: int = 3000) -> str:
         return "".join(f"\n--- {name}.log ---\n{self.log(name)[-chars:]}"
-                       for name in ("etcd", "kube-apiserver", "kube-controller-manager"))
+                       for name in ("etcd", "kube-apiserver", "kube-controller-manager", "fake-kubelet"))
 
     # -- start and stop ----------------------------------------------------------------------
 
-    def start(self) -> None:
+    @property
+    def node_directory(self) -> Path:
+        """Where the node keeps its pods' volumes, logs and `pods.json`."""
+        return self.directory / "node"
+
+    def start(self, *, node: bool = True) -> None:
+        """Start etcd, the API server, the controller-manager and (with `node`) the node.
+
+        The node runs sealtrail's containers from the image (tests/container.py builds it
+        first, in this process, so its progress shows) and stand-ins for the others.
+        """
+        if node:
+            from tests import container  # noqa: PLC0415 - only a plane with a node needs it
+
+            container.image()
         bin_dir = binaries()
         self.directory.mkdir(parents=True, exist_ok=True)
         _write_pki(self.pki)
@@ -229,10 +283,14 @@ class ControlPlane:
             "--unsafe-no-fsync=true", "--log-level=warn"])
         self._wait("etcd", lambda: httpx.get(f"{etcd_url}/health", timeout=2).status_code == 200)
         pki = self.pki
+        audit_policy = self.directory / "audit-policy.yaml"
+        audit_policy.write_text(json.dumps(AUDIT_POLICY))
         self._spawn("kube-apiserver", [
             str(bin_dir / "kube-apiserver"), f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.api_port}",
-            "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
+            # All addresses of the run's own network namespace: loopback for the tests, the
+            # bridge for pods (scripts/netns.sh); nothing outside can reach either.
+            "--bind-address=0.0.0.0", f"--secure-port={self.api_port}",  # noqa: S104
+            f"--advertise-address={GATEWAY}", "--endpoint-reconciler-type=none",
             f"--cert-dir={self.directory / 'apiserver'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -243,6 +301,8 @@ class ControlPlane:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
             "--enable-aggregator-routing=true",
+            f"--audit-policy-file={audit_policy}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
             "--allow-privileged=true", "--profiling=false", "--v=1"])
         self._wait("kube-apiserver", self._api_ready)
         self._spawn("kube-controller-manager", [
@@ -259,11 +319,18 @@ class ControlPlane:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--kube-api-qps=100", "--kube-api-burst=200", "--profiling=false", "--v=1"])
         self._wait("kube-controller-manager", self._default_service_account)
+        self.record()
+        if node:
+            self._spawn("fake-kubelet", [
+                sys.executable, "-m", "tests.fake_kubelet", f"--plane={self.directory}",
+                f"--directory={self.node_directory}", f"--subnet={self.subnet}"], cwd=ROOT)
+            self._wait("fake-kubelet", self._node_ready)
+            self.record()
 
-    def _spawn(self, component: str, argv: list[str]) -> None:
+    def _spawn(self, component: str, argv: list[str], cwd: Path | None = None) -> None:
         with (self.directory / f"{component}.log").open("ab") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, cwd=self.directory,
+                                       stdin=subprocess.DEVNULL, cwd=cwd or self.directory,
                                        start_new_session=True)
         self.pids[component] = process.pid
 
@@ -296,12 +363,17 @@ class ControlPlane:
             return client.get("/api/v1/namespaces/default/serviceaccounts/default"
                               ).status_code == 200
 
+    def _node_ready(self) -> bool:
+        with self.client(timeout=3) as client:
+            return client.get("/api/v1/nodes").json().get("items") != []
+
     def stop(self) -> None:
-        # The controller-manager first, etcd last: nobody writes to a store that is going away.
-        for component in ("kube-controller-manager", "kube-apiserver", "etcd"):
+        # The node first (its pods stop in order), etcd last: nobody writes to a store that is
+        # going away.
+        for component in ("fake-kubelet", "kube-controller-manager", "kube-apiserver", "etcd"):
             pid = self.pids.get(component)
             if pid is not None:
-                _terminate(pid)
+                _terminate(pid, grace=60 if component == "fake-kubelet" else 15)
 
     # -- sharing between processes -----------------------------------------------------------
 
@@ -313,7 +385,7 @@ class ControlPlane:
     def attach(cls, directory: Path) -> ControlPlane:
         state = json.loads((directory / "state.json").read_text())
         return cls(Path(state["directory"]), state["api_port"], state["etcd_port"],
-                   state["pids"])
+                   state["subnet"], state["pids"])
 
 
 def _pid_alive(pid: int) -> bool:
@@ -342,7 +414,7 @@ def _terminate(pid: int, grace: float = 15) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -355,7 +427,7 @@ def shared_control_plane(run_directory: Path) -> ControlPlane:
     """The run's control plane: started by the first caller, attached to by the others."""
     directory = run_directory / "control-plane"
     run_directory.mkdir(parents=True, exist_ok=True)
-    with _locked(run_directory / "control-plane.lock"):
+    with locked(run_directory / "control-plane.lock"):
         if (directory / "state.json").exists():
             plane = ControlPlane.attach(directory)
             if all(_pid_alive(pid) for pid in plane.pids.values()):

@@ -1,30 +1,42 @@
-"""A stand-in kubelet for end-to-end tests: runs the worker containers of pods as local processes.
+"""The node of the tests' real control plane: binds pods, runs them, reports their status.
 
-The Kubernetes API emulator (tests/kube) stores pods but runs nothing. This plays the node's
-part for pods that have a `sealtrail-worker` container (a native sidecar or a collector's), so
-the operator's e2e tests see real workers, exactly as rendered by the operator:
+kube-apiserver and kube-controller-manager are real (tests/control_plane.py); there is no
+container engine here, so this plays the scheduler and the kubelet for one Node:
 
-* **Volumes.** Each `configMap` and `secret` volume is projected into a directory the way the
-  kubelet does it: files under a timestamped directory, `..data` a symlink to it, and each key a
-  symlink through `..data`, swapped atomically when the object changes (polled every 0.3 s).
-  That is what the worker's live reload of its config and credentials must survive. `emptyDir`
-  volumes are plain directories.
-* **Mount and network namespaces.** A container sees its mounts at absolute paths
-  (`/etc/sealtrail/...`) and has its own loopback. A local process has neither, so this
-  kubelet gives each pod its own loopback address (127.0.0.2, 127.0.0.3, ...) as its pod IP,
-  and translates the worker's config file as it projects it: every volume's `mountPath` becomes
-  the pod's local directory, and the listen addresses (`listen: 127.0.0.1:`/`0.0.0.0:`) become
-  the pod IP. The mapping is printed in the pod's log. Nothing else of the config is changed.
-* **Status.** Once the worker answers `/readyz` on its admin port, the pod's status is written
-  through the API's `/status` subresource (`phase: Running`, `podIP`, `Ready`), which is what
-  the operator reads to find the worker.
-* A pod deleted from the API gets SIGTERM (its own pid), then SIGKILL after 20 s.
+* **Scheduling.** It registers a Node (`sealtrail-node`, Ready, never heartbeating: the
+  control plane runs without node lifecycle) and binds every pending pod to it through the
+  `binding` subresource, as kube-scheduler would.
+* **Containers.** A container whose image is a `sealtrail` image runs **from the root
+  filesystem of the image built from the repository's Dockerfile** under bubblewrap
+  (tests/container.py): its entrypoint, command and args, the pod's uid and gid, a read-only
+  root, the pod's env, and the volumes at their mount paths. Any other image is an application
+  the node does not have; a stand-in process (tests/stand_in_app.py) takes its place, with its
+  env, and posts events to the worker if told to (`STAND_IN_EVENTS`).
+* **Volumes.** `configMap`, `secret` and `projected` volumes (service-account token from the
+  TokenRequest API, `kube-root-ca.crt`, downward API) are written the way the kubelet's atomic
+  writer does it: files in a timestamped directory, `..data` a symlink to it swapped at once
+  when the source changes (polled), each key a symlink through `..data`. `emptyDir` volumes are
+  directories.
+* **Network.** Each pod gets a network namespace of its own (its containers share it, so a
+  sidecar on 127.0.0.1 is the app's localhost), with an address of the pod network on a veth
+  pair joined to the node's bridge (scripts/netns.sh). In-cluster clients get
+  `KUBERNETES_SERVICE_HOST`/`PORT` of the real API server on the bridge's address, which is
+  where kube-proxy would route the `kubernetes` Service. Nothing in a pod's spec is rewritten.
+* **Lifecycle.** Init containers run in order (a sidecar, `restartPolicy: Always`, is started
+  and waited for by its startup probe, then left running); then the app containers. Readiness
+  probes (httpGet) decide `Ready`; a container that exits is restarted with a growing back-off
+  (`restartCount`). Deletion follows the kubelet's order: preStop hooks and SIGTERM to the app
+  containers, then the sidecars in reverse order with the grace that is left, SIGKILL at the
+  deadline, then the pod object is removed (`gracePeriodSeconds: 0`).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
+import ipaddress
+import json
 import os
 import re
 import shutil
@@ -33,77 +45,149 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from tests.worker_process import ROOT
+from tests.control_plane import POD_CIDR, ControlPlane
 
-__all__ = ["FakeKubelet", "RunningPod"]
+__all__ = ["FakeKubelet", "RunningPod", "swap_in"]
 
+ROOT = Path(__file__).resolve().parent.parent
+NODE_NAME = "sealtrail-node"
 WORKER_CONTAINER = "sealtrail-worker"
+_SEALTRAIL_IMAGE = re.compile(r"(^|/)sealtrail(:[\w.-]+)?(@sha256:[0-9a-f]+)?$")
+#: The bridge's address (scripts/netns.sh): the pods' gateway, where the API server listens.
+GATEWAY = str(POD_CIDR.network_address + 1)
+BRIDGE = "sealtrail0"
+
+
+class Process(Protocol):
+    """What the node needs of a running container, whatever runs it."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+@dataclass
+class RunningContainer:
+    spec: dict[str, Any]
+    sidecar: bool = False
+    init: bool = False
+    process: Process | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    ready: bool = False
+    started: bool = False
+    exit_code: int | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.spec["name"])
 
 
 @dataclass
 class RunningPod:
-    """One pod whose worker runs here."""
+    """One pod bound to this node."""
 
     namespace: str
     name: str
     uid: str
     ip: str
     root: Path
-    mounts: dict[str, Path]  # mountPath -> local directory
-    volumes: dict[str, dict[str, Any]]  # volume name -> its spec
-    container: dict[str, Any]
-    process: subprocess.Popen[bytes] | None = None
-    projected: dict[str, str] = field(default_factory=dict)  # volume -> resourceVersion
-    ready: bool = False
+    body: dict[str, Any]
+    containers: list[RunningContainer] = field(default_factory=list)
+    projected: dict[str, str] = field(default_factory=dict)  # volume -> source versions
+    volumes: dict[str, Path] = field(default_factory=dict)  # volume name -> its directory
+    reported: str = ""
+    terminating: bool = False
 
     @property
-    def log_path(self) -> Path:
-        return self.root / "worker.log"
+    def netns(self) -> str:
+        return f"st-{self.uid[:8]}"
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    @property
+    def netns_path(self) -> Path:
+        return Path("/run/netns") / self.netns
 
-    def port(self, name: str) -> int:
-        return next(int(p["containerPort"]) for p in self.container.get("ports", [])
-                    if p.get("name") == name)
+    def container(self, name: str = WORKER_CONTAINER) -> RunningContainer:
+        return next(c for c in self.containers if c.name == name)
+
+    @property
+    def process(self) -> Process | None:
+        """The worker's process (the container tests most often look at)."""
+        return self.container().process
+
+    def log_path(self, name: str = WORKER_CONTAINER) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+    def log(self, name: str = WORKER_CONTAINER) -> str:
+        path = self.log_path(name)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def port(self, name: str, container: str = WORKER_CONTAINER) -> int:
+        return next(int(p["containerPort"]) for p in self.container(container).spec.get(
+            "ports", []) if p.get("name") == name)
 
     def url(self, port_name: str = "st-ingest") -> str:
         return f"http://{self.ip}:{self.port(port_name)}"
 
+    @property
+    def ready(self) -> bool:
+        regular = [c for c in self.containers if not c.init or c.sidecar]
+        return bool(regular) and all(c.ready for c in regular)
+
 
 class FakeKubelet:
-    """Watch (by polling) the API for pods with a worker container, and run them."""
+    """Bind pods to one Node and run them, until stopped."""
 
-    def __init__(self, api_url: str, directory: Path, namespaces: list[str]) -> None:
-        self.api = httpx.Client(base_url=api_url, timeout=10)
+    def __init__(self, plane: ControlPlane, directory: Path, subnet: str,
+                 image_loader: Callable[[], Any] | None = None) -> None:
+        self.plane = plane
+        self.api = plane.client(timeout=15)
         self.directory = directory
-        self.namespaces = namespaces
         self.pods: dict[str, RunningPod] = {}
-        self._next_ip = 2
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="fake-kubelet")
         self.errors: list[str] = []
+        self._image_loader = image_loader
+        self._image: Any = None
+        self.subnet = subnet
+        network = ipaddress.ip_network(subnet)
+        if not network.subnet_of(POD_CIDR):  # type: ignore[arg-type]
+            raise ValueError(f"{subnet} is not part of the pod network {POD_CIDR}")
+        self._addresses = (str(address) for address in network.hosts())
+        next(self._addresses)  # the subnet's first address stays unused, like a node's
+        self.host_ip = GATEWAY
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="fake-kubelet")
+        self._terminations: dict[str, threading.Thread] = {}
+        self._last_state = ""
+
+    # -- public ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._register_node()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
         for pod in list(self.pods.values()):
-            self._kill(pod)
+            for container in reversed(pod.containers):
+                _stop_process(container.process, grace=5)
         self.api.close()
 
     def pod(self, namespace: str, name: str) -> RunningPod | None:
         return self.pods.get(f"{namespace}/{name}")
 
-    def wait_ready(self, namespace: str, name: str, timeout: float = 30) -> RunningPod:
+    def wait_ready(self, namespace: str, name: str, timeout: float = 60) -> RunningPod:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pod = self.pod(namespace, name)
@@ -111,156 +195,478 @@ class FakeKubelet:
                 return pod
             time.sleep(0.1)
         pod = self.pod(namespace, name)
-        raise AssertionError(f"pod {namespace}/{name} not ready; errors {self.errors}; "
-                             f"log: {pod.log()[-3000:] if pod else 'never started'}")
+        logs = "".join(f"\n--- {c.name} ---\n{pod.log(c.name)[-3000:]}"
+                       for c in pod.containers) if pod else " never started"
+        raise AssertionError(f"pod {namespace}/{name} not ready after {timeout} s; "
+                             f"node errors {self.errors[-5:]}; logs:{logs}")
 
-    # -- the loop ------------------------------------------------------------------------
+    # -- the node --------------------------------------------------------------------------
+
+    def _register_node(self) -> None:
+        node = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": NODE_NAME, "labels": {
+                    "kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64"}},
+                "spec": {"podCIDR": self.subnet}}
+        answer = self.api.post("/api/v1/nodes", json=node)
+        if answer.status_code not in (201, 409):
+            answer.raise_for_status()
+        now = _now()
+        status = {"status": {
+            "capacity": {"cpu": "2", "memory": "24Gi", "pods": "250",
+                         "ephemeral-storage": "50Gi"},
+            "allocatable": {"cpu": "2", "memory": "23Gi", "pods": "250",
+                            "ephemeral-storage": "45Gi"},
+            "addresses": [{"type": "InternalIP", "address": self.host_ip},
+                          {"type": "Hostname", "address": NODE_NAME}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "the tests' fake kubelet", "lastHeartbeatTime": now,
+                            "lastTransitionTime": now}],
+            "nodeInfo": {"kubeletVersion": "v1.37.2", "operatingSystem": "linux",
+                         "architecture": "amd64", "containerRuntimeVersion": "bubblewrap",
+                         "kernelVersion": os.uname().release, "osImage": "sealtrail tests",
+                         "kubeProxyVersion": "", "machineID": "", "systemUUID": "",
+                         "bootID": ""}}}
+        self.api.patch(f"/api/v1/nodes/{NODE_NAME}/status", json=status,
+                       headers={"Content-Type": "application/merge-patch+json"}
+                       ).raise_for_status()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.3):
+        while not self._stop.wait(0.25):
             try:
                 self._sync()
             except (httpx.HTTPError, OSError, KeyError, ValueError) as error:
                 self.errors.append(f"{type(error).__name__}: {error}")
 
     def _sync(self) -> None:
+        listing = self.api.get("/api/v1/pods")
+        listing.raise_for_status()
         seen = set()
-        for namespace in self.namespaces:
-            listing = self.api.get(f"/api/v1/namespaces/{namespace}/pods")
-            listing.raise_for_status()
-            for body in listing.json().get("items", []):
-                container = _worker_container(body)
-                if container is None or body["metadata"].get("deletionTimestamp"):
-                    continue
-                key = f"{namespace}/{body['metadata']['name']}"
-                seen.add(key)
-                pod = self.pods.get(key)
-                if pod is None or pod.uid != body["metadata"]["uid"]:
-                    if pod is not None:
-                        self._kill(pod)
-                    pod = self._admit(body, container)
-                    self.pods[key] = pod
-                self._project(pod)
-                if pod.process is None:
-                    self._start(pod)
-                if not pod.ready and self._answers(pod):
-                    pod.ready = True
-                    self._report_running(pod)
+        for body in listing.json().get("items", []):
+            meta, spec = body["metadata"], body["spec"]
+            key = f"{meta['namespace']}/{meta['name']}"
+            if not spec.get("nodeName"):
+                if not meta.get("deletionTimestamp"):
+                    self._bind(body)
+                continue
+            if spec["nodeName"] != NODE_NAME:
+                continue
+            seen.add(key)
+            pod = self.pods.get(key)
+            if pod is not None and pod.uid != meta["uid"]:
+                self._finish(pod, grace=0)
+                pod = None
+            if pod is None:
+                if (body.get("status", {}).get("phase") in ("Succeeded", "Failed")
+                        or meta.get("deletionTimestamp") or key in self._terminations):
+                    continue  # finished, or being (or already) stopped
+                pod = self._admit(body)
+                self.pods[key] = pod
+            pod.body = body
+            if meta.get("deletionTimestamp"):
+                self._begin_termination(pod)
+                continue
+            self._project(pod)
+            self._advance(pod)
+            self._report(pod)
         for key in set(self.pods) - seen:
-            self._kill(self.pods.pop(key))
+            pod = self.pods.pop(key)
+            if key not in self._terminations:
+                self._finish(pod, grace=0)  # force-deleted: no grace at all
+        self._write_state()
 
-    # -- pods ----------------------------------------------------------------------------
+    def _write_state(self) -> None:
+        """What runs where, for tests in other processes (tests/node.py reads it)."""
+        state = {key: {"uid": pod.uid, "ip": pod.ip, "ready": pod.ready, "root": str(pod.root),
+                       "terminating": pod.terminating,
+                       "containers": {c.name: {"pid": c.process.pid if c.process else None,
+                                               "restarts": c.restarts, "ready": c.ready,
+                                               "ports": {p["name"]: p["containerPort"]
+                                                         for p in c.spec.get("ports", [])
+                                                         if "name" in p}}
+                                      for c in pod.containers}}
+                 for key, pod in list(self.pods.items())}
+        text = json.dumps(state, sort_keys=True)
+        if text != self._last_state:
+            fresh = self.directory / "pods.json.tmp"
+            fresh.write_text(text)
+            fresh.replace(self.directory / "pods.json")
+            self._last_state = text
 
-    def _admit(self, body: dict[str, Any], container: dict[str, Any]) -> RunningPod:
+    # -- pods ------------------------------------------------------------------------------
+
+    def _bind(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
-        ip = f"127.0.0.{self._next_ip}"
-        self._next_ip += 1
+        answer = self.api.post(
+            f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/binding",
+            json={"apiVersion": "v1", "kind": "Binding",
+                  "metadata": {"name": meta["name"], "uid": meta["uid"]},
+                  "target": {"apiVersion": "v1", "kind": "Node", "name": NODE_NAME}})
+        if answer.status_code not in (201, 409, 404):
+            self.errors.append(f"binding {meta['namespace']}/{meta['name']}: "
+                               f"{answer.status_code} {answer.text[:300]}")
+
+    def _admit(self, body: dict[str, Any]) -> RunningPod:
+        meta, spec = body["metadata"], body["spec"]
         root = self.directory / f"{meta['namespace']}-{meta['name']}-{meta['uid'][:8]}"
-        root.mkdir(parents=True)
-        volumes = {v["name"]: v for v in body["spec"].get("volumes", [])}
-        mounts = {}
-        for mount in container.get("volumeMounts", []):
-            local = root / "volumes" / mount["name"]
-            local.mkdir(parents=True, exist_ok=True)
-            mounts[mount["mountPath"]] = local
-        return RunningPod(meta["namespace"], meta["name"], meta["uid"], ip, root, mounts,
-                          {name: volumes[name] for name in volumes
-                           if any(m["name"] == name for m in container.get("volumeMounts", []))},
-                          container)
+        (root / "logs").mkdir(parents=True)
+        pod = RunningPod(meta["namespace"], meta["name"], meta["uid"], next(self._addresses),
+                         root, body)
+        for volume in spec.get("volumes", []):
+            directory = root / "volumes" / volume["name"]
+            directory.mkdir(parents=True)
+            directory.chmod(0o777 if "emptyDir" in volume else 0o755)
+            pod.volumes[volume["name"]] = directory
+        _pod_network(pod)
+        pod.containers = [
+            *(RunningContainer(c, sidecar=c.get("restartPolicy") == "Always", init=True)
+              for c in spec.get("initContainers", [])),
+            *(RunningContainer(c) for c in spec.get("containers", []))]
+        return pod
 
-    def _translate(self, pod: RunningPod, text: str) -> str:
-        """What the worker would see inside its container, in local terms."""
-        # One pass, longest mount first, at path boundaries only: a local directory put in
-        # by one replacement (they live under /tmp) must not be rewritten by another.
-        paths = sorted((m.rstrip("/") for m in pod.mounts), key=len, reverse=True)
-        local = {m.rstrip("/"): str(d) for m, d in pod.mounts.items()}
-        if paths:
-            pattern = re.compile(r"(?<![\w./-])(" + "|".join(map(re.escape, paths))
-                                 + r")(?=/|\s|['\"]|$)", re.MULTILINE)
-            text = pattern.sub(lambda match: local[match.group(1)], text)
-        # Only the worker's own listeners move to the pod IP; a SIEM on 127.0.0.1 stays there.
-        return re.sub(r"(?m)^(\s*listen:\s*['\"]?)(?:127\.0\.0\.1|0\.0\.0\.0):",
-                      lambda match: f"{match.group(1)}{pod.ip}:", text)
+    def _advance(self, pod: RunningPod) -> None:
+        """Start what may start now, restart what exited, and probe."""
+        now = time.monotonic()
+        for container in pod.containers:
+            process = container.process
+            if process is not None and (code := process.poll()) is not None:
+                container.exit_code, container.process = code, None
+                container.ready = False
+                if container.init and not container.sidecar and code == 0:
+                    container.started = True
+                    continue
+                container.restarts += 1
+                container.next_start = now + min(10.0, 0.5 * 2 ** container.restarts)
+            if container.init and not container.sidecar and container.exit_code == 0:
+                continue  # an init container that finished stays finished
+            if container.process is None:
+                if now < container.next_start:
+                    if container.init:
+                        return
+                    continue
+                self._start_container(pod, container)
+            container.ready = self._probe(pod, container)
+            if container.init and (not container.sidecar or not container.ready):
+                return  # init containers one at a time; a sidecar must be up first
 
-    def _project(self, pod: RunningPod) -> None:
-        for name, volume in pod.volumes.items():
-            if "configMap" in volume:
-                kind, ref = "configmaps", volume["configMap"]["name"]
-            elif "secret" in volume:
-                kind, ref = "secrets", volume["secret"]["secretName"]
-            else:
-                continue
-            found = self.api.get(f"/api/v1/namespaces/{pod.namespace}/{kind}/{ref}")
-            if found.status_code == 404:
-                continue
-            found.raise_for_status()
-            obj = found.json()
-            version = obj["metadata"]["resourceVersion"]
-            if pod.projected.get(name) == version:
-                continue
-            files: dict[str, bytes] = {}
-            if kind == "configmaps":
-                files = {k: self._translate(pod, v).encode()
-                         for k, v in (obj.get("data") or {}).items()}
-            else:
-                files = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
-            local = next(path for mount_path, path in pod.mounts.items()
-                         if any(m["name"] == name and m["mountPath"] == mount_path
-                                for m in pod.container.get("volumeMounts", [])))
-            swap_in(local, files)
-            pod.projected[name] = version
-
-    def _start(self, pod: RunningPod) -> None:
-        args = [self._translate(pod, arg) for arg in pod.container.get("args", [])]
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "operator"), "PYTHONUNBUFFERED": "1",
-               "TMPDIR": str(pod.mounts.get("/tmp", pod.root))}  # noqa: S108 - a mountPath
-        mapping = ", ".join(f"{mount} -> {local}" for mount, local in pod.mounts.items())
-        with pod.log_path.open("ab") as log:
-            log.write(f"fake kubelet: pod IP {pod.ip}; mounts {mapping}\n".encode())
-            log.flush()
-            pod.process = subprocess.Popen([sys.executable, "-m", "sealtrail", *args],
-                                           stdin=subprocess.DEVNULL, stdout=log,
-                                           stderr=subprocess.STDOUT, env=env, cwd=pod.root)
-
-    def _answers(self, pod: RunningPod) -> bool:
-        if pod.process is None or pod.process.poll() is not None:
-            return False
+    def _probe(self, pod: RunningPod, container: RunningContainer) -> bool:
+        probe = container.spec.get("readinessProbe") or container.spec.get("startupProbe")
+        if probe is None or "httpGet" not in probe:
+            return container.process is not None
+        get = probe["httpGet"]
+        port = get["port"]
+        if isinstance(port, str):
+            port = next(int(p["containerPort"]) for p in container.spec.get("ports", [])
+                        if p.get("name") == port)
         try:
-            return httpx.get(pod.url("st-admin") + "/readyz", timeout=1).status_code == 200
+            answer = httpx.get(f"http://{pod.ip}:{port}{get.get('path', '/')}", timeout=1)
         except httpx.HTTPError:
             return False
+        return 200 <= answer.status_code < 400
 
-    def _report_running(self, pod: RunningPod) -> None:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        status = {"status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}],
-                             "hostIP": "127.0.0.1", "startTime": now,
-                             "conditions": [{"type": "Ready", "status": "True",
-                                             "lastTransitionTime": now}]}}
-        answer = self.api.patch(
-            f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status", json=status,
-            headers={"Content-Type": "application/merge-patch+json"})
-        answer.raise_for_status()
+    def _report(self, pod: RunningPod) -> None:
+        def state(container: RunningContainer) -> dict[str, Any]:
+            if container.process is not None:
+                return {"running": {"startedAt": _now()}}
+            if container.exit_code is not None:
+                return {"terminated": {"exitCode": container.exit_code,
+                                       "reason": "Completed" if container.exit_code == 0
+                                       else "Error"}}
+            return {"waiting": {"reason": "PodInitializing"}}
 
-    def _kill(self, pod: RunningPod) -> None:
-        process = pod.process
-        if process is None or process.poll() is not None:
+        def statuses(init: bool) -> list[dict[str, Any]]:
+            return [{"name": c.name, "image": c.spec.get("image", ""), "imageID": "",
+                     "ready": c.ready, "started": c.process is not None,
+                     "restartCount": c.restarts, "state": state(c)}
+                    for c in pod.containers if c.init == init]
+
+        ready = "True" if pod.ready else "False"
+        initialized = "True" if all(c.started or c.ready for c in pod.containers
+                                    if c.init) else "False"
+        summary = f"{ready}{initialized}" + "".join(
+            f"{c.name}{c.ready}{c.restarts}{c.process is not None}" for c in pod.containers)
+        if summary == pod.reported:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
+        now = _now()
+        body = {"status": {
+            "phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}],
+            "hostIP": self.host_ip, "hostIPs": [{"ip": self.host_ip}],
+            "startTime": pod.body.get("status", {}).get("startTime") or now,
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                {"type": "Initialized", "status": initialized, "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
+                {"type": "Ready", "status": ready, "lastTransitionTime": now}],
+            "initContainerStatuses": statuses(True),
+            "containerStatuses": statuses(False)}}
+        answer = self.api.patch(
+            f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status", json=body,
+            headers={"Content-Type": "application/merge-patch+json"})
+        if answer.status_code == 200:
+            pod.reported = summary
+        elif answer.status_code != 404:
+            answer.raise_for_status()
+
+    # -- containers ------------------------------------------------------------------------
+
+    def _start_container(self, pod: RunningPod, container: RunningContainer) -> None:
+        spec = container.spec
+        env = self._environment(pod, spec)
+        log = pod.log_path(container.name)
+        if _SEALTRAIL_IMAGE.search(spec.get("image", "")):
+            container.process = self._run_image(pod, spec, env, log)
+        else:
+            with log.open("ab") as out:
+                container.process = subprocess.Popen(
+                    ["nsenter", f"--net={pod.netns_path}", sys.executable,
+                     str(ROOT / "tests" / "stand_in_app.py")],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT),
+                         "PYTHONUNBUFFERED": "1", **env},
+                    cwd=pod.root)
+        container.started = True
+
+    def _run_image(self, pod: RunningPod, spec: dict[str, Any], env: dict[str, str],
+                   log: Path) -> Process:
+        from tests import container as runtime  # noqa: PLC0415 - builds the image on first use
+
+        if self._image is None:
+            self._image = self._image_loader() if self._image_loader else runtime.image()
+        image = self._image
+        argv = [*(spec.get("command") or image.entrypoint),
+                *(spec.get("args") if spec.get("command") or spec.get("args") else image.cmd)]
+        context = {**(pod.body["spec"].get("securityContext") or {}),
+                   **(spec.get("securityContext") or {})}
+        default_uid, _, default_gid = (image.user or "0:0").partition(":")
+        uid = int(context.get("runAsUser", default_uid or 0))
+        gid = int(context.get("runAsGroup", default_gid or uid))
+        mounts = []
+        for mount in sorted(spec.get("volumeMounts", []), key=lambda m: m["mountPath"]):
+            source = pod.volumes[mount["name"]]
+            if mount.get("subPath"):
+                source = source / mount["subPath"]
+            mounts.append(runtime.Mount(source, mount["mountPath"],
+                                        bool(mount.get("readOnly"))))
+        return runtime.start(image, argv=argv, env=env, mounts=mounts, uid=uid, gid=gid,
+                             log=log, workdir=spec.get("workingDir"), netns=pod.netns_path)
+
+    def _environment(self, pod: RunningPod, spec: dict[str, Any]) -> dict[str, str]:
+        meta = pod.body["metadata"]
+        fields = {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
+                  "metadata.uid": meta["uid"], "spec.nodeName": NODE_NAME,
+                  "spec.serviceAccountName": pod.body["spec"].get("serviceAccountName", ""),
+                  "status.podIP": pod.ip, "status.hostIP": self.host_ip}
+        env = {"KUBERNETES_SERVICE_HOST": GATEWAY,
+               "KUBERNETES_SERVICE_PORT": str(self.plane.api_port),
+               "HOSTNAME": meta["name"]}
+        for item in spec.get("env", []):
+            if "value" in item:
+                env[item["name"]] = str(item["value"])
+                continue
+            source = item.get("valueFrom", {})
+            if "fieldRef" in source:
+                env[item["name"]] = fields[source["fieldRef"]["fieldPath"]]
+            elif "secretKeyRef" in source or "configMapKeyRef" in source:
+                kind, ref = (("secrets", source["secretKeyRef"]) if "secretKeyRef" in source
+                             else ("configmaps", source["configMapKeyRef"]))
+                found = self.api.get(f"/api/v1/namespaces/{pod.namespace}/{kind}/{ref['name']}")
+                found.raise_for_status()
+                value = (found.json().get("data") or {})[ref["key"]]
+                env[item["name"]] = (base64.b64decode(value).decode() if kind == "secrets"
+                                     else value)
+        return env
+
+    # -- volumes ---------------------------------------------------------------------------
+
+    def _project(self, pod: RunningPod) -> None:
+        for volume in pod.body["spec"].get("volumes", []):
+            if "configMap" in volume:
+                sources = [{"configMap": volume["configMap"]}]
+            elif "secret" in volume:
+                secret = dict(volume["secret"])
+                secret["name"] = secret.pop("secretName")
+                sources = [{"secret": secret}]
+            elif "projected" in volume:
+                sources = volume["projected"]["sources"]
+            else:
+                continue
+            files, versions = self._render_sources(pod, sources)
+            if files is None or pod.projected.get(volume["name"]) == versions:
+                continue
+            swap_in(pod.volumes[volume["name"]], files)
+            pod.projected[volume["name"]] = versions
+
+    def _render_sources(self, pod: RunningPod, sources: list[dict[str, Any]]
+                        ) -> tuple[dict[str, bytes] | None, str]:
+        files: dict[str, bytes] = {}
+        versions: list[str] = []
+        for source in sources:
+            if "configMap" in source or "secret" in source:
+                kind = "configmaps" if "configMap" in source else "secrets"
+                ref = source.get("configMap") or source["secret"]
+                found = self.api.get(f"/api/v1/namespaces/{pod.namespace}/{kind}/{ref['name']}")
+                if found.status_code == 404:
+                    if ref.get("optional"):
+                        continue
+                    return None, ""  # the kubelet waits for it (ContainerCreating)
+                found.raise_for_status()
+                obj = found.json()
+                versions.append(obj["metadata"]["resourceVersion"])
+                data = {k: (v.encode() if kind == "configmaps" else base64.b64decode(v))
+                        for k, v in (obj.get("data") or {}).items()}
+                items = ref.get("items")
+                for key, value in data.items():
+                    if items is None:
+                        files[key] = value
+                for item in items or []:
+                    files[item["path"]] = data[item["key"]]
+            elif "serviceAccountToken" in source:
+                token = source["serviceAccountToken"]
+                key = f"token:{pod.uid}"
+                if key not in pod.projected:
+                    pod.projected[key] = self._token(pod, token)
+                files[token["path"]] = pod.projected[key].encode()
+                versions.append(key)
+            elif "downwardAPI" in source:
+                for item in source["downwardAPI"]["items"]:
+                    path = item["fieldRef"]["fieldPath"]
+                    value = {"metadata.namespace": pod.namespace, "metadata.name": pod.name,
+                             "metadata.uid": pod.uid}[path]
+                    files[item["path"]] = value.encode()
+        return files, ",".join(versions)
+
+    def _token(self, pod: RunningPod, token: dict[str, Any]) -> str:
+        account = pod.body["spec"].get("serviceAccountName") or "default"
+        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                   "spec": {"expirationSeconds": int(token.get("expirationSeconds", 3607)),
+                            "audiences": [token["audience"]] if token.get("audience") else [],
+                            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+                                               "name": pod.name, "uid": pod.uid}}}
+        answer = self.api.post(
+            f"/api/v1/namespaces/{pod.namespace}/serviceaccounts/{account}/token", json=request)
+        answer.raise_for_status()
+        return str(answer.json()["status"]["token"])
+
+    # -- termination -----------------------------------------------------------------------
+
+    def _begin_termination(self, pod: RunningPod) -> None:
+        key = f"{pod.namespace}/{pod.name}"
+        if pod.terminating:
+            return
+        pod.terminating = True
+        grace = pod.body["metadata"].get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = pod.body["spec"].get("terminationGracePeriodSeconds", 30)
+        thread = threading.Thread(target=self._terminate, args=(pod, float(grace)),
+                                  daemon=True, name=f"terminate-{key}")
+        self._terminations[key] = thread
+        thread.start()
+
+    def _terminate(self, pod: RunningPod, grace: float) -> None:
+        key = f"{pod.namespace}/{pod.name}"
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+            self._finish(pod, grace)
+            answer = self.api.request(
+                "DELETE", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}",
+                json={"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                      "preconditions": {"uid": pod.uid}})
+            if answer.status_code not in (200, 404, 409):
+                self.errors.append(f"removing {key}: {answer.status_code} {answer.text[:200]}")
+        except (httpx.HTTPError, OSError) as error:
+            self.errors.append(f"terminating {key}: {error}")
+        finally:
+            with self._lock:
+                self._terminations.pop(key, None)
+                if (found := self.pods.get(key)) is not None and found.uid == pod.uid:
+                    self.pods.pop(key, None)
+
+    def _finish(self, pod: RunningPod, grace: float) -> None:
+        """The kubelet's order: app containers (preStop first), then sidecars in reverse."""
+        deadline = time.monotonic() + grace
+        apps = [c for c in pod.containers if not c.init]
+        for container in apps:
+            hook = (container.spec.get("lifecycle") or {}).get("preStop") or {}
+            if "sleep" in hook:
+                time.sleep(min(float(hook["sleep"]["seconds"]),
+                               max(0.0, deadline - time.monotonic())))
+            _signal(container.process, signal.SIGTERM)
+        _wait_all([c.process for c in apps], deadline)
+        for container in reversed([c for c in pod.containers if c.sidecar]):
+            _signal(container.process, signal.SIGTERM)
+            _wait_all([container.process], deadline)
+        for container in pod.containers:
+            _signal(container.process, signal.SIGKILL)
+            _wait_all([container.process], time.monotonic() + 10)
+        subprocess.run(["ip", "netns", "delete", pod.netns], capture_output=True, check=False)
 
 
-def _worker_container(body: dict[str, Any]) -> dict[str, Any] | None:
-    spec = body.get("spec", {})
-    for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
-        if container.get("name") == WORKER_CONTAINER:
-            return dict(container)
-    return None
+def main() -> int:
+    """`python -m tests.fake_kubelet`: the node process ControlPlane.start(node=...) runs."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plane", type=Path, required=True, help="the control plane's directory")
+    parser.add_argument("--directory", type=Path, required=True, help="the node's directory")
+    parser.add_argument("--subnet", required=True, help="this node's part of the pod network")
+    args = parser.parse_args()
+    kubelet = FakeKubelet(ControlPlane.attach(args.plane), args.directory, args.subnet)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    kubelet.start()
+    print(f"fake kubelet: node {NODE_NAME} up, pods in {args.subnet}", flush=True)
+    while not stopping.wait(1):
+        for error in kubelet.errors[:]:
+            print(f"fake kubelet: {error}", flush=True)
+        kubelet.errors.clear()
+    kubelet.stop()
+    print("fake kubelet: stopped", flush=True)
+    return 0
+
+
+def _pod_network(pod: RunningPod) -> None:
+    """The pod's own network namespace: lo, and eth0 on the node's bridge with the pod IP."""
+    veth = f"v{pod.uid[:12]}"
+    steps = [["ip", "netns", "add", pod.netns],
+             ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns",
+              pod.netns],
+             ["ip", "link", "set", veth, "master", BRIDGE, "up"],
+             ["ip", "-n", pod.netns, "addr", "add", f"{pod.ip}/{POD_CIDR.prefixlen}", "dev",
+              "eth0"],
+             ["ip", "-n", pod.netns, "link", "set", "eth0", "up"],
+             ["ip", "-n", pod.netns, "link", "set", "lo", "up"],
+             ["ip", "-n", pod.netns, "route", "add", "default", "via", GATEWAY]]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise OSError(f"pod network for {pod.namespace}/{pod.name}: {' '.join(step)}: "
+                          f"{done.stderr.strip()}")
+
+
+def _signal(process: Process | None, signum: int) -> None:
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        if signum == signal.SIGKILL:
+            process.kill()
+        else:
+            process.terminate()
+
+
+def _wait_all(processes: list[Process | None], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if all(p is None or p.poll() is not None for p in processes):
+            return
+        time.sleep(0.05)
+
+
+def _stop_process(process: Process | None, grace: float) -> None:
+    _signal(process, signal.SIGTERM)
+    _wait_all([process], time.monotonic() + grace)
+    _signal(process, signal.SIGKILL)
+    _wait_all([process], time.monotonic() + 5)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def swap_in(directory: Path, files: dict[str, bytes]) -> None:
@@ -269,16 +675,25 @@ def swap_in(directory: Path, files: dict[str, bytes]) -> None:
     fresh = directory / stamp
     fresh.mkdir()
     for key, content in files.items():
-        (fresh / key).write_bytes(content)
+        target = fresh / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        target.chmod(0o644)
+    fresh.chmod(0o755)
     link = directory / "..data_tmp"
     with contextlib.suppress(FileNotFoundError):
         link.unlink()
     link.symlink_to(stamp)
     old = (directory / "..data").resolve() if (directory / "..data").is_symlink() else None
     link.replace(directory / "..data")
-    for key in files:
+    for key in {key.split("/", 1)[0] for key in files}:
         target = directory / key
         if not target.is_symlink():
             target.symlink_to(Path("..data") / key)
     if old is not None and old.name != stamp:
         shutil.rmtree(old, ignore_errors=True)
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,10 +11,13 @@ Covers `sealtrail.operator.crdgen` and `sealtrail.operator.schema`:
   pruned, defaults filled in, unknown fields refused as `kubectl apply` does by default). The
   CEL rules are evaluated with `celpy` when cel-python is installed; without it, a case that
   only a rule refuses is checked to pass the schema and to have that rule, and evaluating the
-  rules is left to the API emulator's tests (tests/kube/);
+  rules is left to the real API server (below);
 - every model validator is expressed by the schema or a rule;
 - kubernetes-validate accepts the manifests for Kubernetes 1.37, the real kubectl reads them,
-  and every printer column points at a field the schema has.
+  and every printer column points at a field the schema has;
+- the real kube-apiserver, with the CRDs the chart installs, gives every table case, every
+  example and hypothesis-generated specs the model's verdict (server-side dry runs: its
+  OpenAPI validation, defaulting and CEL rules), and its defaults read back as the model's.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import functools
 import json
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,8 @@ from sealtrail.operator.schema import (
     structural,
     validators_of,
 )
+
+from .control_plane import ControlPlane
 
 try:
     import celpy
@@ -692,7 +698,7 @@ def _property(kind: str, spec: Any) -> None:
                                            schema_errors(kind, spec))
     else:
         # Without a CEL evaluator: the schema accepts all the model does, and what it refuses
-        # the model refuses too; the rules' part is the emulator's to check.
+        # the model refuses too; the rules' part is the real API server's to check (below).
         assert not from_model or not schema_errors(kind, spec, cel=False), spec
     if from_model:
         stored = apply_defaults(spec_as_stored, root_schema(kind)["properties"]["spec"])
@@ -849,3 +855,101 @@ def test_names_and_columns_are_as_designed() -> None:
 
     assert columns(export) == ["Backend", "Ready", "Paused", "Lag", "Workers", "Age"]
     assert columns(policy) == ["Mode", "Exports", "Injected", "Age"]
+
+
+# --- The real API server's verdict ---------------------------------------------------------------
+#
+# The CRDs as the chart installs them, on the run's real kube-apiserver: each spec is sent as a
+# server-side dry run (`dryRun=All`, `fieldValidation=Strict`, as `kubectl apply` sends it), so
+# the server's OpenAPI validation, defaulting and CEL rules judge it and nothing is stored.
+
+VERDICT_NAMESPACE = "crd-verdicts"
+PLURALS = {"AuditExport": "auditexports", "AuditPolicy": "auditpolicies"}
+
+
+@dataclass
+class ApiVerdict:
+    accepted: bool
+    message: str
+    stored: Json
+
+
+@pytest.fixture(scope="module")
+def api(sealtrail_release: ControlPlane) -> Iterator[Callable[..., ApiVerdict]]:
+    with sealtrail_release.client() as client:
+        answer = client.post("/api/v1/namespaces", json={
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": VERDICT_NAMESPACE}})
+        assert answer.status_code in (201, 409), answer.text
+
+        def verdict(kind: str, spec: Any, name: str = "audit-1") -> ApiVerdict:
+            answer = client.post(
+                f"/apis/sealtrail.dev/v1alpha1/namespaces/{VERDICT_NAMESPACE}/{PLURALS[kind]}",
+                params={"dryRun": "All", "fieldValidation": "Strict"},
+                json=as_resource(kind, spec, name))
+            assert answer.status_code < 500, answer.text  # never the server's own failure
+            body = answer.json()
+            if answer.status_code == 201:
+                return ApiVerdict(True, "", body)
+            return ApiVerdict(False, str(body.get("message", "")), {})
+
+        yield verdict
+
+
+@pytest.mark.parametrize(("kind", "spec", "rule", "valid"), CASES)
+def test_the_api_server_gives_the_models_verdict(api: Callable[..., ApiVerdict], kind: str,
+                                                 spec: Json, rule: str | None,
+                                                 valid: bool) -> None:
+    found = api(kind, spec)
+    assert found.accepted == valid, found.message
+    if rule is not None:
+        assert rule in found.message, found.message
+    if valid:
+        stored = found.stored["spec"]
+        assert MODELS[kind].model_validate(stored) == MODELS[kind].model_validate(
+            prune_nulls(spec))  # the server's defaults are the model's
+
+
+@pytest.mark.parametrize(("name", "valid"), [
+    ("splunk-main", True), ("x" * 63, True), ("x" * 64, False), ("splunk.main", False),
+    ("Splunk", False),
+])
+def test_the_api_server_takes_the_export_names_a_worker_config_takes(
+        api: Callable[..., ApiVerdict], name: str, valid: bool) -> None:
+    assert api("AuditExport", WEBHOOK, name=name).accepted == valid
+
+
+@pytest.mark.parametrize("resource", _example_resources())
+def test_the_api_server_accepts_every_example_resource(api: Callable[..., ApiVerdict],
+                                                       resource: Json) -> None:
+    found = api(resource["kind"], resource["spec"], name=resource["metadata"]["name"])
+    assert found.accepted, found.message
+
+
+_SERVER_SETTINGS = settings(max_examples=120, deadline=None, derandomize=True,
+                            suppress_health_check=[HealthCheck.too_slow,
+                                                   HealthCheck.data_too_large,
+                                                   HealthCheck.function_scoped_fixture])
+
+
+def _server_property(api: Callable[..., ApiVerdict], kind: str, spec: Any) -> None:
+    spec_as_stored = prune_nulls(spec)
+    model = model_errors(kind, spec_as_stored)
+    found = api(kind, spec)
+    assert found.accepted == (not model), (spec, model, found.message)
+    if found.accepted:
+        assert MODELS[kind].model_validate(found.stored["spec"]) == MODELS[
+            kind].model_validate(spec_as_stored)
+
+
+@_SERVER_SETTINGS
+@given(spec=instances(root_schema("AuditExport")["properties"]["spec"]))
+def test_generated_exports_get_the_models_verdict_from_the_api_server(
+        api: Callable[..., ApiVerdict], spec: Any) -> None:
+    _server_property(api, "AuditExport", spec)
+
+
+@_SERVER_SETTINGS
+@given(spec=instances(root_schema("AuditPolicy")["properties"]["spec"]))
+def test_generated_policies_get_the_models_verdict_from_the_api_server(
+        api: Callable[..., ApiVerdict], spec: Any) -> None:
+    _server_property(api, "AuditPolicy", spec)

@@ -58,6 +58,9 @@ class HttpReceiver:
 
     def __init__(self, port: int | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.port = port or free_port()
+        #: The address it listens on; pods on the tests' node reach the run's namespace at
+        #: tests.control_plane.GATEWAY, so receivers for them listen there (set before start).
+        self.host = "127.0.0.1"
         self.tls = tls
         self.lock = threading.Lock()
         self.requests: list[Request] = []
@@ -69,7 +72,7 @@ class HttpReceiver:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -113,12 +116,12 @@ class HttpReceiver:
 
         for _ in range(50):  # the port may linger briefly after a stop
             try:
-                server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+                server = ThreadingHTTPServer((self.host, self.port), Handler)
                 break
             except OSError:
                 time.sleep(0.1)
         else:
-            raise RuntimeError(f"cannot bind 127.0.0.1:{self.port}")
+            raise RuntimeError(f"cannot bind {self.host}:{self.port}")
         server.daemon_threads = True
         if self.tls is not None:
             server.socket = self.tls.wrap_socket(server.socket, server_side=True)

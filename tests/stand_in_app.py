@@ -1,0 +1,68 @@
+"""Stands in for an application container on the tests' node (tests/fake_kubelet.py).
+
+The node has no image but sealtrail's, so an app container runs this instead, with the
+container's env. It does what the app beside a sealtrail worker does: with `STAND_IN_EVENTS`
+set to N, it posts N sample audit events (`STAND_IN_SEED` picks them) to `$SEALTRAIL_URL`
+in batches of `STAND_IN_BATCH`, retrying while the worker is not up yet or pushes back
+(connection refused, 429, 503); then it waits for SIGTERM and exits 0, as a well-behaved app
+does. Progress goes to stdout (the container's log).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import httpx
+import orjson
+
+from sealtrail.demo import sample_events
+
+
+def post_events(url: str, count: int, seed: int, batch: int, stop: threading.Event) -> int:
+    events = list(sample_events(count, seed=seed))
+    sent = 0
+    while sent < count and not stop.is_set():
+        chunk = events[sent:sent + batch]
+        try:
+            answer = httpx.post(f"{url}/v1/events", content=orjson.dumps(chunk),
+                                headers={"Content-Type": "application/json"}, timeout=10)
+        except httpx.HTTPError as error:
+            print(f"stand-in app: {url} not answering ({type(error).__name__}); retrying",
+                  flush=True)
+            stop.wait(0.5)
+            continue
+        if answer.status_code in (429, 503):
+            stop.wait(float(answer.headers.get("Retry-After", "0.5") or 0.5))
+            continue
+        if answer.status_code != 200:
+            print(f"stand-in app: refused with {answer.status_code}: {answer.text[:300]}",
+                  flush=True)
+            return 1
+        sent += len(chunk)
+    print(f"stand-in app: {sent} events acknowledged by {url}", flush=True)
+    return 0
+
+
+def main() -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    count = int(os.environ.get("STAND_IN_EVENTS", "0"))
+    status = 0
+    if count and os.environ.get("SEALTRAIL_URL"):
+        status = post_events(os.environ["SEALTRAIL_URL"], count,
+                             int(os.environ.get("STAND_IN_SEED", "1")),
+                             int(os.environ.get("STAND_IN_BATCH", "50")), stop)
+    print("stand-in app: running until SIGTERM", flush=True)
+    while not stop.wait(1):
+        pass
+    print("stand-in app: SIGTERM, exiting", flush=True)
+    time.sleep(0.05)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
