@@ -7,6 +7,9 @@
 #
 #   docker build -t registry.example.com/platform/sealtrail:0.1.0 .
 #
+# Where no engine or registry is in reach, scripts/build_image.sh builds this file unchanged with
+# buildah on a local Debian base laid out like the official image (docs/image.md).
+#
 # It runs as uid/gid 65532 and writes nothing outside the volumes Kubernetes mounts (the store
 # at /var/lib/sealtrail, a scratch /tmp), so `readOnlyRootFilesystem: true` holds; Python's
 # bytecode is compiled here, at build time, never at run time. No HEALTHCHECK: Kubernetes probes

@@ -23,7 +23,7 @@ cache=${SEALTRAIL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sealtrail}
 base_name=localhost/sealtrail-python-base:3.11-bookworm
 suite=bookworm
 
-say() { echo "build_image: $*" >&2; }
+say() { echo "build_image: [${SECONDS}s] $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "needs root (debootstrap, and buildah's chroot isolation)"
@@ -42,6 +42,10 @@ if [ -f "$result/config.json" ]; then
   exit 0
 fi
 
+if [ "${SEALTRAIL_NETNS:-}" = "1" ]; then  # inside scripts/netns.sh: loopback and a bridge only
+  die "no image for this tree yet, and a build needs Debian's mirror and PyPI: run
+  scripts/build_image.sh before entering scripts/netns.sh (it then finds this one in the cache)"
+fi
 mkdir -p "$cache/base" "$cache/image"
 exec 9>"$cache/lock"
 flock -n 9 || { say "waiting for another build ($cache/lock)"; flock 9; }

@@ -20,9 +20,10 @@ What the process gets, as in a Kubernetes pod with `readOnlyRootFilesystem: true
   says so. A mount point the image lacks is created (an empty directory, or an empty file for a
   file mount) in the exported root filesystem before the start, as runc creates it in the
   container's writable layer: a bind mount needs somewhere to land and the root is read-only.
-* its own pid, mount, IPC and UTS namespaces, a fresh /proc and a minimal /dev; the host's
-  network namespace (like `hostNetwork`: tests talk to it on 127.0.0.1) with the host's
-  /etc/hosts and /etc/resolv.conf bound read-only, as a runtime provides them;
+* its own pid, mount, IPC and UTS namespaces, a fresh /proc and a minimal /dev; the caller's
+  network namespace (like `hostNetwork`: tests talk to it on 127.0.0.1), or the one `netns`
+  names (a pod's, entered with nsenter), with the host's /etc/hosts and /etc/resolv.conf bound
+  read-only, as a runtime provides them;
 * exactly the image's Env plus `env` (nothing of the host's environment), plus PWD, which
   bubblewrap always sets to the working directory;
 * pid 1 of its namespace is the program itself (`--as-pid-1`): a SIGTERM from `terminate()`
@@ -237,8 +238,12 @@ def _child_pid(read_end: int, bwrap: subprocess.Popen[bytes], timeout: float) ->
 
 
 def start(image: Image, *, argv: list[str], env: dict[str, str], mounts: list[Mount],
-          uid: int, gid: int, log: Path, workdir: str | None = None) -> Container:
-    """Start `argv` (the whole command: see `Image.command`) from `image`; output goes to `log`."""
+          uid: int, gid: int, log: Path, workdir: str | None = None,
+          netns: Path | None = None) -> Container:
+    """Start `argv` (the whole command: see `Image.command`) from `image`; output goes to `log`.
+
+    `netns`: a network namespace to run in (a pod's, `/run/netns/NAME`) instead of the caller's.
+    """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise RuntimeError("bwrap is missing (bubblewrap; scripts/setup.sh installs it)")
@@ -271,8 +276,9 @@ def start(image: Image, *, argv: list[str], env: dict[str, str], mounts: list[Mo
     ]
     with log.open("ab") as output:
         try:
+            entered = ["nsenter", f"--net={netns}", "--"] if netns is not None else []
             guarded = [sys.executable, "-I", "-c", _GUARDIAN, str(os.getpid()), str(write_end),
-                       *command]
+                       *entered, *command]
             process = subprocess.Popen(guarded, stdin=subprocess.DEVNULL, stdout=output,
                                        stderr=subprocess.STDOUT, env={}, pass_fds=(write_end,))
         finally:

@@ -218,3 +218,22 @@ def test_the_container_dies_with_the_process_that_started_it(tmp_path: Path) -> 
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_container_joins_the_network_namespace_it_is_given(built: Image,
+                                                             tmp_path: Path) -> None:
+    """As a pod's containers share the pod's namespace (here a fresh one: loopback only)."""
+    with subprocess.Popen(["unshare", "--net", "sleep", "60"]) as holder:
+        try:
+            namespace = Path(f"/proc/{holder.pid}/ns/net")
+            deadline = time.monotonic() + 10
+            while (namespace.readlink() == Path("/proc/self/ns/net").readlink()
+                   and time.monotonic() < deadline):
+                time.sleep(0.02)
+            code = "import socket; print(sorted(name for _, name in socket.if_nameindex()))"
+            with start(built, argv=python(code), env={}, mounts=[], uid=UID, gid=GID,
+                       log=tmp_path / "netns.log", netns=namespace) as container:
+                assert container.wait(30) == 0, container.output()
+                assert container.output().strip() == "['lo']"
+        finally:
+            holder.kill()
