@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +84,29 @@ RELEASE_VALUES = ("--set", "image.tag=test", "--set", "operator.pollSeconds=1",
                   "--set", "operator.policyResyncSeconds=2")
 
 
+_fresh_planes = itertools.count()
+
+
+@contextlib.contextmanager
+def fresh_control_plane(directory: Path) -> Iterator[ControlPlane]:
+    """A control plane and node of its own, for a test that installs or removes the chart.
+
+    Its node takes a subnet no other plane of the run uses (by xdist worker and count), so
+    its pods' addresses never meet those of the run's shared plane.
+    """
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    subnet = f"10.244.{10 + 20 * worker + next(_fresh_planes)}.0/24"
+    plane = ControlPlane(directory, subnet=subnet)
+    try:
+        plane.start()
+        yield plane
+    finally:
+        plane.stop()
+
+
 def _run_directory(config: pytest.Config) -> Path:
     """A directory every process of this run shares (xdist workers and their controller)."""
-    base: Path = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]  # noqa: SLF001
+    base: Path = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
     return base.parent if hasattr(config, "workerinput") else base
 
 

@@ -67,7 +67,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Self
 
-__all__ = ["Container", "Image", "Mount", "image", "start"]
+__all__ = ["Container", "Image", "Mount", "image", "load_image", "start"]
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = ROOT / "scripts" / "build_image.sh"
@@ -138,7 +138,11 @@ def image() -> Image:
     """The image of this work tree, built (or found in the cache) by scripts/build_image.sh."""
     built = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE,
                            text=True)
-    directory = Path(built.stdout.strip().splitlines()[-1])
+    return load_image(Path(built.stdout.strip().splitlines()[-1]))
+
+
+def load_image(directory: Path) -> Image:
+    """A built image from its directory (`rootfs/` and `config.json`), as build_image.sh left it."""
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     env = dict(item.partition("=")[::2] for item in config.get("Env") or [])
     return Image(rootfs=directory / "rootfs", entrypoint=list(config.get("Entrypoint") or []),
@@ -199,24 +203,52 @@ class Container:
             self.process.wait(10)
 
 
-def _mount_point(rootfs: Path, mount: Mount) -> None:
-    """Create `mount.path` in the root filesystem if it is missing (never through a symlink)."""
+def _in_image(rootfs: Path, path: str) -> PurePosixPath:
+    """`path` with the image's symlinks followed inside the image, as runc resolves it.
+
+    A link's target is read as the container would read it (an absolute target starts at the
+    image's root), so `/var/run/secrets/...` lands at `/run/secrets/...` in a Debian image
+    and nothing resolves outside the root filesystem.
+    """
+    resolved = PurePosixPath("/")
+    pending = list(PurePosixPath(path).parts[1:])
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            resolved = resolved.parent
+            continue
+        candidate = resolved / part
+        host = rootfs / candidate.relative_to("/")
+        if host.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise ValueError(f"{path}: too many symlinks in the image")
+            target = PurePosixPath(host.readlink())
+            if target.is_absolute():
+                resolved = PurePosixPath("/")
+            pending = [*(target.parts[1:] if target.is_absolute() else target.parts), *pending]
+            continue
+        resolved = candidate
+    return resolved
+
+
+def _mount_point(rootfs: Path, mount: Mount) -> str:
+    """The path to mount at (symlinks resolved in the image), created if it is missing."""
     path = PurePosixPath(mount.path)
     if not path.is_absolute() or ".." in path.parts or path == PurePosixPath("/"):
         raise ValueError(f"a mount path must be absolute, below /, without '..': {mount.path}")
-    current = rootfs
-    for part in path.parts[1:]:
-        current /= part
-        if current.is_symlink():
-            raise ValueError(f"{mount.path} crosses a symlink in the image ({current}): "
-                             "mount at the path it points to")
-    if current.exists():
-        return
-    if mount.host.is_dir():
-        current.mkdir(parents=True, exist_ok=True)
-    else:
-        current.parent.mkdir(parents=True, exist_ok=True)
-        current.touch(exist_ok=True)
+    inside = _in_image(rootfs, mount.path)
+    current = rootfs / inside.relative_to("/")
+    if not current.exists():
+        if mount.host.is_dir():
+            current.mkdir(parents=True, exist_ok=True)
+        else:
+            current.parent.mkdir(parents=True, exist_ok=True)
+            current.touch(exist_ok=True)
+    return str(inside)
 
 
 def _child_pid(read_end: int, bwrap: subprocess.Popen[bytes], timeout: float) -> int:
@@ -262,8 +294,8 @@ def start(image: Image, *, argv: list[str], env: dict[str, str], mounts: list[Mo
         if Path(host_file).exists():
             command += ["--ro-bind", host_file, host_file]
     for mount in mounts:
-        _mount_point(image.rootfs, mount)
-        command += ["--ro-bind" if mount.read_only else "--bind", str(mount.host), mount.path]
+        target = _mount_point(image.rootfs, mount)
+        command += ["--ro-bind" if mount.read_only else "--bind", str(mount.host), target]
     command += ["--chdir", workdir or image.workdir, "--clearenv"]
     for name, value in {**image.env, **env}.items():
         command += ["--setenv", name, value]

@@ -29,7 +29,7 @@ writes `state.json`; the others attach; the controller process stops it at the e
 from __future__ import annotations
 
 import contextlib
-import datetime
+import datetime as dt
 import fcntl
 import ipaddress
 import json
@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +110,12 @@ def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
 def _certificate(subject: x509.Name, key: ec.EllipticCurvePrivateKey,
                  issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, *,
                  sans: tuple[str, ...] = (), client: bool = False) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
+    now = dt.datetime.now(dt.UTC)
     issuer_name, issuer_key = issuer or (subject, key)
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=2)))
+               .not_valid_before(now - dt.timedelta(minutes=5))
+               .not_valid_after(now + dt.timedelta(days=2)))
     if issuer is None:
         builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None),
                                         critical=True)
@@ -189,6 +189,8 @@ class ControlPlane:
     #: This plane's node's share of POD_CIDR (each plane of a run gets its own).
     subnet: str = "10.244.1.0/24"
     pids: dict[str, int] = field(default_factory=dict)
+    #: The processes this object started (none for one attached from state.json).
+    _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     @property
     def url(self) -> str:
@@ -261,10 +263,11 @@ class ControlPlane:
         The node runs sealtrail's containers from the image (tests/container.py builds it
         first, in this process, so its progress shows) and stand-ins for the others.
         """
+        image_directory = None
         if node:
             from tests import container  # noqa: PLC0415 - only a plane with a node needs it
 
-            container.image()
+            image_directory = container.image().rootfs.parent
         bin_dir = binaries()
         self.directory.mkdir(parents=True, exist_ok=True)
         _write_pki(self.pki)
@@ -289,7 +292,7 @@ class ControlPlane:
             str(bin_dir / "kube-apiserver"), f"--etcd-servers={etcd_url}",
             # All addresses of the run's own network namespace: loopback for the tests, the
             # bridge for pods (scripts/netns.sh); nothing outside can reach either.
-            "--bind-address=0.0.0.0", f"--secure-port={self.api_port}",  # noqa: S104
+            "--bind-address=0.0.0.0", f"--secure-port={self.api_port}",
             f"--advertise-address={GATEWAY}", "--endpoint-reconciler-type=none",
             f"--cert-dir={self.directory / 'apiserver'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -323,7 +326,8 @@ class ControlPlane:
         if node:
             self._spawn("fake-kubelet", [
                 sys.executable, "-m", "tests.fake_kubelet", f"--plane={self.directory}",
-                f"--directory={self.node_directory}", f"--subnet={self.subnet}"], cwd=ROOT)
+                f"--directory={self.node_directory}", f"--subnet={self.subnet}",
+                f"--image={image_directory}"], cwd=ROOT)
             self._wait("fake-kubelet", self._node_ready)
             self.record()
 
@@ -333,6 +337,7 @@ class ControlPlane:
                                        stdin=subprocess.DEVNULL, cwd=cwd or self.directory,
                                        start_new_session=True)
         self.pids[component] = process.pid
+        self._processes[component] = process
 
     def _alive(self, component: str) -> bool:
         try:
@@ -374,11 +379,15 @@ class ControlPlane:
             pid = self.pids.get(component)
             if pid is not None:
                 _terminate(pid, grace=60 if component == "fake-kubelet" else 15)
+            process = self._processes.pop(component, None)
+            if process is not None:
+                process.poll()  # reaped by _terminate; this only updates the object
 
     # -- sharing between processes -----------------------------------------------------------
 
     def record(self) -> None:
-        state = {**asdict(self), "directory": str(self.directory)}
+        state = {"directory": str(self.directory), "api_port": self.api_port,
+                 "etcd_port": self.etcd_port, "subnet": self.subnet, "pids": self.pids}
         (self.directory / "state.json").write_text(json.dumps(state))
 
     @classmethod
@@ -413,6 +422,10 @@ def _terminate(pid: int, grace: float = 15) -> None:
         os.waitpid(pid, 0)
 
 
+#: Planes this process started, by directory: stopped through their own process objects.
+_STARTED: dict[Path, ControlPlane] = {}
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     with path.open("a") as handle:
@@ -440,6 +453,7 @@ def shared_control_plane(run_directory: Path) -> ControlPlane:
             plane.stop()
             raise
         plane.record()
+        _STARTED[directory] = plane
         return plane
 
 
@@ -448,6 +462,7 @@ def stop_recorded(run_directory: Path) -> Path | None:
     directory = run_directory / "control-plane"
     if not (directory / "state.json").exists():
         return None
-    ControlPlane.attach(directory).stop()
+    plane = _STARTED.pop(directory, None) or ControlPlane.attach(directory)
+    plane.stop()
     (directory / "state.json").unlink()
     return directory

@@ -235,7 +235,7 @@ class FakeKubelet:
         while not self._stop.wait(0.25):
             try:
                 self._sync()
-            except (httpx.HTTPError, OSError, KeyError, ValueError) as error:
+            except Exception as error:  # noqa: BLE001 - the node outlives any one pod's failure
                 self.errors.append(f"{type(error).__name__}: {error}")
 
     def _sync(self) -> None:
@@ -244,36 +244,40 @@ class FakeKubelet:
         seen = set()
         for body in listing.json().get("items", []):
             meta, spec = body["metadata"], body["spec"]
-            key = f"{meta['namespace']}/{meta['name']}"
             if not spec.get("nodeName"):
                 if not meta.get("deletionTimestamp"):
                     self._bind(body)
                 continue
-            if spec["nodeName"] != NODE_NAME:
-                continue
-            seen.add(key)
-            pod = self.pods.get(key)
-            if pod is not None and pod.uid != meta["uid"]:
-                self._finish(pod, grace=0)
-                pod = None
-            if pod is None:
-                if (body.get("status", {}).get("phase") in ("Succeeded", "Failed")
-                        or meta.get("deletionTimestamp") or key in self._terminations):
-                    continue  # finished, or being (or already) stopped
-                pod = self._admit(body)
-                self.pods[key] = pod
-            pod.body = body
-            if meta.get("deletionTimestamp"):
-                self._begin_termination(pod)
-                continue
-            self._project(pod)
-            self._advance(pod)
-            self._report(pod)
+            if spec["nodeName"] == NODE_NAME:
+                seen.add(f"{meta['namespace']}/{meta['name']}")
+                self._sync_pod(body)
         for key in set(self.pods) - seen:
             pod = self.pods.pop(key)
             if key not in self._terminations:
                 self._finish(pod, grace=0)  # force-deleted: no grace at all
         self._write_state()
+
+    def _sync_pod(self, body: dict[str, Any]) -> None:
+        """Bring one pod bound here to what its object says."""
+        meta = body["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        pod = self.pods.get(key)
+        if pod is not None and pod.uid != meta["uid"]:
+            self._finish(pod, grace=0)
+            pod = None
+        if pod is None:
+            if (body.get("status", {}).get("phase") in ("Succeeded", "Failed")
+                    or meta.get("deletionTimestamp") or key in self._terminations):
+                return  # finished, or being (or already) stopped
+            pod = self._admit(body)
+            self.pods[key] = pod
+        pod.body = body
+        if meta.get("deletionTimestamp"):
+            self._begin_termination(pod)
+            return
+        self._project(pod)
+        self._advance(pod)
+        self._report(pod)
 
     def _write_state(self) -> None:
         """What runs where, for tests in other processes (tests/node.py reads it)."""
@@ -374,7 +378,7 @@ class FakeKubelet:
                                        else "Error"}}
             return {"waiting": {"reason": "PodInitializing"}}
 
-        def statuses(init: bool) -> list[dict[str, Any]]:
+        def statuses(*, init: bool) -> list[dict[str, Any]]:
             return [{"name": c.name, "image": c.spec.get("image", ""), "imageID": "",
                      "ready": c.ready, "started": c.process is not None,
                      "restartCount": c.restarts, "state": state(c)}
@@ -397,8 +401,8 @@ class FakeKubelet:
                 {"type": "Initialized", "status": initialized, "lastTransitionTime": now},
                 {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
                 {"type": "Ready", "status": ready, "lastTransitionTime": now}],
-            "initContainerStatuses": statuses(True),
-            "containerStatuses": statuses(False)}}
+            "initContainerStatuses": statuses(init=True),
+            "containerStatuses": statuses(init=False)}}
         answer = self.api.patch(
             f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status", json=body,
             headers={"Content-Type": "application/merge-patch+json"})
@@ -498,28 +502,16 @@ class FakeKubelet:
 
     def _render_sources(self, pod: RunningPod, sources: list[dict[str, Any]]
                         ) -> tuple[dict[str, bytes] | None, str]:
+        """The files of a volume's sources and their versions; None while one is missing."""
         files: dict[str, bytes] = {}
         versions: list[str] = []
         for source in sources:
             if "configMap" in source or "secret" in source:
-                kind = "configmaps" if "configMap" in source else "secrets"
-                ref = source.get("configMap") or source["secret"]
-                found = self.api.get(f"/api/v1/namespaces/{pod.namespace}/{kind}/{ref['name']}")
-                if found.status_code == 404:
-                    if ref.get("optional"):
-                        continue
+                found = self._object_files(pod, source)
+                if found is None:
                     return None, ""  # the kubelet waits for it (ContainerCreating)
-                found.raise_for_status()
-                obj = found.json()
-                versions.append(obj["metadata"]["resourceVersion"])
-                data = {k: (v.encode() if kind == "configmaps" else base64.b64decode(v))
-                        for k, v in (obj.get("data") or {}).items()}
-                items = ref.get("items")
-                for key, value in data.items():
-                    if items is None:
-                        files[key] = value
-                for item in items or []:
-                    files[item["path"]] = data[item["key"]]
+                files.update(found[0])
+                versions.append(found[1])
             elif "serviceAccountToken" in source:
                 token = source["serviceAccountToken"]
                 key = f"token:{pod.uid}"
@@ -528,12 +520,28 @@ class FakeKubelet:
                 files[token["path"]] = pod.projected[key].encode()
                 versions.append(key)
             elif "downwardAPI" in source:
-                for item in source["downwardAPI"]["items"]:
-                    path = item["fieldRef"]["fieldPath"]
-                    value = {"metadata.namespace": pod.namespace, "metadata.name": pod.name,
-                             "metadata.uid": pod.uid}[path]
-                    files[item["path"]] = value.encode()
+                fields = {"metadata.namespace": pod.namespace, "metadata.name": pod.name,
+                          "metadata.uid": pod.uid}
+                files.update({item["path"]: fields[item["fieldRef"]["fieldPath"]].encode()
+                              for item in source["downwardAPI"]["items"]})
         return files, ",".join(versions)
+
+    def _object_files(self, pod: RunningPod, source: dict[str, Any]
+                      ) -> tuple[dict[str, bytes], str] | None:
+        """A ConfigMap's or Secret's keys as files (its `items` pick and rename them)."""
+        kind = "configmaps" if "configMap" in source else "secrets"
+        ref = source.get("configMap") or source["secret"]
+        found = self.api.get(f"/api/v1/namespaces/{pod.namespace}/{kind}/{ref['name']}")
+        if found.status_code == 404:
+            return ({}, "optional") if ref.get("optional") else None
+        found.raise_for_status()
+        obj = found.json()
+        data = {key: (value.encode() if kind == "configmaps" else base64.b64decode(value))
+                for key, value in (obj.get("data") or {}).items()}
+        items = ref.get("items")
+        files = dict(data) if items is None else {
+            item["path"]: data[item["key"]] for item in items}
+        return files, str(obj["metadata"]["resourceVersion"])
 
     def _token(self, pod: RunningPod, token: dict[str, Any]) -> str:
         account = pod.body["spec"].get("serviceAccountName") or "default"
@@ -606,8 +614,14 @@ def main() -> int:
     parser.add_argument("--plane", type=Path, required=True, help="the control plane's directory")
     parser.add_argument("--directory", type=Path, required=True, help="the node's directory")
     parser.add_argument("--subnet", required=True, help="this node's part of the pod network")
+    parser.add_argument("--image", type=Path, required=True,
+                        help="the built sealtrail image (scripts/build_image.sh's output)")
     args = parser.parse_args()
-    kubelet = FakeKubelet(ControlPlane.attach(args.plane), args.directory, args.subnet)
+    from tests import container  # noqa: PLC0415 - bubblewrap's runner, used by the node only
+
+    built = container.load_image(args.image)
+    kubelet = FakeKubelet(ControlPlane.attach(args.plane), args.directory, args.subnet,
+                          image_loader=lambda: built)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())

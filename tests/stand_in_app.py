@@ -6,6 +6,11 @@ set to N, it posts N sample audit events (`STAND_IN_SEED` picks them) to `$SEALT
 in batches of `STAND_IN_BATCH`, retrying while the worker is not up yet or pushes back
 (connection refused, 429, 503); then it waits for SIGTERM and exits 0, as a well-behaved app
 does. Progress goes to stdout (the container's log).
+
+Like an application's own API, it also answers on port `STAND_IN_PORT` (8080) of the pod:
+`POST /emit` with `{"count": N, "seed": S}` makes it post those N sample events to its worker
+at once and answers with the worker's answer (status and body). That is how a test makes the
+app write: the sidecar's ingest API listens on the pod's loopback only, as it should.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import orjson
@@ -47,9 +53,37 @@ def post_events(url: str, count: int, seed: int, batch: int, stop: threading.Eve
     return 0
 
 
+class _Emit(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        if self.path != "/emit" or not os.environ.get("SEALTRAIL_URL"):
+            self.send_error(404, "POST /emit, with SEALTRAIL_URL set")
+            return
+        asked = orjson.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        events = list(sample_events(int(asked["count"]), seed=int(asked.get("seed", 1))))
+        try:
+            answer = httpx.post(f"{os.environ['SEALTRAIL_URL']}/v1/events",
+                                content=orjson.dumps(events),
+                                headers={"Content-Type": "application/json"}, timeout=30)
+            status, body = answer.status_code, answer.content
+        except httpx.HTTPError as error:
+            status, body = 502, orjson.dumps({"error": f"worker: {error}"})
+        self.send_response(200)
+        reply = orjson.dumps({"status": status, "body": orjson.loads(body or b"null")})
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
 def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server = ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("STAND_IN_PORT", "8080"))),  # noqa: S104 - the pod's own address
+                                 _Emit)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     count = int(os.environ.get("STAND_IN_EVENTS", "0"))
     status = 0
     if count and os.environ.get("SEALTRAIL_URL"):
@@ -59,6 +93,7 @@ def main() -> int:
     print("stand-in app: running until SIGTERM", flush=True)
     while not stop.wait(1):
         pass
+    server.shutdown()
     print("stand-in app: SIGTERM, exiting", flush=True)
     time.sleep(0.05)
     return status

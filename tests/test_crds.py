@@ -889,8 +889,8 @@ def api(sealtrail_release: ControlPlane) -> Iterator[Callable[..., ApiVerdict]]:
             assert answer.status_code < 500, answer.text  # never the server's own failure
             body = answer.json()
             if answer.status_code == 201:
-                return ApiVerdict(True, "", body)
-            return ApiVerdict(False, str(body.get("message", "")), {})
+                return ApiVerdict(accepted=True, message="", stored=body)
+            return ApiVerdict(accepted=False, message=str(body.get("message", "")), stored={})
 
         yield verdict
 

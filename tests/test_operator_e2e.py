@@ -209,7 +209,7 @@ class Delivery:
         (pod,) = self.ready_pods()
         return pod
 
-    def url(self, pod: dict[str, Any] | None = None, port_name: str = "st-ingest") -> str:
+    def url(self, pod: dict[str, Any] | None = None, port_name: str = "st-admin") -> str:
         pod = pod or self.pod()
         (worker,) = [c for c in pod["spec"]["initContainers"] if c["name"] == "sealtrail-worker"]
         port = next(p["containerPort"] for p in worker["ports"] if p["name"] == port_name)
@@ -223,13 +223,27 @@ class Delivery:
 
     def post(self, count: int, seed: int, pod: dict[str, Any] | None = None
              ) -> list[dict[str, Any]]:
-        events = [orjson.loads(orjson.dumps(e)) for e in sample_events(count, seed=seed)]
-        answer = httpx.post(self.url(pod) + "/v1/events", json=events, timeout=10)
+        """The app writes `count` events through its sidecar (tests/stand_in_app.py)."""
+        pod = pod or self.pod()
+        emit = f"http://{pod['status']['podIP']}:8080/emit"
+        # An app container without a readiness probe is Ready once started, maybe before it
+        # listens (as on a real node): the first connection may be refused.
+        answer = wait_until(lambda: _post_or_none(emit, {"count": count, "seed": seed}), 15,
+                            f"the app at {emit} to answer")
         assert answer.status_code == 200, answer.text
-        return list(answer.json()["events"])
+        worker = answer.json()
+        assert worker["status"] == 200, worker
+        return list(worker["body"]["events"])
 
     def status(self) -> dict[str, Any]:
         return dict(self.cluster.get("auditexport", self.export).get("status") or {})
+
+
+def _post_or_none(url: str, body: dict[str, Any]) -> httpx.Response | None:
+    try:
+        return httpx.post(url, json=body, timeout=40)
+    except httpx.ConnectError:
+        return None
 
 
 def start_delivery(cluster: Cluster, name: str, **export_extra: Any) -> Delivery:

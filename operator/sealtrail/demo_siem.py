@@ -36,8 +36,8 @@ class LocalSiem:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
-    def start(self) -> str:
-        """Listen on a free loopback port; return the URL."""
+    def start(self, host: str = "127.0.0.1") -> str:
+        """Listen on a free port of `host` (loopback unless told otherwise); return the URL."""
         siem = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,9 +56,9 @@ class LocalSiem:
                 self.send_header("content-length", "0")
                 self.end_headers()
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((host, 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self._server.server_address[1]}/"
+        return f"http://{host}:{self._server.server_address[1]}/"
 
     def accept(self, body: bytes, webhook_id: str, timestamp: str, signatures: str) -> bool:
         """Keep the rows of a delivery whose signature verifies."""
