@@ -9,7 +9,7 @@ cd "$root"
 # Debian packages that tests start as real peers: rsyslog (with GnuTLS) is the syslog receiver,
 # nats-server the JetStream source.
 # Installed only when missing.
-debs=(rsyslog rsyslog-gnutls nats-server buildah bubblewrap debootstrap uidmap)
+debs=(rsyslog rsyslog-gnutls nats-server buildah bubblewrap debootstrap uidmap iproute2)
 missing=()
 for deb in "${debs[@]}"; do
   dpkg -s "$deb" >/dev/null 2>&1 || missing+=("$deb")

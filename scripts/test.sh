@@ -12,7 +12,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/scripts/setup.sh"
 cd "$root"
 bin=.venv/bin
-echo "== ruff"; "$bin/ruff" check operator tests bench
+echo "== ruff"; "$bin/ruff" check operator tests bench scripts
 echo "== mypy (strict)"; "$bin/mypy"
 echo "== import layers"; "$bin/lint-imports"
 # loadfile: a module that shares one costly fixture (the operator e2e: an API emulator, the

@@ -87,6 +87,12 @@ RELEASE_VALUES = ("--set", "image.tag=test", "--set", "operator.pollSeconds=1",
 _fresh_planes = itertools.count()
 
 
+def fresh_subnet() -> str:
+    """A /24 of the pod network no other plane of this run uses (by xdist worker and count)."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    return f"10.244.{10 + 20 * worker + next(_fresh_planes)}.0/24"
+
+
 @contextlib.contextmanager
 def fresh_control_plane(directory: Path) -> Iterator[ControlPlane]:
     """A control plane and node of its own, for a test that installs or removes the chart.
@@ -94,14 +100,29 @@ def fresh_control_plane(directory: Path) -> Iterator[ControlPlane]:
     Its node takes a subnet no other plane of the run uses (by xdist worker and count), so
     its pods' addresses never meet those of the run's shared plane.
     """
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    subnet = f"10.244.{10 + 20 * worker + next(_fresh_planes)}.0/24"
-    plane = ControlPlane(directory, subnet=subnet)
+    plane = ControlPlane(directory, subnet=fresh_subnet())
     try:
         plane.start()
         yield plane
     finally:
         plane.stop()
+
+
+def until(predicate: Callable[[], Any], seconds: float, what: str,
+          details: Callable[[], str] | None = None) -> Any:
+    """Poll `predicate` until it returns something true; fail after `seconds`.
+
+    The failure names `what`, and adds what `details` says then (an operator's log, say).
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}"
+                                 + (details() if details else ""))
+        time.sleep(0.2)
 
 
 def _run_directory(config: pytest.Config) -> Path:

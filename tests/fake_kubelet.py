@@ -235,7 +235,7 @@ class FakeKubelet:
         while not self._stop.wait(0.25):
             try:
                 self._sync()
-            except Exception as error:  # noqa: BLE001 - the node outlives any one pod's failure
+            except Exception as error:  # the node outlives any one pod's failure
                 self.errors.append(f"{type(error).__name__}: {error}")
 
     def _sync(self) -> None:

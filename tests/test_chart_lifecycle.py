@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,6 +34,7 @@ from .conftest import (
     install_chart,
     operator_log,
     tool,
+    until,
 )
 from .control_plane import GATEWAY, ControlPlane
 from .receivers.splunk import SplunkReceiver
@@ -47,15 +47,7 @@ APP_NAMESPACE = "shop"
 
 def wait_until(predicate: Callable[[], Any], seconds: float, what: str,
                plane: ControlPlane) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds} s waiting for {what}\n"
-                                 f"operator:{operator_log(plane)[-3000:]}")
-        time.sleep(0.25)
+    return until(predicate, seconds, what, lambda: f"\noperator:{operator_log(plane)[-3000:]}")
 
 
 @pytest.fixture(scope="module")

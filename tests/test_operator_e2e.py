@@ -44,7 +44,7 @@ import yaml
 
 from sealtrail.demo import sample_events
 
-from .conftest import KUBECTL, RELEASE, RELEASE_NAMESPACE, operator_log, tool
+from .conftest import KUBECTL, RELEASE, RELEASE_NAMESPACE, operator_log, tool, until
 from .control_plane import GATEWAY, ControlPlane
 from .receivers.splunk import SplunkReceiver
 from .worker_process import ROOT
@@ -82,15 +82,7 @@ class Cluster:
 
 def wait_until(predicate: Callable[[], Any], seconds: float, what: str,
                cluster: Cluster | None = None) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds} s waiting for {what}"
-                                 + (cluster.log_tail() if cluster else ""))
-        time.sleep(0.2)
+    return until(predicate, seconds, what, cluster.log_tail if cluster else None)
 
 
 def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
