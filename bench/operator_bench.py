@@ -36,7 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
-from tests.control_plane import ControlPlane  # noqa: E402
+from tests.control_plane import ControlPlane, binaries  # noqa: E402
 
 from chain_bench import machine  # noqa: E402
 from export_bench import free_port, rss_kib  # noqa: E402
@@ -120,6 +120,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "operator.json")
     args = parser.parse_args()
     if os.environ.get("SEALTRAIL_NETNS") != "1":
+        # Built out here (it needs the Go module proxy), then run in there.
+        binaries()
         netns = ROOT / "scripts" / "netns.sh"  # the control plane's listeners stay in there
         os.execv("/bin/bash", ["bash", str(netns), sys.executable, *sys.argv])  # noqa: S606
     directory = Path(tempfile.mkdtemp(prefix="sealtrail-operator-bench-"))

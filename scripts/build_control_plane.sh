@@ -24,6 +24,11 @@ if have_all; then
   exit 0
 fi
 
+if [ "${SEALTRAIL_NETNS:-}" = "1" ]; then  # inside scripts/netns.sh: no route to the Go proxy
+  echo "build_control_plane: not built yet, and a build needs the Go module proxy: run" \
+       "scripts/build_control_plane.sh before entering scripts/netns.sh" >&2
+  exit 1
+fi
 command -v go >/dev/null 2>&1 || { echo "build_control_plane: no 'go' on PATH (Go 1.26 is needed)" >&2; exit 1; }
 free_mb=$(df -Pm "$(dirname "$cache")" 2>/dev/null | awk 'NR==2 {print $4}')
 if [ -n "${free_mb:-}" ] && [ "$free_mb" -lt 8000 ]; then

@@ -160,8 +160,9 @@ class FakeKubelet:
         network = ipaddress.ip_network(subnet)
         if not network.subnet_of(POD_CIDR):  # type: ignore[arg-type]
             raise ValueError(f"{subnet} is not part of the pod network {POD_CIDR}")
-        self._addresses = (str(address) for address in network.hosts())
-        next(self._addresses)  # the subnet's first address stays unused, like a node's
+        # The subnet's first address stays unused, like a node's; an address is free again
+        # once its pod's network namespace is gone.
+        self._free_addresses = [str(address) for address in network.hosts()][1:]
         self.host_ip = GATEWAY
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -314,8 +315,10 @@ class FakeKubelet:
         meta, spec = body["metadata"], body["spec"]
         root = self.directory / f"{meta['namespace']}-{meta['name']}-{meta['uid'][:8]}"
         (root / "logs").mkdir(parents=True)
-        pod = RunningPod(meta["namespace"], meta["name"], meta["uid"], next(self._addresses),
-                         root, body)
+        if not self._free_addresses:
+            raise OSError(f"no address left in {self.subnet} for {meta['name']}")
+        pod = RunningPod(meta["namespace"], meta["name"], meta["uid"],
+                         self._free_addresses.pop(0), root, body)
         for volume in spec.get("volumes", []):
             directory = root / "volumes" / volume["name"]
             directory.mkdir(parents=True)
@@ -605,7 +608,11 @@ class FakeKubelet:
         for container in pod.containers:
             _signal(container.process, signal.SIGKILL)
             _wait_all([container.process], time.monotonic() + 10)
-        subprocess.run(["ip", "netns", "delete", pod.netns], capture_output=True, check=False)
+        deleted = subprocess.run(["ip", "netns", "delete", pod.netns], capture_output=True,
+                                 check=False)
+        if deleted.returncode == 0:
+            with self._lock:
+                self._free_addresses.append(pod.ip)
 
 
 def main() -> int:
