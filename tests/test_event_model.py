@@ -60,6 +60,14 @@ def test_every_field_round_trips_as_strings() -> None:
         ("2026-11-22T10:00:00.5Z", "2026-11-22T10:00:00.500000Z"),
         ("2026-11-22T10:00:00.123456789Z", "2026-11-22T10:00:00.123456Z"),  # Go's RFC3339Nano
         ("2026-11-22 10:00:00Z", "2026-11-22T10:00:00.000000Z"),
+        # RFC 3339 allows a lowercase t and z; years before 1000 keep four digits.
+        ("2026-11-22t10:00:00z", "2026-11-22T10:00:00.000000Z"),
+        ("0999-12-31T23:00:00-02:00", "1000-01-01T01:00:00.000000Z"),
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000000Z"),
+        ("0042-06-01T12:00:00.25+00:00", "0042-06-01T12:00:00.250000Z"),
+        # Outside years 1-9999 once in UTC: refused, not an OverflowError.
+        ("0001-01-01T00:00:00+01:00", None),
+        ("9999-12-31T23:59:59-01:00", None),
     ],
 )
 def test_timestamps_are_normalised_to_one_utc_spelling(given: str, stored: str | None) -> None:
@@ -87,6 +95,12 @@ def test_empty_and_null_mean_absent(empty: Any) -> None:
         ({"tenant_id": "acme corp"}, "tenant_id: must be 1-63 characters"),
         ({"tenant_id": "_other"}, "tenant_id: must be 1-63 characters"),
         ({"tenant_id": "a" * 64}, "tenant_id: must be 1-63 characters"),
+        # Python's `$` matches before a trailing newline; the patterns must not.
+        ({"tenant_id": "acme\n"}, "tenant_id: must be 1-63 characters"),
+        ({"tenant_id": "_system\n"}, "tenant_id: must be 1-63 characters"),
+        ({"event_type": "safety.decision\n"}, "event_type: must look like 'domain.name'"),
+        ({"extra": {"region\n": "v"}}, "extra.region\n.[key]: keys must be 1-128 ASCII"),
+        ({"timestamp": "0001-01-01T00:00:00+01:00"}, "timestamp: is outside the years"),
         ({"timestamp": "2026-11-22T10:00:00"}, "timestamp: needs a timezone"),
         ({"timestamp": "yesterday"}, "timestamp: is not an RFC 3339 timestamp"),
         ({"agent_id": 42}, "agent_id: Input should be a valid string"),

@@ -42,6 +42,7 @@ MAX_BODY = 1024 * 1024
 MAX_EVENTS = 50
 TOKEN_ACME = "st-acme-Zq7v1pXk2rT9bW3m"  # noqa: S105 - a test token
 TOKEN_GLOBEX = "st-globex-Hn4s8LdQ0cYe6uJa"  # noqa: S105 - a test token
+TOKEN_ADMIN = "st-admin-Rk2pW9xVb4Tn7cQe"  # noqa: S105 - a test token, bound to no tenant
 WEBHOOK_SECRET = "whsec_c2VhbHRyYWlsLXdlYmhvb2stc2VjcmV0LXZhbHVl"  # noqa: S105 - a test secret
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -600,8 +601,10 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     tokens = [
         {"token": {"file": str(directory / "acme-token")}, "tenants": ["acme", "acme-*"]},
         {"token": {"env": "SEALTRAIL_TEST_GLOBEX_TOKEN"}, "tenants": ["globex"]},
+        {"token": {"env": "SEALTRAIL_TEST_ADMIN_TOKEN"}},
     ]
-    with running_worker(directory, env={"SEALTRAIL_TEST_GLOBEX_TOKEN": TOKEN_GLOBEX},
+    with running_worker(directory, env={"SEALTRAIL_TEST_GLOBEX_TOKEN": TOKEN_GLOBEX,
+                                        "SEALTRAIL_TEST_ADMIN_TOKEN": TOKEN_ADMIN},
                         ingest={"tokens": tokens},
                         exports=[_webhook_export(directory / "webhook-secret")]) as running:
         yield running
@@ -716,7 +719,7 @@ def test_a_rotated_token_file_is_used_without_a_restart(tmp_path: Path) -> None:
 
 
 def test_secrets_never_appear_in_responses_or_the_log(secured: Worker) -> None:
-    secrets = [TOKEN_ACME, TOKEN_GLOBEX, WEBHOOK_SECRET, WEBHOOK_SECRET.removeprefix("whsec_")]
+    secrets = [TOKEN_ACME, TOKEN_GLOBEX, TOKEN_ADMIN, WEBHOOK_SECRET, WEBHOOK_SECRET.removeprefix("whsec_")]
     bodies: list[bytes] = []
     with secured.client() as client:
         for token in (TOKEN_ACME, TOKEN_GLOBEX, TOKEN_ACME + "-wrong", ""):
@@ -737,10 +740,10 @@ def test_secrets_never_appear_in_responses_or_the_log(secured: Worker) -> None:
                 bodies.append(answer.content + str(answer.headers).encode())
         # Resume the export: it tries its dead URL (and signs with the secret) and fails.
         assert client.post("/v1/exports/siem/resume",
-                           headers=_bearer(TOKEN_ACME)).json() == {"resumed": "siem"}
+                           headers=_bearer(TOKEN_ADMIN)).json() == {"resumed": "siem"}
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            status = client.get("/v1/status")
+            status = client.get("/v1/status", headers=_bearer(TOKEN_ADMIN))
             bodies.append(status.content)
             if status.json()["exports"][0]["last_error"]:
                 break

@@ -35,6 +35,7 @@ __all__ = [
     "Event",
     "Severity",
     "format_timestamp",
+    "parse_timestamp",
 ]
 
 #: Largest serialized event (canonical row JSON) the store accepts.
@@ -90,11 +91,13 @@ class Decision(enum.StrEnum):
     THROTTLE = "throttle"
 
 
-_TENANT_RE: Final = re.compile(r"^(_system|[A-Za-z0-9][A-Za-z0-9_.-]{0,62})$")
-_EVENT_TYPE_RE: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+# Matched with `fullmatch`, never `match` + `$`: Python's `$` also matches before a trailing
+# newline, which would let `acme\n` start a look-alike chain of its own.
+_TENANT_RE: Final = re.compile(r"_system|[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_EVENT_TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 # Keys of `extra` are identifiers. Keeping them ASCII also makes JCS key order (UTF-16 code
 # units) coincide with plain byte order, which is what lets us canonicalize at C speed.
-_EXTRA_KEY_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}$")
+_EXTRA_KEY_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}")
 
 
 # pydantic-core already refuses unpaired surrogates (they have no UTF-8 form), on both the
@@ -106,7 +109,7 @@ Tag = ShortText
 
 
 def _check_tenant(value: str) -> str:
-    if not _TENANT_RE.match(value):
+    if not _TENANT_RE.fullmatch(value):
         raise ValueError(
             "must be 1-63 characters of letters, digits, '_', '.', '-', starting with a "
             "letter or digit (or be exactly '_system')"
@@ -115,7 +118,7 @@ def _check_tenant(value: str) -> str:
 
 
 def _check_event_type(value: str) -> str:
-    if len(value) > 128 or not _EVENT_TYPE_RE.match(value):
+    if len(value) > 128 or not _EVENT_TYPE_RE.fullmatch(value):
         raise ValueError(
             "must look like 'domain.name': lowercase words of letters, digits and '_' "
             "joined by dots, at most 128 characters (known types: " + ", ".join(EVENT_TYPES) + ")"
@@ -128,7 +131,7 @@ def _check_event_type(value: str) -> str:
 
 
 def _check_extra_key(value: str) -> str:
-    if not _EXTRA_KEY_RE.match(value):
+    if not _EXTRA_KEY_RE.fullmatch(value):
         raise ValueError(
             "keys must be 1-128 ASCII characters of letters, digits and '_.:/-', "
             "not starting with a punctuation mark"
@@ -141,10 +144,36 @@ ExtraValue = Annotated[str, StringConstraints(max_length=8 * 1024)]
 
 
 def format_timestamp(moment: datetime) -> str:
-    """Spell a moment the one way rows spell it: UTC, microseconds, `Z`."""
+    """Spell a moment the one way rows spell it: UTC, a 4-digit year, microseconds, `Z`.
+
+    The year is zero-padded by hand: `strftime("%Y")` writes year 1 as `1` on glibc. Raises
+    ValueError (not OverflowError) for a moment outside years 1-9999 once in UTC.
+    """
     if moment.tzinfo is None:
         raise ValueError("a timestamp needs a timezone")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the years 0001-9999 once converted to UTC") from None
+    return f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S.%f}Z"
+
+
+def parse_timestamp(text: str) -> str:
+    """An RFC 3339 timestamp with a timezone, in the one spelling rows use.
+
+    RFC 3339 allows a lowercase `t` and `z`; they mean the same as `T` and `Z`. Digits past
+    microseconds (Go's RFC3339Nano sends nine) are cut, not refused. Raises ValueError with a
+    message for the field's name to go in front of.
+    """
+    if len(text) > 64:
+        raise ValueError("is not an RFC 3339 timestamp")
+    try:
+        moment = datetime.fromisoformat(text.replace("t", "T").replace("z", "Z"))
+    except ValueError:
+        raise ValueError("is not an RFC 3339 timestamp (e.g. 2026-11-22T10:42:25Z)") from None
+    if moment.tzinfo is None:
+        raise ValueError("needs a timezone ('Z' or an offset such as +02:00)")
+    return format_timestamp(moment)
 
 
 class Event(BaseModel):
@@ -180,20 +209,7 @@ class Event(BaseModel):
     @field_validator("timestamp")
     @classmethod
     def _normalise_timestamp(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if len(value) > 64:
-            raise ValueError("is not an RFC 3339 timestamp")
-        try:
-            # Digits past microseconds (Go's RFC3339Nano sends nine) are cut, not refused.
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(
-                "is not an RFC 3339 timestamp (e.g. 2026-11-22T10:42:25Z)"
-            ) from None
-        if moment.tzinfo is None:
-            raise ValueError("needs a timezone ('Z' or an offset such as +02:00)")
-        return format_timestamp(moment)
+        return None if value is None else parse_timestamp(value)
 
     @field_validator("risk_tags", "capabilities", "extra")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from sealtrail.api.errors import format_path
 from sealtrail.api.export import CredentialRef, ExportsConfig, _Model
@@ -18,12 +18,24 @@ __all__ = [
     "AdminSpec",
     "BackpressureSpec",
     "CheckpointSpec",
+    "IdempotencySpec",
     "IngestSpec",
     "IngestToken",
     "NatsSpec",
     "StoreSpec",
     "WorkerConfig",
 ]
+
+
+def _check_port(value: str) -> str:
+    if int(value.rsplit(":", 1)[1]) > 65_535:  # the largest TCP port
+        raise ValueError("the port must be 0-65535")
+    return value
+
+
+#: `host:port`; the pattern alone would let port 99999 through to a crash at start-up.
+ListenAddress = Annotated[str, Field(pattern=r"^[^\s:]+:[0-9]{1,5}$"),
+                          AfterValidator(_check_port)]
 
 
 class StoreSpec(_Model):
@@ -74,10 +86,17 @@ class BackpressureSpec(_Model):
         return self
 
 
+class IdempotencySpec(_Model):
+    """How long and how many `Idempotency-Key`s of `POST /v1/events` the worker remembers."""
+
+    keep_seconds: Annotated[int, Field(ge=60, le=30 * 86_400)] = 86_400
+    max_keys: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+
+
 class IngestSpec(_Model):
     """The ingest API."""
 
-    listen: Annotated[str, Field(pattern=r"^[^\s:]+:[0-9]{1,5}$")] = "127.0.0.1:8470"
+    listen: ListenAddress = "127.0.0.1:8470"
     tokens: list[IngestToken] = Field(default_factory=list)
     max_body_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
     max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = 10_000
@@ -85,6 +104,11 @@ class IngestSpec(_Model):
     #: Processes taking ingest requests on the listen address. One Python process validates and
     #: appends on one core; more share the port and the store (the first also runs the exports).
     processes: Annotated[int, Field(ge=1, le=32)] = 1
+    #: A client must send a request's line and headers within this many seconds of connecting
+    #: (or of its previous answer), and its body within as many again; idle keep-alive
+    #: connections are closed after it too.
+    read_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    idempotency: IdempotencySpec = Field(default_factory=IdempotencySpec)
 
 
 class NatsSpec(_Model):
@@ -104,7 +128,7 @@ class AdminSpec(_Model):
     operator and Prometheus reach the worker on the pod's address through this one.
     """
 
-    listen: Annotated[str, Field(pattern=r"^[^\s:]+:[0-9]{1,5}$")] | None = None
+    listen: ListenAddress | None = None
 
 
 class WorkerConfig(ExportsConfig):

@@ -7,26 +7,32 @@ given only after the store has committed.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import logging
+import re
+import sqlite3
 from collections.abc import Callable
-from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any, Final
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
 
 from sealtrail.api.errors import format_path
-from sealtrail.api.event import Event, Severity, format_timestamp
+from sealtrail.api.event import Event, Severity, parse_timestamp
 from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.chain.store import EventTooLargeError, StoreError
 from sealtrail.export.credentials import Credential, CredentialError
 from sealtrail.worker.backpressure import RefusedError
 from sealtrail.worker.core import IngestCore, WorkerCore
+from sealtrail.worker.idempotency import Conflict, IdempotencyKeys, InFlight, Replay
 from sealtrail.worker.k8s_audit import K8sAuditError, map_event_list
 
 __all__ = [
@@ -36,6 +42,7 @@ __all__ = [
     "build_admin_app",
     "build_app",
     "build_ingest_app",
+    "make_runner",
     "tokens_of",
 ]
 
@@ -44,11 +51,19 @@ log = logging.getLogger("sealtrail.worker")
 CORE: Final = web.AppKey("core", WorkerCore)
 INGEST: Final = web.AppKey("ingest", IngestCore)
 TOKENS: Final = web.AppKey("tokens", list)
+IDEMPOTENCY: Final = web.AppKey("idempotency", IdempotencyKeys)
 _PRIMARY: Final = web.AppKey("primary", aiohttp.ClientSession)
 
 #: Headers a forwarded request or answer keeps; nothing else crosses between processes.
 _FORWARDED_REQUEST: Final = ("Authorization", "Content-Type", "Accept")
 _FORWARDED_ANSWER: Final = ("Content-Type", "Retry-After", "WWW-Authenticate")
+
+#: Largest seq a query may name: SQLite's INTEGER is a signed 64-bit number.
+_MAX_SEQ: Final = 2**63 - 1
+#: ASCII digits only: `int()` would also take `+5`, ` 5`, `5_0` and non-ASCII digits.
+_UNSIGNED: Final = re.compile(r"[0-9]{1,19}")
+#: An `Idempotency-Key`: 1-255 printable ASCII characters, no spaces (a UUID fits).
+_IDEMPOTENCY_KEY: Final = re.compile(r"[!-~]{1,255}")
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -176,10 +191,17 @@ async def _body(request: web.Request, core: IngestCore) -> bytes | web.Response:
     limit = core.config.ingest.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return _problem(413, f"the body is over the limit of {limit} bytes")
+    timeout = core.config.ingest.read_timeout_seconds
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _problem(413, f"the body is over the limit of {limit} bytes")
+    except TimeoutError:
+        log.info("a client sent its body too slowly (over %s s); answered 408", timeout)
+        return _problem(408, f"the body did not arrive within {timeout:g} seconds "
+                             "(ingest.readTimeoutSeconds); nothing was stored",
+                        headers={"Connection": "close"})
 
 
 # -- handlers --------------------------------------------------------------------------------
@@ -211,14 +233,19 @@ async def _store(request: web.Request, events: list[Event]) -> web.Response:
     })
 
 
-async def _ingest(
-    request: web.Request, parse: Callable[[bytes], list[Event] | web.Response]
+async def _ingest(  # noqa: PLR0911
+    request: web.Request, parse: Callable[[bytes], list[Event] | web.Response],
+    *, idempotent: bool = False,
 ) -> web.Response:
     """Authenticate, read the body, parse it into events, check tenants, store."""
     core = request.app[INGEST]
     allowed = _tenants_allowed(request)
     if isinstance(allowed, web.Response):
         return allowed
+    key = request.headers.get("Idempotency-Key") if idempotent else None
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+        return _problem(400, "Idempotency-Key: must be 1-255 printable ASCII characters "
+                             "without spaces (a UUID, say)")
     raw = await _body(request, core)
     if isinstance(raw, web.Response):
         return raw
@@ -227,12 +254,50 @@ async def _ingest(
     if isinstance(events, web.Response):
         return events
     refused = _check_tenants(events, allowed, core.config.store.default_tenant)
-    return refused or await _store(request, events)
+    if refused is not None:
+        return refused
+    if key is None:
+        return await _store(request, events)
+    return await _store_once(request, events, key, raw)
+
+
+async def _store_once(request: web.Request, events: list[Event], key: str,
+                      raw: bytes) -> web.Response:
+    """Store under an `Idempotency-Key`: a retry of a stored request gets the first answer."""
+    keys = request.app[IDEMPOTENCY]
+    digest = hashlib.sha256(request.content_type.encode() + b"\n" + raw).hexdigest()
+    try:
+        claim = await asyncio.to_thread(keys.claim, key, digest)
+    except sqlite3.Error:
+        log.exception("cannot read the idempotency keys")
+        return _problem(503, "idempotency keys cannot be read; nothing was stored",
+                        headers={"Retry-After": "5"})
+    if isinstance(claim, Replay):
+        return web.Response(status=claim.status, body=claim.answer,
+                            content_type="application/json",
+                            headers={"Idempotent-Replayed": "true"})
+    if isinstance(claim, Conflict):
+        return _problem(422, "Idempotency-Key: was used for a different request (another "
+                             "body); use a new key for new events")
+    if isinstance(claim, InFlight):
+        return _problem(409, "Idempotency-Key: a request with this key is being stored right "
+                             "now; retry after a moment", headers={"Retry-After": "1"})
+    answer = await _store(request, events)
+    try:
+        if answer.status == 200 and isinstance(answer.body, bytes):
+            await asyncio.to_thread(keys.record, key, answer.status, answer.body)
+        else:  # nothing was stored: a retry may try again
+            await asyncio.to_thread(keys.release, key)
+    except sqlite3.Error:
+        # Stored, but the answer not kept: the claim stays in flight until abandoned.
+        log.exception("cannot record the answer of an idempotency key")
+    return answer
 
 
 async def post_events(request: web.Request) -> web.Response:
     """`POST /v1/events`: one event, a JSON array of events, or NDJSON."""
-    return await _ingest(request, lambda raw: _parse_events(raw, request.content_type))
+    return await _ingest(request, lambda raw: _parse_events(raw, request.content_type),
+                         idempotent=True)
 
 
 async def post_k8s_audit(request: web.Request) -> web.Response:
@@ -246,7 +311,10 @@ def _parse_k8s_audit(raw: bytes) -> list[Event] | web.Response:
     except orjson.JSONDecodeError as error:
         return _problem(400, "malformed JSON", [{"field": "", "message": str(error)}])
     except K8sAuditError as error:
-        return _problem(400, str(error))
+        if error.index is None and not error.field:
+            return _problem(400, str(error))
+        return _problem(400, str(error), [{"index": error.index or 0, "field": error.field,
+                                           "message": error.message}])
     return events
 
 
@@ -264,24 +332,22 @@ async def get_events(request: web.Request) -> web.Response:  # noqa: PLR0911
     unknown = [value for value in severities if value not in Severity.__members__]
     if unknown:
         return _problem(400, f"severity: unknown value {unknown[0]!r}")
-    try:
-        after_seq = int(query.get("after_seq", "0"))
-        limit = min(int(query.get("limit", "100")), 10_000)
-    except ValueError:
-        return _problem(400, "after_seq and limit must be integers")
+    numbers: dict[str, int] = {}
+    for name, default, top in (("after_seq", 0, _MAX_SEQ), ("limit", 100, _MAX_SEQ)):
+        given = query.get(name)
+        if given is not None and not _UNSIGNED.fullmatch(given):
+            return _problem(400, f"{name}: must be a whole number from 0 to {top}")
+        numbers[name] = default if given is None else int(given)
+        if numbers[name] > top:
+            return _problem(400, f"{name}: must be a whole number from 0 to {top}")
+    after_seq, limit = numbers["after_seq"], min(numbers["limit"], 10_000)
     bounds: dict[str, str | None] = {}
     for name in ("since", "until"):
         given = query.get(name)
-        if given is None:
-            bounds[name] = None
-            continue
         try:
-            moment = datetime.fromisoformat(given)
-        except ValueError:
-            return _problem(400, f"{name}: not an RFC 3339 timestamp")
-        if moment.tzinfo is None:
-            return _problem(400, f"{name}: needs a timezone ('Z' or an offset)")
-        bounds[name] = format_timestamp(moment)  # the one spelling rows use, so text compares
+            bounds[name] = None if given is None else parse_timestamp(given)
+        except ValueError as error:  # the one spelling rows use, so text compares
+            return _problem(400, f"{name}: {error}")
     rows = request.app[CORE].store.query(
         tenant=tenant, event_type=query.get("type"), severities=severities or None,
         since=bounds["since"], until=bounds["until"], after_seq=after_seq, limit=max(limit, 1))
@@ -291,14 +357,24 @@ async def get_events(request: web.Request) -> web.Response:  # noqa: PLR0911
 
 async def get_status(request: web.Request) -> web.Response:
     """`GET /v1/status`: delivery truth per export, chain heads per tenant."""
+    refused = _tenants_allowed(request)
+    if isinstance(refused, web.Response):
+        return refused
     return _json(200, request.app[CORE].status())
 
 
 async def resume_export(request: web.Request) -> web.Response:
-    """`POST /v1/exports/{name}/resume`."""
+    """`POST /v1/exports/{name}/resume`: only for a token bound to no tenant (`tenants: ["*"]`).
+
+    An export carries every tenant's rows, so a token bound to some tenants must not steer it.
+    The admin listener needs no token (it is reached only through its NetworkPolicy).
+    """
     allowed = _tenants_allowed(request)
     if isinstance(allowed, web.Response):
         return allowed
+    if allowed is not None and "*" not in allowed:
+        return _problem(403, "only a token bound to no tenant (tenants: ['*']) may resume "
+                             "an export; this one is bound to some tenants")
     core = request.app[CORE]
     name = request.match_info["name"]
     if name not in core.engine.loops:
@@ -309,6 +385,9 @@ async def resume_export(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     """`GET /metrics`: Prometheus text format."""
+    refused = _tenants_allowed(request)
+    if isinstance(refused, web.Response):
+        return refused
     return web.Response(body=generate_latest(request.app[CORE].registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -342,6 +421,12 @@ def tokens_of(config: WorkerConfig) -> list[tuple[Credential, list[str]]]:
 
 def _ingest_routes(app: web.Application, core: IngestCore) -> None:
     app[INGEST] = core
+    spec = core.config.ingest
+    app[IDEMPOTENCY] = IdempotencyKeys(
+        f"{core.config.store.path}.idempotency", keep_seconds=spec.idempotency.keep_seconds,
+        max_keys=spec.idempotency.max_keys, synchronous=core.config.store.synchronous,
+        # Past any wait a request can have (back-pressure, the store's lock): abandoned.
+        abandon_after_seconds=spec.backpressure.block_timeout_seconds + 120)
     app[TOKENS] = tokens_of(core.config)
     app.router.add_post("/v1/events", post_events)
     app.router.add_post("/v1/k8s-audit", post_k8s_audit)
@@ -399,7 +484,15 @@ async def _forward(request: web.Request) -> web.Response:
     """Ask the first process, and answer with what it said."""
     headers = {name: request.headers[name] for name in _FORWARDED_REQUEST
                if name in request.headers}
-    body = await request.read() if request.can_read_body else None
+    body = None
+    if request.can_read_body:
+        timeout = request.app[INGEST].config.ingest.read_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                body = await request.read()
+        except TimeoutError:
+            return _problem(408, f"the body did not arrive within {timeout:g} seconds",
+                            headers={"Connection": "close"})
     try:
         async with request.app[_PRIMARY].request(
                 request.method, f"http://worker{request.rel_url}", data=body,
@@ -412,3 +505,60 @@ async def _forward(request: web.Request) -> web.Response:
         log.warning("cannot reach the worker's first process for %s", request.path)
         return _problem(503, "the worker is starting or shutting down",
                         headers={"Retry-After": "1"})
+
+
+# -- the server: slow and half-closing clients, bad requests ---------------------------------
+
+
+class _RequestHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, with two changes.
+
+    A client that half-closes after sending (`shutdown(SHUT_WR)`, as `nc -N` and some proxies
+    do) still gets its answer: asyncio would otherwise close the whole connection at the EOF,
+    after the events were committed but before the answer. And a request aiohttp cannot parse
+    is a client's mistake: one INFO line and a JSON 400, not an ERROR with a traceback.
+    """
+
+    def eof_received(self) -> bool:  # type: ignore[override]  # asyncio's protocol says bool
+        """The client sends no more: answer what it sent, then close (keep writing till then)."""
+        if self._waiter is not None and not self._waiter.done() and not self._messages:
+            self.force_close()  # idle: nothing to answer
+        else:
+            self.close()
+        return True
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """Answer a malformed request with JSON, logged on one line without its content."""
+        if not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        # The message may quote the request line or a header, so only its kind is logged.
+        log.info("bad HTTP request from %s: %s (answered %d)", request.remote,
+                 type(exc).__name__, status)
+        answer = _problem(status, f"malformed HTTP request ({type(exc).__name__})")
+        answer.force_close()
+        return answer
+
+
+class _Server(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _AppRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # the same server, making our connection handler
+        return server
+
+
+def make_runner(app: web.Application, config: WorkerConfig) -> web.AppRunner:
+    """The runner to serve `app` with: no access log, and slow clients timed out.
+
+    A client that has not sent a whole request line and headers within
+    `ingest.readTimeoutSeconds` of connecting (or of its previous answer) is disconnected; so
+    is an idle keep-alive connection after as long. The body has as long again (`_body`).
+    """
+    return _AppRunner(app, access_log=None,
+                      keepalive_timeout=config.ingest.read_timeout_seconds)

@@ -26,7 +26,7 @@ from sealtrail.api.configfile import load_config
 from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.worker.config_watch import watch_config
 from sealtrail.worker.core import IngestCore
-from sealtrail.worker.http import TOKENS, build_ingest_app, tokens_of
+from sealtrail.worker.http import TOKENS, build_ingest_app, make_runner, tokens_of
 from sealtrail.worker.processes import REPORT_PATH, listen_socket
 
 __all__ = ["run_ingest_process"]
@@ -98,7 +98,7 @@ async def _serve(config_path: Path, config: WorkerConfig, parent: int, control: 
     core = IngestCore(config, CollectorRegistry(), lambda: reporter.lag)
     reporter = _Reporter(core, primary, parent)
     app = build_ingest_app(core, primary)
-    runner = web.AppRunner(app, access_log=None)
+    runner = make_runner(app, config)
     await runner.setup()
     site = web.SockSite(runner, listen_socket(config.ingest.listen, shared=True))
     await site.start()

@@ -24,7 +24,7 @@ from sealtrail.api.worker_config import NatsSpec, WorkerConfig
 from sealtrail.export.engine import ConfigError
 from sealtrail.worker.config_watch import watch_config
 from sealtrail.worker.core import WorkerCore
-from sealtrail.worker.http import TOKENS, build_admin_app, build_app, tokens_of
+from sealtrail.worker.http import TOKENS, build_admin_app, build_app, make_runner, tokens_of
 from sealtrail.worker.ingest_process import run_ingest_process
 from sealtrail.worker.nats_source import NatsSource
 from sealtrail.worker.processes import IngestProcesses, listen_socket
@@ -54,14 +54,14 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     except ConfigError as error:
         raise ConfigFileError(config_path, [str(error)]) from None
     app = build_app(core)
-    runner = web.AppRunner(app, access_log=None)
+    runner = make_runner(app, config)
     await runner.setup()
     site = web.SockSite(runner, listen_socket(config.ingest.listen,
                                               shared=config.ingest.processes > 1))
     await site.start()
     admin = None
     if config.admin.listen is not None:
-        admin = web.AppRunner(build_admin_app(core), access_log=None)
+        admin = make_runner(build_admin_app(core), config)
         await admin.setup()
         await web.SockSite(admin, listen_socket(config.admin.listen, shared=False)).start()
     core.start()
