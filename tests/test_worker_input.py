@@ -12,6 +12,7 @@ the field (never a 5xx, which clients retry forever) and nothing is stored.
 from __future__ import annotations
 
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 from pydantic import ValidationError
 
 from sealtrail.api.worker_config import WorkerConfig
+from sealtrail.worker.idempotency import Claimed, Conflict, IdempotencyKeys, InFlight, Replay
 from tests.worker_process import Worker, running_worker
 
 pytestmark = pytest.mark.timeout(120)
@@ -351,3 +353,48 @@ def test_a_listen_port_over_65535_is_a_config_error_not_a_crash(section: str) ->
     with pytest.raises(ValidationError, match="the port must be 0-65535"):
         WorkerConfig.model_validate({section: {"listen": "127.0.0.1:99999"}})
     assert WorkerConfig.model_validate({section: {"listen": "127.0.0.1:65535"}})
+
+
+# -- the key file itself ---------------------------------------------------------------------
+
+
+def _keys(path: Path, **options: Any) -> IdempotencyKeys:
+    settings = {"keep_seconds": 3600.0, "max_keys": 1000, "abandon_after_seconds": 60.0,
+                **options}
+    return IdempotencyKeys(path / "audit.db.idempotency", **settings)
+
+
+def test_a_key_in_flight_is_409_until_recorded_or_abandoned(tmp_path: Path) -> None:
+    first, other = _keys(tmp_path), _keys(tmp_path)  # two processes sharing the file
+    assert isinstance(first.claim("k", "d1"), Claimed)
+    assert isinstance(other.claim("k", "d1"), InFlight)
+    assert isinstance(other.claim("k", "d2"), Conflict)
+    first.record("k", 200, b'{"stored":1}')
+    assert other.claim("k", "d1") == Replay(200, b'{"stored":1}')
+    assert isinstance(other.claim("k", "d2"), Conflict)
+    assert isinstance(first.claim("gone", "d"), Claimed)
+    first.release("gone")
+    assert isinstance(other.claim("gone", "d"), Claimed)
+    abandoning = _keys(tmp_path, abandon_after_seconds=0.0)  # a claim whose worker died
+    assert isinstance(abandoning.claim("gone", "d"), Claimed)
+    assert (tmp_path / "audit.db.idempotency").stat().st_mode & 0o077 == 0
+    for keys in (first, other, abandoning):
+        keys.close()
+
+
+def test_keys_are_bounded_in_number_and_time(tmp_path: Path) -> None:
+    keys = _keys(tmp_path, max_keys=3)
+    for number in range(5):
+        assert isinstance(keys.claim(f"k{number}", "d"), Claimed)
+        keys.record(f"k{number}", 200, b"{}")
+        keys._swept = 0.0  # sweep on every claim, not once a second
+    with sqlite3.connect(tmp_path / "audit.db.idempotency") as db:
+        remaining = {key for (key,) in db.execute("SELECT key FROM idempotency_keys")}
+    assert len(remaining) <= 3
+    assert "k4" in remaining
+    assert "k0" not in remaining
+    keys.close()
+    expiring = _keys(tmp_path, keep_seconds=0.0)
+    expiring._swept = 0.0
+    assert isinstance(expiring.claim("k4", "other digest"), Claimed)  # k4 had expired
+    expiring.close()
