@@ -22,8 +22,19 @@ from sealtrail import __version__
 from sealtrail.api.configfile import ConfigFileError
 from sealtrail.api.errors import FieldError, field_errors
 from sealtrail.api.event import MAX_EVENT_BYTES, Event
-from sealtrail.chain.checkpoint import CheckpointFileError, read_checkpoints, write_checkpoints
-from sealtrail.chain.keys import KeyFileError, generate_keypair, load_public_key, load_signer
+from sealtrail.chain.checkpoint import (
+    Checkpoint,
+    CheckpointFileError,
+    read_checkpoints,
+    write_checkpoints,
+)
+from sealtrail.chain.keys import (
+    KeyFileError,
+    PublicKey,
+    generate_keypair,
+    load_public_key,
+    load_signer,
+)
 from sealtrail.chain.store import (
     ChainStore,
     CheckpointPolicy,
@@ -31,7 +42,7 @@ from sealtrail.chain.store import (
     Stored,
     StoreError,
 )
-from sealtrail.chain.verify import Status, VerifyError, VerifyReport, verify_store
+from sealtrail.chain.verify import Status, VerifyError, VerifyReport, verify_rows, verify_store
 
 __all__ = ["main"]
 
@@ -71,6 +82,19 @@ def _add_operator_parser(commands: Any) -> None:
     operator.add_argument("--liveness-port", type=int, default=8080)
 
 
+def _seq_bound(text: str) -> int:
+    """A `seq` to read after: rows start at 1, so 0 or more, and within SQLite's 64 bits."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 2**63 - 1:
+        raise argparse.ArgumentTypeError(
+            f"{value} is out of range: rows start at seq 1, so give 0 (every row) up to "
+            f"{2**63 - 1}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sealtrail", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--version", action="version", version=f"sealtrail {__version__}")
@@ -91,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     dump = commands.add_parser("dump", help="print rows as NDJSON, exactly as exported")
     dump.add_argument("--db", type=Path, required=True)
     dump.add_argument("--tenant")
-    dump.add_argument("--since-seq", type=int, default=0, help="rows with seq greater than N")
+    dump.add_argument("--since-seq", type=_seq_bound, default=0, metavar="N",
+                      help="rows with seq greater than N (0 or more)")
 
     checkpoint = commands.add_parser("checkpoint", help="sign checkpoints now; write them out")
     checkpoint.add_argument("--db", type=Path, required=True)
@@ -332,40 +357,51 @@ class _Progress:
         self._stream.flush()
 
 
-def _verify_rows(args: argparse.Namespace) -> int:
-    """Re-check the chains from a SIEM's copy of the rows: hashes, links, gaps, checkpoints."""
-    from sealtrail.demo_siem import check_received  # noqa: PLC0415 - only this command
+def _chain_name(store_id: str | None, tenant: str) -> str:
+    """A chain in messages: its tenant, and its store when its rows name one."""
+    return tenant if store_id is None else f"{tenant} (store {store_id})"
 
-    keys = [load_public_key(path) for path in args.pubkey]
+
+def _verify_rows(args: argparse.Namespace, keys: list[PublicKey],
+                 checkpoints: list[Checkpoint]) -> int:
+    """Re-check the chains from a SIEM's copy of the rows, as `--db` checks a store's."""
     try:
-        lines = [line for line in args.rows.read_bytes().splitlines() if line.strip()]
+        lines = args.rows.read_bytes().splitlines()
     except OSError as error:
         raise UsageError(f"cannot read {args.rows}: {error.strerror}") from None
     try:
-        report = check_received(lines, keys)
-    except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+        report = verify_rows(lines, tenant=args.tenant, checkpoints=checkpoints,
+                             public_keys=keys)
+    except VerifyError as error:
         raise UsageError(f"{args.rows}: not NDJSON rows as sealtrail ships them "
                          f"({error})") from None
-    for problem in report.problems:
-        print(f"TAMPERED  {problem}")
-    verdict = "tampered" if report.problems else "intact"
-    stores = f" from {report.stores} stores" if report.stores > 1 else ""
-    print(f"{verdict}: {report.rows} rows in {report.chains} chains ({report.tenants} tenants"
-          f"{stores}), {report.checkpoints} signed checkpoints checked")
-    if not report.checkpoints:
-        print("note: no checkpoint was checked (none in the rows, or no --pubkey): a removed "
-              "tail is not detectable", file=sys.stderr)
-    return int(Status.TAMPERED) if report.problems else int(Status.INTACT)
+    if args.json:
+        print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
+        return int(report.status)
+    for chain in report.tenants:
+        for finding in chain.findings:
+            print(f"{finding.status.name:<9} {_chain_name(chain.store_id, chain.tenant_id)}: "
+                  f"{finding.problem}")
+    checked = sum(chain.checkpoints_checked for chain in report.tenants)
+    stores = len({chain.store_id for chain in report.tenants})
+    tenants = len({chain.tenant_id for chain in report.tenants})
+    plural = f" from {stores} stores" if stores > 1 else ""
+    print(f"{report.status.name.lower()}: {report.rows} rows in {len(report.tenants)} chains "
+          f"({tenants} tenants{plural}), {checked} signed checkpoints checked")
+    if not checked:
+        print("note: no checkpoint was checked (none in the rows or --checkpoints, or no "
+              "--pubkey): a removed tail is not detectable", file=sys.stderr)
+    return int(report.status)
 
 
 def _verify(args: argparse.Namespace) -> int:
-    if args.rows is not None:
-        return _verify_rows(args)
     if args.checkpoints is not None and not args.pubkey:
         raise UsageError("--checkpoints needs --pubkey: a checkpoint is only evidence if its "
                          "signature is checked")
     keys = [load_public_key(path) for path in args.pubkey]
     checkpoints = read_checkpoints(args.checkpoints) if args.checkpoints else []
+    if args.rows is not None:
+        return _verify_rows(args, keys, checkpoints)
     report = verify_store(
         args.db,
         tenant=args.tenant,

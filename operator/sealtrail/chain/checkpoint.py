@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,10 +31,11 @@ from typing import Any, Final
 
 import orjson
 
-from sealtrail.chain.canonical import canonical_json
+from sealtrail.chain.canonical import MAX_SAFE_INTEGER, canonical_json
 from sealtrail.chain.keys import PublicKey, Signer
 
 __all__ = [
+    "CHECKPOINTS_FILE_MODE",
     "CHECKPOINT_EVENT_TYPE",
     "Checkpoint",
     "CheckpointFileError",
@@ -43,6 +46,8 @@ __all__ = [
 CHECKPOINT_EVENT_TYPE: Final = "sealtrail.checkpoint"
 STATEMENT_TYPE: Final = "sealtrail.checkpoint/v1"
 FILE_FORMAT: Final = "sealtrail.checkpoints/v1"
+#: Mode of a checkpoints file: read by anyone, written by its owner only.
+CHECKPOINTS_FILE_MODE: Final = 0o644
 
 _ROW_FIELDS: Final = ("tenant_seq", "head_hash", "signed_at", "key_id", "signature")
 
@@ -142,9 +147,11 @@ class Checkpoint:
             raise ValueError("not a sealtrail.checkpoint row")
         try:
             values = {name: extra[f"checkpoint_{name}"] for name in _ROW_FIELDS}
-            size = int(values.pop("tenant_seq"))
-        except (KeyError, ValueError) as error:
+        except KeyError as error:
             raise ValueError(f"checkpoint row lacks a field: {error}") from None
+        text = values.pop("tenant_seq")
+        size = _size(int(text) if isinstance(text, str) and text.isascii() and text.isdigit()
+                     and text == str(int(text)) else text)
         store_id = row.get("store_id")
         if store_id is not None and not isinstance(store_id, str):
             raise ValueError("store_id must be a string")
@@ -168,9 +175,7 @@ class Checkpoint:
             )
         except KeyError as error:
             raise ValueError(f"missing field {error}") from None
-        size: object = checkpoint.tenant_seq  # JSON gives no guarantee of the annotated types
-        if type(size) is not int:
-            raise ValueError("tenant_seq must be an integer")
+        _size(checkpoint.tenant_seq)  # JSON gives no guarantee of the annotated types
         for name in ("tenant_id", "head_hash", "signed_at", "key_id", "signature"):
             if not isinstance(getattr(checkpoint, name), str):
                 raise ValueError(f"{name} must be a string")  # noqa: TRY004 - a format error
@@ -186,15 +191,42 @@ class Checkpoint:
         return entry
 
 
+def _size(value: object) -> int:
+    """A checkpoint's size: a chain of at least one row, within what a row can number."""
+    if type(value) is not int or not 1 <= value <= MAX_SAFE_INTEGER:
+        raise ValueError(f"tenant_seq must be a whole number from 1 to {MAX_SAFE_INTEGER}, "
+                         f"not {value!r}")
+    return value
+
+
 def write_checkpoints(path: Path, checkpoints: Iterable[Checkpoint]) -> None:
-    """Write checkpoints as one JSON document (atomically: a reader never sees half a file)."""
+    """Write checkpoints as one JSON document (atomically: a reader never sees half a file).
+
+    The file gets mode 0644 whatever the umask: it is evidence to copy out and hand around
+    (what it holds also travels to every SIEM), so anyone may read it, only its owner write it.
+    """
     document = {
         "format": FILE_FORMAT,
         "checkpoints": [checkpoint.to_json() for checkpoint in checkpoints],
     }
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
-    temporary.replace(path)
+    data = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+    # A fresh temporary name (mkstemp: O_EXCL, never a link someone planted), its mode set
+    # explicitly so that the umask cannot make the evidence writable by others.
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise CheckpointFileError(f"cannot write {path}: {error.strerror}") from None
+    temporary = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), CHECKPOINTS_FILE_MODE)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise CheckpointFileError(f"cannot write {path}: {error.strerror}") from None
 
 
 def read_checkpoints(path: Path) -> list[Checkpoint]:

@@ -2,7 +2,8 @@
 
 The private key signs checkpoints; the public key is what an auditor keeps (outside the
 writer's reach) to tell a genuine checkpoint from a forged one. Keys are PEM files: PKCS#8 for
-the private key (written with mode 0600), SubjectPublicKeyInfo for the public one, so that
+the private key (written with mode 0600), SubjectPublicKeyInfo for the public one (0644; both
+modes whatever the umask), so that
 `openssl pkey -in KEY.pub -pubin -text` can read them too.
 
 A running worker follows its key file (`ReloadingSigner`): when the Secret behind it is
@@ -28,6 +29,8 @@ from sealtrail.followed import CHECK_SECONDS, FollowedFiles
 
 __all__ = [
     "KEY_CHECK_SECONDS",
+    "PRIVATE_KEY_MODE",
+    "PUBLIC_KEY_MODE",
     "KeyFileError",
     "PublicKey",
     "ReloadingSigner",
@@ -38,6 +41,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("sealtrail.chain")
+
+#: The private key: its owner alone reads it.
+PRIVATE_KEY_MODE: Final = 0o600
+#: The public key: anyone may read it (it is what auditors are handed); only its owner writes.
+PUBLIC_KEY_MODE: Final = 0o644
 
 #: How often, at most, a `ReloadingSigner` looks at its file.
 KEY_CHECK_SECONDS: Final = CHECK_SECONDS
@@ -86,7 +94,7 @@ class Signer:
 
 
 def generate_keypair(out: Path) -> Signer:
-    """Write a new key to `out` (mode 0600) and its public half to `out.pub`.
+    """Write a new key to `out` (mode 0600) and its public half to `out.pub` (mode 0644).
 
     Refuses to overwrite: losing a signing key silently would orphan every checkpoint made with it.
     """
@@ -103,12 +111,28 @@ def generate_keypair(out: Path) -> Signer:
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(private_pem)
-    pub_path.write_bytes(public_pem)
+    _write_new(out, private_pem, PRIVATE_KEY_MODE)
+    _write_new(pub_path, public_pem, PUBLIC_KEY_MODE)
     public = key.public_key()
     return Signer(key, PublicKey(public, _key_id(public)))
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create `path` (never replacing a file or following a link) with exactly `mode`.
+
+    The mode is set with fchmod after creating, so the process umask cannot widen it (umask 0
+    would leave a file created 0666 writable by anyone) or narrow it.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from None
+    except OSError as error:
+        raise KeyFileError(f"cannot create {path}: {error.strerror}") from None
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), mode)
+        handle.write(data)
 
 
 def _read(path: Path) -> bytes:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -63,16 +63,20 @@ class Segment:
     last_hash: str = ""
     last_seq: int = 0
     problem: Problem | None = None
-    checkpoints: list[tuple[int, Checkpoint]] = field(default_factory=list)
+    #: Checkpoint rows: `(tenant_seq, seq, checkpoint)`.
+    checkpoints: list[tuple[int, int, Checkpoint]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class RangeResult:
     """What one range held."""
 
-    size: int
+    size: int = 0  # rows seen
     segments: dict[str, Segment] = field(default_factory=dict)
     missing_seq: int | None = None  # first global seq absent from the range (all-tenant scans)
+    #: Rows that belong to no tenant's chain as their columns stand (a `tenant_id` that is not
+    #: text, a `tenant_seq` that is not an integer): `(seq, message)` of the first.
+    stray: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +85,6 @@ class _Range:
     high: int
     tenant_id: str | None
     store_id: str | None  # every row must name this store (None: rows name none)
-
-    @property
-    def size(self) -> int:
-        return self.high - self.low + 1
 
 
 def connect_read_only(path: Path) -> sqlite3.Connection:
@@ -116,18 +116,56 @@ def _worker_scan(span: _Range) -> RangeResult:
     return _scan(_worker_db, span)
 
 
-def _plan(db: sqlite3.Connection, tenant: str | None, store_id: str | None) -> list[_Range]:
+def _plan(
+    db: sqlite3.Connection, tenant: str | None, store_id: str | None
+) -> tuple[list[_Range], int]:
+    """Ranges over the rows present, never over the span of values they claim; and their count.
+
+    The first range starts at 1 (so that a deleted first row shows as a gap) or at the lowest
+    row present if that is below 1 (a row inserted before the first, which the scan reports).
+    In a store as written, `seq` (and each tenant's `tenant_seq`) runs 1..N without a hole, so
+    ranges of values are ranges of rows and cost nothing to plan. A store with holes (rows
+    removed, or a row planted at `seq` 10**12) is cut by walking the rows present instead:
+    however far apart the values are, there are never more ranges than rows / RANGE_ROWS + 1.
+    """
+    column, where, params = _where(tenant)
+    # Separate queries: MIN and MAX alone are one index lookup each; COUNT(*) walks the
+    # smallest index, not the table.
+    (low,) = db.execute(f"SELECT MIN({column}) FROM audit_rows {where}", params).fetchone()
+    (high,) = db.execute(f"SELECT MAX({column}) FROM audit_rows {where}", params).fetchone()
+    (count,) = db.execute(f"SELECT COUNT(*) FROM audit_rows {where}", params).fetchone()
+    if not count:
+        return [], 0
+    start = min(low, 1)
+    if high - start + 1 == count:  # no hole: ranges of values are ranges of rows
+        return [
+            _Range(first, min(first + RANGE_ROWS - 1, high), tenant, store_id)
+            for first in range(start, high + 1, RANGE_ROWS)
+        ], count
+    ranges = []
+    step = (
+        f"SELECT {column} FROM audit_rows {where} {'AND' if where else 'WHERE'} {column} >= ? "
+        f"ORDER BY {column} LIMIT 1 OFFSET {RANGE_ROWS - 1}"
+    )
+    first = start
+    while first <= high:
+        found = db.execute(step, (*params, first)).fetchone()
+        last = high if found is None else int(found[0])
+        ranges.append(_Range(first, last, tenant, store_id))
+        first = last + 1
+    return ranges, count
+
+
+def _where(tenant: str | None) -> tuple[str, str, tuple[Any, ...]]:
+    """The ordering column and the condition for planning a scan of every tenant or of one.
+
+    A tenant's ranges are planned over integer `tenant_seq` values only (text sorts after every
+    integer in SQLite); a row whose column was made text or real is reported by the scan of every
+    tenant, and leaves a hole in this tenant's chain.
+    """
     if tenant is None:
-        (high,) = db.execute("SELECT MAX(seq) FROM audit_rows").fetchone()
-    else:
-        (high,) = db.execute(
-            "SELECT MAX(tenant_seq) FROM audit_rows WHERE tenant_id = ?", (tenant,)
-        ).fetchone()
-    # From 1 whatever the lowest row is, so that a deleted first row shows as a gap.
-    return [
-        _Range(low, min(low + RANGE_ROWS - 1, high), tenant, store_id)
-        for low in range(1, (high or 0) + 1, RANGE_ROWS)
-    ]
+        return "seq", "", ()
+    return "tenant_seq", "WHERE tenant_id = ? AND typeof(tenant_seq) = 'integer'", (tenant,)
 
 
 def scan_store(
@@ -138,8 +176,7 @@ def scan_store(
     progress: Callable[[int, int], None] | None,
 ) -> list[RangeResult]:
     """Scan every row (of one tenant, or all), in range order."""
-    ranges = _plan(db, tenant, read_store_id(db))
-    total = sum(span.size for span in ranges)
+    ranges, total = _plan(db, tenant, read_store_id(db))
     workers = processes if processes is not None else (os.cpu_count() or 1)
     pool = None
     if workers > 1 and total >= PARALLEL_THRESHOLD and len(ranges) > 1:
@@ -150,15 +187,31 @@ def scan_store(
     else:
         scanned = (_scan(db, span) for span in ranges)
     results = []
+    done = 0
     try:
         for result in scanned:
             results.append(result)
+            done += result.size
             if progress:
-                progress(sum(item.size for item in results), total)
+                progress(done, total)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return results
+
+
+#: Index columns compared with the row's own fields, in the order the scan selects them.
+_COLUMNS: Final = ("seq", "tenant_id", "tenant_seq", "record_hash", "event_type", "severity",
+                   "timestamp")
+
+
+def _disagreeing(row: dict[str, Any], values: tuple[Any, ...]) -> str:
+    """Which index columns disagree with the row, for the message."""
+    return "; ".join(
+        f"column {name} holds {value!r}, the row {row.get(name)!r}"
+        for name, value in zip(_COLUMNS, values, strict=True)
+        if row.get(name) != value or type(row.get(name)) is not type(value)
+    )
 
 
 # One flat loop on purpose: it is the hot path of verify (hundreds of thousands of rows a second).
@@ -167,37 +220,55 @@ def _scan(db: sqlite3.Connection, span: _Range) -> RangeResult:  # noqa: C901, P
 
     The hash is taken over the stored bytes with the `record_hash` member cut out. That equals
     JCS(row without record_hash) exactly when the stored bytes are canonical, which is checked
-    first: re-serializing the parsed row must give the stored bytes back.
+    first: re-serializing the parsed row must give the stored bytes back. Every column anything
+    reads (routing, `GET /v1/events` filters, dump, this scan) is compared with the row.
     """
+    select = (
+        "SELECT seq, tenant_id, tenant_seq, record_hash, event_type, severity, timestamp, body "
+        "FROM audit_rows "
+    )
     if span.tenant_id is None:
         cursor = db.execute(
-            "SELECT seq, tenant_id, tenant_seq, record_hash, body FROM audit_rows "
-            "WHERE seq BETWEEN ? AND ? ORDER BY seq",
-            (span.low, span.high),
+            select + "WHERE seq BETWEEN ? AND ? ORDER BY seq", (span.low, span.high)
         )
-        expected_seq: int | None = span.low
+        # Global seq runs from 1; rows below 1 are reported, not counted as part of the run.
+        expected_seq: int | None = max(span.low, 1)
     else:
         cursor = db.execute(
-            "SELECT seq, tenant_id, tenant_seq, record_hash, body FROM audit_rows "
-            "WHERE tenant_id = ? AND tenant_seq BETWEEN ? AND ? ORDER BY tenant_seq",
+            select + "WHERE tenant_id = ? AND tenant_seq BETWEEN ? AND ? ORDER BY tenant_seq",
             (span.tenant_id, span.low, span.high),
         )
         expected_seq = None
-    result = RangeResult(span.size)
+    result = RangeResult()
     segments = result.segments
     sha256 = hashlib.sha256
     loads = orjson.loads
     dumps = orjson.dumps
-    for seq, tenant, tenant_seq, record_hash, body in cursor:
-        if expected_seq is not None:
+    size = 0
+    for seq, tenant, tenant_seq, record_hash, event_type, severity, stamp, body in cursor:
+        size += 1
+        if expected_seq is not None and seq >= 1:
             if seq != expected_seq and result.missing_seq is None:
                 result.missing_seq = expected_seq
             expected_seq = seq + 1
+        if type(tenant) is not str or type(tenant_seq) is not int:
+            if result.stray is None:
+                result.stray = (seq, (
+                    f"row at seq {seq}: its index columns tenant_id, tenant_seq hold "
+                    f"{tenant!r}, {tenant_seq!r}, which no row can have: a column was changed"
+                ))
+            continue
         segment = segments.get(tenant)
         if segment is None:
             segment = segments[tenant] = Segment()
         elif segment.problem is not None:
             continue  # this chain already failed in this range; its first problem is reported
+        if seq < 1 or tenant_seq < 1:
+            segment.problem = Problem(
+                tenant_seq, f"row at seq {seq}, tenant_seq {tenant_seq} is below 1, where "
+                "every chain starts: a row was inserted before the first"
+            )
+            continue
         if segment.rows and tenant_seq != segment.last_tenant_seq + 1:
             if tenant_seq > segment.last_tenant_seq + 1:
                 missing = segment.last_tenant_seq + 1
@@ -213,7 +284,7 @@ def _scan(db: sqlite3.Connection, span: _Range) -> RangeResult:  # noqa: C901, P
         message = None
         try:
             row = loads(body)
-        except orjson.JSONDecodeError:
+        except (orjson.JSONDecodeError, TypeError):
             row = None
         if type(row) is not dict:
             message = "row is not a JSON object"
@@ -231,8 +302,17 @@ def _scan(db: sqlite3.Connection, span: _Range) -> RangeResult:  # noqa: C901, P
                 or row.get("seq") != seq
                 or row.get("tenant_seq") != tenant_seq
                 or row.get("tenant_id") != tenant
+                or row.get("event_type") != event_type
+                or row.get("severity") != severity
+                or row.get("timestamp") != stamp
+                or type(row.get("seq")) is not int  # JSON true equals 1 in Python
+                or type(row.get("tenant_seq")) is not int
             ):
-                message = "row disagrees with its index columns"
+                values = (seq, tenant, tenant_seq, record_hash, event_type, severity, stamp)
+                message = (
+                    f"row at seq {seq} disagrees with its index columns (what routing, "
+                    f"queries and dump read): {_disagreeing(row, values)}"
+                )
             elif row.get("store_id") != span.store_id:
                 message = (
                     f"row names store {row.get('store_id')!r}, not this store's "
@@ -249,9 +329,9 @@ def _scan(db: sqlite3.Connection, span: _Range) -> RangeResult:  # noqa: C901, P
                 )
             elif seq <= segment.last_seq:
                 message = "global seq goes backwards: rows were reordered"
-            if message is None and row.get("event_type") == CHECKPOINT_EVENT_TYPE:
+            if message is None and event_type == CHECKPOINT_EVENT_TYPE:
                 try:
-                    segment.checkpoints.append((tenant_seq, Checkpoint.from_row(row)))
+                    segment.checkpoints.append((tenant_seq, seq, Checkpoint.from_row(row)))
                 except ValueError as error:
                     message = f"bad checkpoint row: {error}"
         if message is not None:
@@ -263,4 +343,5 @@ def _scan(db: sqlite3.Connection, span: _Range) -> RangeResult:  # noqa: C901, P
         segment.last_seq = seq
     if expected_seq is not None and expected_seq <= span.high and result.missing_seq is None:
         result.missing_seq = expected_seq
+    result.size = size
     return result

@@ -208,6 +208,7 @@ class ChainStore:
         # Monotonic time of the first append since the last checkpoint, per tenant that has no
         # checkpoint yet: the time rule needs a starting point for a brand-new chain.
         self._pending_since: dict[str, float] = {}
+        _create_private(self.path)
         try:
             self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                                     0o600)
@@ -496,14 +497,14 @@ class ChainStore:
         (WAL readers see the snapshot from when they started).
         """
         query = "SELECT body FROM audit_rows WHERE seq > ?"
-        params: list[Any] = [after_seq]
+        params: list[Any] = [_after(after_seq)]
         if tenant is not None:
             query += " AND tenant_id = ?"
             params.append(tenant)
         query += " ORDER BY seq"
         if limit is not None:
             query += " LIMIT ?"
-            params.append(limit)
+            params.append(_limit(limit))
         reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         try:
             for (body,) in reader.execute(query, params):
@@ -520,7 +521,7 @@ class ChainStore:
             found = self._reader_db().execute(
                 "SELECT seq, tenant_id, tenant_seq, record_hash, event_type, severity, "
                 "timestamp, body FROM audit_rows WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
+                (_after(after_seq), _limit(limit)),
             ).fetchall()
         store_id = self.store_id
         return [
@@ -544,7 +545,7 @@ class ChainStore:
         `since`/`until` compare the rows' RFC 3339 UTC timestamps, which sort as text.
         """
         clauses = ["seq > ?"]
-        params: list[Any] = [after_seq]
+        params: list[Any] = [_after(after_seq)]
         for column, value in (("tenant_id", tenant), ("event_type", event_type)):
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -560,7 +561,7 @@ class ChainStore:
             params.append(until)
         sql = ("SELECT body FROM audit_rows WHERE " + " AND ".join(clauses)
                + " ORDER BY seq LIMIT ?")
-        params.append(limit)
+        params.append(_limit(limit))
         with self._read_lock:
             return [bytes(body) for (body,) in self._reader_db().execute(sql, params)]
 
@@ -584,6 +585,46 @@ class ChainStore:
                 "last_seq = MAX(last_seq, excluded.last_seq), updated_at = excluded.updated_at",
                 (export_name, last_seq, stamp),
             )
+
+
+#: Mode of the store and (SQLite gives them its mode) its -wal and -shm files.
+STORE_FILE_MODE: Final = 0o600
+_INT64_MAX: Final = 2**63 - 1
+
+
+def _create_private(path: Path) -> None:
+    """Create the store file, if it does not exist, readable and writable by its owner only.
+
+    SQLite would create it 0644 less the umask (world-readable audit events); it creates the
+    -wal and -shm files with the database file's own mode, so this covers them too. 0600, not
+    0640: in WAL mode a reader needs write access to -shm, so a group that may only read could
+    not open the store anyway. The mode is set with fchmod, so no umask changes it. An
+    existing file keeps its mode (an operator may have chosen it).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, STORE_FILE_MODE)
+    except FileExistsError:
+        return
+    except OSError as error:
+        raise StoreError(f"cannot create store {path}: {error.strerror}") from None
+    try:
+        os.fchmod(fd, STORE_FILE_MODE)
+    finally:
+        os.close(fd)
+
+
+def _after(after_seq: int) -> int:
+    """A read's lower bound clamped to the rows a store can hold.
+
+    Rows start at seq 1: "after -1" means "from the first row", never "also rows below it"
+    (which only tampering puts there, and which `verify` reports). Past 64 bits, nothing.
+    """
+    return min(max(after_seq, 0), _INT64_MAX)
+
+
+def _limit(limit: int) -> int:
+    """A read's row limit clamped to 0..2**63-1 (SQLite reads a negative LIMIT as none)."""
+    return min(max(limit, 0), _INT64_MAX)
 
 
 class _Transaction:

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from sealtrail.chain.canonical import GENESIS_HASH
-from sealtrail.chain.checkpoint import Checkpoint
+import orjson
+
+from sealtrail.chain.canonical import GENESIS_HASH, canonical_json, hash_row
+from sealtrail.chain.checkpoint import CHECKPOINT_EVENT_TYPE, Checkpoint
 from sealtrail.chain.keys import PublicKey
 from sealtrail.chain.scan import (
     RangeResult,
@@ -41,6 +43,7 @@ __all__ = [
     "TenantReport",
     "VerifyError",
     "VerifyReport",
+    "verify_rows",
     "verify_store",
 ]
 
@@ -83,6 +86,7 @@ class TenantReport:
     """What verify found for one tenant."""
 
     tenant_id: str
+    store_id: str | None = None  # the store whose chain this is (a SIEM copy holds several)
     rows: int = 0
     head_tenant_seq: int = 0
     head_hash: str = GENESIS_HASH
@@ -142,6 +146,7 @@ class VerifyReport:
             "tenants": [
                 {
                     "tenant_id": tenant.tenant_id,
+                    "store_id": tenant.store_id,
                     "status": tenant.status.name.lower(),
                     "rows": tenant.rows,
                     "head_tenant_seq": tenant.head_tenant_seq,
@@ -169,16 +174,9 @@ def _finding_json(finding: Finding) -> dict[str, Any]:
 class _Evidence:
     """Checkpoints to hold one chain against, and how to look up its hashes."""
 
-    db: sqlite3.Connection
+    hash_at: Callable[[int], str | None]
     tenant_id: str
     keys: Sequence[PublicKey]
-
-    def hash_at(self, tenant_seq: int) -> str | None:
-        found = self.db.execute(
-            "SELECT record_hash FROM audit_rows WHERE tenant_id = ? AND tenant_seq = ?",
-            (self.tenant_id, tenant_seq),
-        ).fetchone()
-        return str(found[0]) if found else None
 
     def key_for(self, checkpoint: Checkpoint) -> PublicKey | None:
         return next((key for key in self.keys if key.key_id == checkpoint.key_id), None)
@@ -268,12 +266,14 @@ def verify_store(
         db.close()
 
 
-def _join(report: TenantReport, segments: Iterable[Segment]) -> list[tuple[int, Checkpoint]]:
-    """Join one tenant's segments in range order; return its checkpoint rows."""
+def _join(
+    report: TenantReport, segments: Iterable[Segment]
+) -> list[tuple[int, int, Checkpoint]]:
+    """Join one tenant's segments in range order; return its checkpoint rows (as scanned)."""
     prev_hash = GENESIS_HASH
     prev_tenant_seq = 0
     prev_seq = 0
-    checkpoints: list[tuple[int, Checkpoint]] = []
+    checkpoints: list[tuple[int, int, Checkpoint]] = []
     for segment in segments:
         if segment.rows:
             problem = None
@@ -345,16 +345,21 @@ def _verify(  # noqa: PLR0917 - verify_store's arguments, passed on
             "signed for, or the evidence belongs to another store",
         ))
     checkpoints = ours
-    # A tenant that only a checkpoint remembers has lost its whole chain: report it too.
+    # A tenant that only a checkpoint remembers has lost its whole chain: report it too; so is
+    # one that only the store's table of checkpoints names.
     remembered = {checkpoint.tenant_id for checkpoint in checkpoints}
-    names = sorted(set(by_tenant) | remembered) if tenant is None else [tenant]
+    tabled = {name for (name,) in db.execute("SELECT DISTINCT tenant_id FROM audit_checkpoints")}
+    names = sorted(set(by_tenant) | remembered | tabled, key=str) if tenant is None else [tenant]
 
     for name in names:
-        tenant_report = TenantReport(tenant_id=name)
+        tenant_report = TenantReport(tenant_id=name, store_id=store_id)
         embedded = _join(tenant_report, by_tenant.get(name, []))
-        held: list[tuple[int | None, Checkpoint]] = list(embedded) if public_keys else []
+        held: list[tuple[int | None, Checkpoint]] = (
+            [(at, item) for at, _, item in embedded] if public_keys else []
+        )
         held += [(None, item) for item in checkpoints if item.tenant_id == name]
-        _hold_against(tenant_report, _Evidence(db, name, public_keys), held)
+        _hold_against(tenant_report, _Evidence(_hash_in(db, name), name, public_keys), held)
+        _check_checkpoint_table(tenant_report, db, embedded)
         report.tenants.append(tenant_report)
     missing = [result.missing_seq for result in results if result.missing_seq is not None]
     if missing:
@@ -363,4 +368,231 @@ def _verify(  # noqa: PLR0917 - verify_store's arguments, passed on
                 Status.TAMPERED, None, f"global seq {min(missing)} is missing: a row was removed"
             )
         )
+    stray = [result.stray for result in results if result.stray is not None]
+    if stray:
+        report.store_findings.append(Finding(Status.TAMPERED, None, min(stray)[1]))
     return report
+
+
+def _hash_in(db: sqlite3.Connection, tenant: str) -> Callable[[int], str | None]:
+    def hash_at(tenant_seq: int) -> str | None:
+        found = db.execute(
+            "SELECT record_hash FROM audit_rows WHERE tenant_id = ? AND tenant_seq = ?",
+            (tenant, tenant_seq),
+        ).fetchone()
+        return str(found[0]) if found else None
+
+    return hash_at
+
+
+def _beyond_the_chain(
+    db: sqlite3.Connection, report: TenantReport, size: object, row_seq: object
+) -> bool:
+    """True for an entry whose checkpoint row would follow the chain's last row and is absent.
+
+    That is the table remembering a tail that was removed. The table is the writer's own, as
+    open to change as the rows, so it is no proof of truncation (a signed checkpoint kept
+    elsewhere is); such an entry is left alone, as verify always left a cut tail.
+    """
+    if type(size) is not int or size < report.head_tenant_seq:
+        return False
+    return db.execute("SELECT 1 FROM audit_rows WHERE seq = ?", (row_seq,)).fetchone() is None
+
+
+_TABLE_COLUMNS: Final = ("tenant_seq", "head_hash", "signed_at", "key_id", "signature")
+
+
+def _check_checkpoint_table(
+    report: TenantReport, db: sqlite3.Connection, embedded: list[tuple[int, int, Checkpoint]]
+) -> None:
+    """Hold the store's `audit_checkpoints` table against the checkpoint rows of the chain.
+
+    The table is what the store reads to decide when the next checkpoint is due and what
+    `sealtrail checkpoint --out` exports; each entry must be a copy of a checkpoint row
+    (`row_seq` points at it) and each checkpoint row must have its entry. Only the part of
+    the chain that verified is compared: past a chain's first problem, nothing is trusted.
+    """
+    if any(finding.status is Status.TAMPERED for finding in report.findings):
+        return
+    rows = {seq: (tenant_seq, checkpoint) for tenant_seq, seq, checkpoint in embedded}
+    entries = db.execute(
+        "SELECT tenant_seq, head_hash, signed_at, key_id, signature, row_seq "
+        "FROM audit_checkpoints WHERE tenant_id = ? ORDER BY tenant_seq",
+        (report.tenant_id,),
+    ).fetchall()
+    for *values, row_seq in entries:
+        found = rows.pop(row_seq, None)
+        if found is None:
+            if _beyond_the_chain(db, report, values[0], row_seq):
+                continue
+            report.findings.append(Finding(
+                Status.TAMPERED, None,
+                f"audit_checkpoints entry for size {values[0]!r} points at seq {row_seq!r}, "
+                "which is no checkpoint row of this chain: the table was changed",
+            ))
+            continue
+        at, checkpoint = found
+        wrong = [
+            f"column {name} holds {value!r}, the row {getattr(checkpoint, name)!r}"
+            for name, value in zip(_TABLE_COLUMNS, values, strict=True)
+            if value != getattr(checkpoint, name)
+            or type(value) is not type(getattr(checkpoint, name))
+        ]
+        if wrong:
+            report.findings.append(Finding(
+                Status.TAMPERED, at,
+                f"audit_checkpoints entry of the checkpoint row at seq {row_seq} disagrees "
+                f"with it: {'; '.join(wrong)}",
+            ))
+    for seq, (at, _) in sorted(rows.items()):
+        report.findings.append(Finding(
+            Status.TAMPERED, at,
+            f"checkpoint row at seq {seq} has no audit_checkpoints entry: it was removed",
+        ))
+
+
+# -- a SIEM's copy -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Received:
+    """One row of a SIEM's copy, checked on arrival; `identity` tells two versions apart."""
+
+    seq: object
+    record_hash: str
+    prev_hash: object
+    hash_ok: bool
+    identity: bytes
+    checkpoint: Checkpoint | str | None  # the checkpoint a checkpoint row holds, or its defect
+
+
+def _receive(number: int, line: bytes) -> tuple[str | None, str, int, _Received]:
+    """Parse one NDJSON line into its chain, position and checked content."""
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise VerifyError(f"line {number} is not JSON") from None
+    if not isinstance(row, dict):
+        raise VerifyError(f"line {number} is not a JSON object")
+    store_id, tenant, tenant_seq = row.get("store_id"), row.get("tenant_id"), row.get("tenant_seq")
+    claimed = row.pop("record_hash", None)
+    if (store_id is not None and type(store_id) is not str) or type(tenant) is not str or (
+        type(tenant_seq) is not int or type(claimed) is not str
+    ):
+        raise VerifyError(f"line {number} is not a row as sealtrail ships it (it needs a string "
+                          "tenant_id and record_hash, an integer tenant_seq)")
+    digest = hash_row(row)
+    checkpoint: Checkpoint | str | None = None
+    if row.get("event_type") == CHECKPOINT_EVENT_TYPE:
+        try:
+            checkpoint = Checkpoint.from_row(row)
+        except ValueError as error:
+            checkpoint = f"bad checkpoint row: {error}"
+    row["record_hash"] = claimed
+    return store_id, tenant, tenant_seq, _Received(
+        seq=row.get("seq"), record_hash=claimed, prev_hash=row.get("prev_hash"),
+        hash_ok=digest == claimed, identity=canonical_json(row), checkpoint=checkpoint,
+    )
+
+
+def verify_rows(
+    lines: Iterable[bytes],
+    *,
+    tenant: str | None = None,
+    checkpoints: Sequence[Checkpoint] = (),
+    public_keys: Sequence[PublicKey] = (),
+) -> VerifyReport:
+    """Verify a SIEM's copy of the rows (NDJSON, one row a line, in any order) as a store is.
+
+    Chains are `(store_id, tenant_id)`: a SIEM holds every replica's. Each is checked like a
+    store's chain: every row hashes to its `record_hash`, `tenant_seq` runs 1, 2, 3 ... with no
+    gap, each `prev_hash` is the previous row's hash, global `seq` grows along the chain; with
+    `public_keys`, its checkpoint rows are checked and held against it, and so is every
+    checkpoint given (`checkpoints`, each for the chain it names: one whose chain is absent
+    from the copy reports that chain as truncated). The same row received twice is fine
+    (delivery is at least once); two different rows at one position are a fork: tampered.
+    `VerifyError` for a line that is not a row.
+    """
+    if checkpoints and not public_keys:
+        raise VerifyError("checkpoints can only be trusted with the public key that signed them")
+    chains: dict[tuple[str | None, str], dict[int, list[_Received]]] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        store_id, name, tenant_seq, received = _receive(number, line)
+        if tenant is not None and name != tenant:
+            continue
+        versions = chains.setdefault((store_id, name), {}).setdefault(tenant_seq, [])
+        if all(item.identity != received.identity for item in versions):
+            versions.append(received)
+    given = [item for item in checkpoints if tenant is None or item.tenant_id == tenant]
+    report = VerifyReport(tenants=[], checkpoints_given=bool(checkpoints))
+    # A chain that only a checkpoint remembers lost every row: report it too.
+    names = set(chains) | {item.chain for item in given}
+    for chain in sorted(names, key=lambda item: (item[1], item[0] or "")):
+        store_id, name = chain
+        tenant_report = TenantReport(tenant_id=name, store_id=store_id)
+        rows = chains.get(chain, {})
+        embedded = _check_received_chain(tenant_report, rows)
+        held: list[tuple[int | None, Checkpoint]] = list(embedded) if public_keys else []
+        held += [(None, item) for item in given if item.chain == chain]
+
+        def hash_at(tenant_seq: int, rows: dict[int, list[_Received]] = rows) -> str | None:
+            versions = rows.get(tenant_seq)
+            return versions[0].record_hash if versions and len(versions) == 1 else None
+
+        _hold_against(tenant_report, _Evidence(hash_at, name, public_keys), held)
+        report.tenants.append(tenant_report)
+    return report
+
+
+def _check_received_chain(
+    report: TenantReport, rows: dict[int, list[_Received]]
+) -> list[tuple[int, Checkpoint]]:
+    """Walk one chain of a SIEM's copy in `tenant_seq` order, up to its first problem.
+
+    Walks the positions present (sorted), never the span they claim, so that a row at
+    `tenant_seq` 10**12 costs one step.
+    """
+    checkpoints: list[tuple[int, Checkpoint]] = []
+    prev_seq: object = None
+    for tenant_seq in sorted(rows):
+        versions = rows[tenant_seq]
+        problem = _received_problem(report, tenant_seq, versions, prev_seq)
+        if problem is not None:
+            report.findings.append(Finding(Status.TAMPERED, *problem))
+            break
+        row = versions[0]
+        if isinstance(row.checkpoint, Checkpoint):
+            checkpoints.append((tenant_seq, row.checkpoint))
+        prev_seq = row.seq
+        report.rows += 1
+        report.head_tenant_seq = tenant_seq
+        report.head_hash = row.record_hash
+    return checkpoints
+
+
+def _received_problem(
+    report: TenantReport, tenant_seq: int, versions: list[_Received], prev_seq: object
+) -> tuple[int, str] | None:
+    """What is wrong with the next row of a received chain, at which `tenant_seq`."""
+    row = versions[0]
+    expected = report.head_tenant_seq + 1
+    problem = None
+    if tenant_seq < 1:
+        problem = f"row {tenant_seq} is below 1, where every chain starts: a forged row"
+    elif tenant_seq != expected:
+        return expected, f"row {expected} never arrived"
+    elif len(versions) > 1:
+        hashes = ", ".join(sorted(item.record_hash[:16] + "…" for item in versions))
+        problem = (f"row {tenant_seq} arrived as {len(versions)} different rows ({hashes}): "
+                   "a fork, the chain was rewritten after some of its rows had been shipped")
+    elif not row.hash_ok:
+        problem = f"row {tenant_seq} does not match its hash"
+    elif row.prev_hash != report.head_hash:
+        problem = f"row {tenant_seq} does not link to row {tenant_seq - 1}"
+    elif type(row.seq) is not int or (type(prev_seq) is int and row.seq <= prev_seq):
+        problem = f"row {tenant_seq}: global seq {row.seq!r} does not grow along the chain"
+    elif isinstance(row.checkpoint, str):
+        problem = f"row {tenant_seq}: {row.checkpoint}"
+    return None if problem is None else (tenant_seq, problem)
