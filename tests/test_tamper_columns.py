@@ -183,6 +183,14 @@ def test_a_checkpoint_table_entry_for_a_tenant_without_rows_is_tampering(
     assert tenant(report, "ghost")["status"] == "tampered"
 
 
+def test_the_checkpoint_table_dropped_is_tampering_not_an_error(cli: Cli, store: Path) -> None:
+    with sqlite3.connect(store) as conn:
+        conn.execute("DROP TABLE audit_checkpoints")
+    code, report = verify(cli, store)
+    assert code == 1
+    assert "table audit_checkpoints is missing" in report["store_findings"][0]["problem"]
+
+
 # -- item 2: rows at seq 0 and below -----------------------------------------------------------
 
 

@@ -348,7 +348,9 @@ def _verify(  # noqa: PLR0917 - verify_store's arguments, passed on
     # A tenant that only a checkpoint remembers has lost its whole chain: report it too; so is
     # one that only the store's table of checkpoints names.
     remembered = {checkpoint.tenant_id for checkpoint in checkpoints}
-    tabled = {name for (name,) in db.execute("SELECT DISTINCT tenant_id FROM audit_checkpoints")}
+    tabled = _tabled_tenants(db, report)
+    has_table = tabled is not None
+    tabled = tabled or set()
     names = sorted(set(by_tenant) | remembered | tabled, key=str) if tenant is None else [tenant]
 
     for name in names:
@@ -359,7 +361,8 @@ def _verify(  # noqa: PLR0917 - verify_store's arguments, passed on
         )
         held += [(None, item) for item in checkpoints if item.tenant_id == name]
         _hold_against(tenant_report, _Evidence(_hash_in(db, name), name, public_keys), held)
-        _check_checkpoint_table(tenant_report, db, embedded)
+        if has_table:
+            _check_checkpoint_table(tenant_report, db, embedded)
         report.tenants.append(tenant_report)
     missing = [result.missing_seq for result in results if result.missing_seq is not None]
     if missing:
@@ -372,6 +375,19 @@ def _verify(  # noqa: PLR0917 - verify_store's arguments, passed on
     if stray:
         report.store_findings.append(Finding(Status.TAMPERED, None, min(stray)[1]))
     return report
+
+
+def _tabled_tenants(db: sqlite3.Connection, report: VerifyReport) -> set[str] | None:
+    """Tenants `audit_checkpoints` names; None, reported, if the table is gone."""
+    if db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_checkpoints'"
+    ).fetchone() is None:
+        report.store_findings.append(Finding(
+            Status.TAMPERED, None,
+            "table audit_checkpoints is missing (every store has one): it was dropped",
+        ))
+        return None
+    return {name for (name,) in db.execute("SELECT DISTINCT tenant_id FROM audit_checkpoints")}
 
 
 def _hash_in(db: sqlite3.Connection, tenant: str) -> Callable[[int], str | None]:
