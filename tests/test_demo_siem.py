@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 
+from sealtrail.chain.canonical import hash_row
 from sealtrail.chain.keys import Signer
 from sealtrail.chain.store import ChainStore, CheckpointPolicy
 from sealtrail.demo_siem import LocalSiem, check_received
@@ -69,3 +70,16 @@ def test_unsigned_deliveries_are_refused() -> None:
     assert siem.refused == 1
     assert siem.accept(body, "id", "1", f"v1,{good}")
     assert siem.rows == [b'{"a":"b"}']
+
+
+def test_a_fork_is_named_and_a_duplicate_is_not(db_path: Path, signer: Signer) -> None:
+    """Two different rows at one position of a chain: one of them was made up."""
+    received = rows(db_path, signer)
+    forged = orjson.loads(received[5])
+    forged["reason"] = "a second row 6, with its hash recomputed"
+    forged["record_hash"] = hash_row({k: v for k, v in forged.items() if k != "record_hash"})
+    problems = check_received([*received, orjson.dumps(forged, option=orjson.OPT_SORT_KEYS)],
+                              [signer.public]).problems
+    assert (f"{forged['tenant_id']} (store {forged['store_id']}): two different rows at "
+            f"{forged['tenant_seq']}") in problems
+    assert check_received(received + received[5:6], [signer.public]).problems == []

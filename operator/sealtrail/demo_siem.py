@@ -105,13 +105,19 @@ def check_received(received: list[bytes], keys: list[PublicKey]) -> SiemCheck:
     tenant, and only the store id tells their chains apart.
     """
     chains: dict[tuple[str | None, str], dict[int, dict[str, Any]]] = {}
+    forks: list[str] = []
     for body in received:
         row = orjson.loads(body)
-        chains.setdefault((row.get("store_id"), row["tenant_id"]), {})[row["tenant_seq"]] = row
+        chain = chains.setdefault((row.get("store_id"), row["tenant_id"]), {})
+        seen = chain.setdefault(row["tenant_seq"], row)
+        if seen != row:  # a duplicate (at least once) is the same row; a fork is not
+            forks.append(f"{chain_name(row.get('store_id'), row['tenant_id'])}: two different "
+                         f"rows at {row['tenant_seq']}")
     report = SiemCheck(
         tenants=len({tenant for _, tenant in chains}),
         chains=len(chains),
         stores=len({store for store, _ in chains}),
+        problems=forks,
     )
     for (store_id, tenant), rows in sorted(chains.items(), key=lambda item: str(item[0])):
         name = chain_name(store_id, tenant)
