@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -144,10 +145,27 @@ class RetrySpec(_Model):
         return self
 
 
+def _no_credentials_in_url(url: str) -> str:
+    """Refuse `user:password@` in a URL: a URL is logged and shown, a credential never is."""
+    authority = url.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in authority:
+        raise ValueError(
+            "must not hold a user or password (user:password@host): URLs are logged and "
+            "shown in status; give credentials through the backend's auth fields, which "
+            "read a file or an environment variable"
+        )
+    return url
+
+
+#: An http(s) URL with a host and no credentials in it.
+_HttpUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/.*)?$"),
+                     AfterValidator(_no_credentials_in_url)]
+
+
 class SplunkSpec(_Model):
     """Splunk HTTP Event Collector."""
 
-    hec_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/.*)?$")]
+    hec_url: _HttpUrl
     token: CredentialRef
     index: str | None = None
     sourcetype: str = "sealtrail:audit"
@@ -182,7 +200,7 @@ class ElasticAuth(_Model):
 class ElasticSpec(_Model):
     """Elasticsearch `_bulk`."""
 
-    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/.*)?$")]
+    url: _HttpUrl
     index: str = "sealtrail-audit"
     data_stream: bool = False
     #: Ingest pipeline to run on each document. Data streams need one that copies `timestamp`
@@ -200,7 +218,7 @@ class DatadogSpec(_Model):
         "ap1.datadoghq.com", "ap2.datadoghq.com", "uk1.datadoghq.com", "ddog-gov.com",
         "us2.ddog-gov.com",
     ] = "datadoghq.com"
-    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/.*)?$")] | None = None
+    url: _HttpUrl | None = None
     service: str = "sealtrail"
     source: str = "sealtrail"
     tags: list[str] = Field(default_factory=list)
@@ -209,7 +227,7 @@ class DatadogSpec(_Model):
 class WebhookSpec(_Model):
     """A signed webhook (Standard Webhooks)."""
 
-    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/.*)?$")]
+    url: _HttpUrl
     secret: CredentialRef
 
 
@@ -230,7 +248,7 @@ class CloudWatchSpec(_Model):
     log_group: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[.\-_/#A-Za-z0-9]+$")]
     log_stream: str = "${tenant:id}"
     region: str | None = None
-    endpoint_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/.*)?$")] | None = None
+    endpoint_url: _HttpUrl | None = None
     create_missing: bool = True
 
 
@@ -251,7 +269,8 @@ class ExportSettings(_Model):
     batch: BatchSpec = Field(default_factory=BatchSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     tls: TLSSpec = Field(default_factory=TLSSpec)
-    proxy_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+/?$")] | None = None
+    proxy_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+/?$"),
+                         AfterValidator(_no_credentials_in_url)] | None = None
 
     @model_validator(mode="wrap")
     @classmethod

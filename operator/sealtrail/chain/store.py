@@ -369,8 +369,11 @@ class ChainStore:
         if last is not None:
             signed = datetime.fromisoformat(last.signed_at)
             return (now - signed).total_seconds() >= policy.every_seconds
-        since = self._pending_since.get(tenant)
-        return since is not None and time.monotonic() - since >= policy.every_seconds
+        # A chain with no checkpoint yet whose rows this store object did not write (they
+        # are from before a restart, or from another process): its clock starts now, so they
+        # get a checkpoint within every_seconds instead of never.
+        since = self._pending_since.setdefault(tenant, time.monotonic())
+        return time.monotonic() - since >= policy.every_seconds
 
     def _sign_head(self, tenant: str, signer: Signer, now: datetime) -> Checkpoint:
         tenant_seq, head_hash = self._load_head(tenant)
@@ -637,6 +640,7 @@ class _Transaction:
     def __enter__(self) -> None:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # other processes' writers: see the module doc
         try:
+            self._rollback()  # what a failed ROLLBACK may have left open
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -655,9 +659,22 @@ class _Transaction:
             try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as failure:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise StoreError(f"commit failed; nothing of it was stored: {failure}") from None
             return
-        self._db.execute("ROLLBACK")
+        self._rollback()
         if isinstance(error, sqlite3.Error):
             raise StoreError(f"write failed; nothing of it was stored: {error}") from None
+
+    def _rollback(self) -> None:
+        """Roll back what is left of the transaction.
+
+        After SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM (and a few others) SQLite may already
+        have rolled the whole transaction back by itself; a ROLLBACK then raises "cannot
+        rollback - no transaction is active", which would hide the real error (a full disk)
+        behind a confusing one. So: only if a transaction is still open, and a failing
+        ROLLBACK never replaces the error that caused it.
+        """
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")

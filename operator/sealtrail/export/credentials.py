@@ -9,14 +9,19 @@ to say which rotation is in use.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
+from urllib.parse import quote, quote_plus
 
 from sealtrail.api.export import CredentialRef
 
-__all__ = ["Credential", "CredentialError"]
+__all__ = ["REDACTED", "Credential", "CredentialError", "redact"]
 
 
 class CredentialError(Exception):
@@ -60,3 +65,41 @@ class Credential:
         if self._value is None:
             return None
         return hashlib.sha256(self._value.encode()).hexdigest()[:12]
+
+
+#: What a secret is replaced with in text a peer supplied.
+REDACTED: Final = "[REDACTED]"
+#: Shorter values are not looked for (they would match everywhere); no real credential is.
+_MIN_SECRET: Final = 4
+# Whatever follows an HTTP auth scheme is a credential, known to us or not (a proxy may echo
+# one it added itself).
+_AUTH_SCHEME: Final = re.compile(
+    r"(?i)\b(ApiKey|Basic|Bearer|Splunk|Token|DSN)(\s+|%20|\+)[A-Za-z0-9+/=._~:%-]{8,}")
+
+
+def _spellings(secret: str) -> set[str]:
+    """The ways a secret can come back in an answer: as is, URL-quoted, and base64'd."""
+    raw = secret.encode()
+    found = {secret, quote(secret, safe=""), quote_plus(secret),
+             base64.b64encode(raw).decode("ascii"),
+             base64.urlsafe_b64encode(raw).decode("ascii"),
+             base64.b64encode(raw).decode("ascii").rstrip("=")}
+    return {spelling for spelling in found if len(spelling) >= _MIN_SECRET}
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` (from a peer, or an error about one) with every spelling of `secrets` removed.
+
+    Each secret is removed as is, URL-quoted and base64-encoded (`Basic` sends
+    base64("user:password"): give that pair as a secret too), and anything after an HTTP auth
+    scheme (`ApiKey ...`, `Basic ...`, `Bearer ...`, `Splunk ...`) goes as well. The one place
+    peer-supplied text passes before status, metrics or logs hold it.
+    """
+    spellings: set[str] = set()
+    for secret in secrets:
+        if secret:
+            spellings |= _spellings(secret)
+    # Longest first, so that a secret inside another's encoding cannot leave a tail behind.
+    for spelling in sorted(spellings, key=len, reverse=True):
+        text = text.replace(spelling, REDACTED)
+    return _AUTH_SCHEME.sub(lambda match: f"{match.group(1)} {REDACTED}", text)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Final
 
 from prometheus_client import CollectorRegistry
 
@@ -26,6 +28,9 @@ from sealtrail.export.routing import Router
 __all__ = ["ConfigError", "ExportEngine", "validate_config"]
 
 log = logging.getLogger("sealtrail.export")
+
+#: How long a loop that failed unexpectedly waits before it runs again (at most).
+RESTART_MAX_SECONDS: Final = 30.0
 
 
 class ConfigError(ValueError):
@@ -81,18 +86,53 @@ class ExportEngine:
         }
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._started = False
+        #: Called whenever an export's cursor moves (the worker recomputes its lag then).
+        self.on_advance: Callable[[], None] | None = None
 
     def _loop(self, export: ExportSpec) -> ExportLoop:
         backend: Backend = backend_class(export.kind)(export, self.clients)
-        return ExportLoop(export, backend, self.store, self.router, self.metrics)
+        return ExportLoop(export, backend, self.store, self.router, self.metrics,
+                          on_advance=self._advanced)
+
+    def _advanced(self) -> None:
+        if self.on_advance is not None:
+            self.on_advance()
+
+    def _run_task(self, name: str) -> asyncio.Task[None]:
+        return asyncio.create_task(self._supervise(self.loops[name]), name=f"export-{name}")
+
+    async def _supervise(self, loop: ExportLoop) -> None:
+        """Run `loop` until it stops; if it fails, say so everywhere and run it again.
+
+        A loop is built not to raise, so this is for what nobody foresaw: one export must
+        never stop for good, silently, while the lag grows behind it.
+        """
+        failures = 0
+        while True:
+            try:
+                await loop.run()
+            except Exception as error:  # noqa: BLE001 - logged (redacted), shown, restarted
+                failures += 1
+                delay = min(RESTART_MAX_SECONDS, 0.5 * 2 ** min(failures, 8))
+                loop.last_error = loop.redact(
+                    f"the export loop failed ({type(error).__name__}: {error}); "
+                    f"restarting in {delay:g}s")
+                log.error("export %s: %s", loop.name, loop.redact(  # noqa: TRY400 - redacted
+                    "".join(traceback.format_exception(error)).rstrip()))
+                self.metrics.restarts.labels(loop.name).inc()
+                await asyncio.sleep(delay)
+                if loop.stopping:
+                    return
+                continue
+            return
 
     def start(self) -> None:
         """Start every loop as its own task (call inside a running event loop)."""
         self._started = True
         self.metrics.last_seq.set(self.store.last_seq())
-        for name, loop in self.loops.items():
+        for name in self.loops:
             if name not in self._tasks:
-                self._tasks[name] = asyncio.create_task(loop.run(), name=f"export-{name}")
+                self._tasks[name] = self._run_task(name)
 
     def notify(self, last_seq: int | None = None) -> None:
         """New rows were stored: wake every loop."""
@@ -138,8 +178,7 @@ class ExportEngine:
             self.loops[name] = self._loop(export)
             changes.append(f"started {name}")
             if self._started:
-                self._tasks[name] = asyncio.create_task(self.loops[name].run(),
-                                                        name=f"export-{name}")
+                self._tasks[name] = self._run_task(name)
         self.config = config
         return changes
 

@@ -9,11 +9,19 @@ setting's files have changed, a new client with the new `SSLContext` is handed o
 on. The old one is closed once nothing has been in flight on it for `RETIRE_IDLE_SECONDS`, so a
 batch (or a Splunk ack wait) that started on it finishes on it. New files that cannot be used
 leave the old client in use, with a warning naming them.
+
+httpx logs every request at INFO with its URL; a URL's query string can hold a token (some
+receivers take one there). While clients built here exist, the `httpx` logger carries
+`RedactUrls`, which cuts query strings, fragments and any `user:password@` from what it logs.
+httpcore, at DEBUG, logs each response's headers: a peer can put anything there, an echoed
+`Authorization` header included, so its loggers carry `RedactUrls` too, which drops the
+`return_value=` part of their records.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from dataclasses import dataclass
@@ -30,13 +38,61 @@ from sealtrail.export.tls_files import (
     client_context,
 )
 
-__all__ = ["RETIRE_IDLE_SECONDS", "TLS_CHECK_SECONDS", "HttpClients", "TlsFileError", "post"]
+__all__ = [
+    "RETIRE_IDLE_SECONDS",
+    "TLS_CHECK_SECONDS",
+    "HttpClients",
+    "RedactUrls",
+    "TlsFileError",
+    "post",
+    "safe_url",
+]
 
 #: How long a replaced client must have had nothing in flight before it is closed. Longer than
 #: the longest pause inside one delivery: Splunk's ack polls are at most 60 s apart.
 RETIRE_IDLE_SECONDS: Final = 120.0
 
 _Key = tuple[TLSSpec, str | None]
+
+log = logging.getLogger("sealtrail.export")
+
+
+def safe_url(url: str | httpx.URL) -> str:
+    """`url` fit for a log: no `user:password@`, and a query string or fragment only as `?...`."""
+    try:
+        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "<unparsable URL>"
+    shown = parsed.copy_with(username=None, password=None, query=None, fragment=None)
+    return str(shown) + ("?[REDACTED]" if parsed.query else "")
+
+
+#: httpcore's loggers (a filter on a parent logger does not see its children's records).
+_HTTPCORE_LOGGERS: Final = ("httpcore.connection", "httpcore.http11", "httpcore.http2",
+                            "httpcore.proxy", "httpcore.socks", "httpcore.connection_pool")
+
+
+class RedactUrls(logging.Filter):
+    """Makes httpx's and httpcore's records safe: URLs via `safe_url`, no peer headers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the record, its URLs made safe and what a peer sent left out."""
+        if record.name.startswith("httpcore") and isinstance(record.msg, str) \
+                and "return_value=" in record.msg:
+            record.msg = record.msg.split(" return_value=", 1)[0] + " (return value not logged)"
+            record.args = ()
+        if isinstance(record.args, tuple) and any(
+                isinstance(arg, httpx.URL) for arg in record.args):
+            record.args = tuple(safe_url(arg) if isinstance(arg, httpx.URL) else arg
+                                for arg in record.args)
+        return True
+
+
+def _redact_httpx_logs() -> None:
+    for name in ("httpx", *_HTTPCORE_LOGGERS):
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, RedactUrls) for existing in logger.filters):
+            logger.addFilter(RedactUrls())
 
 
 class _Client(httpx.AsyncClient):
@@ -73,6 +129,7 @@ class HttpClients:
     def __init__(self, *, check_seconds: float = TLS_CHECK_SECONDS,
                  retire_idle_seconds: float = RETIRE_IDLE_SECONDS) -> None:
         """Start with no clients; they are made on first use."""
+        _redact_httpx_logs()
         self.check_seconds = check_seconds
         self.retire_idle_seconds = retire_idle_seconds
         self._entries: dict[_Key, _Entry] = {}
@@ -108,7 +165,12 @@ class HttpClients:
             return
         task = loop.create_task(self._close_when_idle(client), name="close-replaced-http-client")
         self._closers.add(task)
-        task.add_done_callback(self._closers.discard)
+        task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self._closers.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.warning("closing a replaced HTTP client failed: %s", type(error).__name__)
 
     async def _close_when_idle(self, client: _Client) -> None:
         while True:

@@ -11,6 +11,12 @@ is down or refusing rows never holds up another. The guarantees:
   retried; after `pauseAfterFailures` consecutive permanent failures the export pauses with the
   reason. It resumes on `resume()`, a config change (a new loop), or a changed credential.
 - **Back-pressure, not loss.** The backlog stays in the store; the loop holds one batch.
+- **A failed cursor write is not the end.** When the store cannot record a delivery (a full
+  disk), the loop says so (status `lastError`, a metric, the log) and tries again with backoff
+  until it can; the rows are resent at worst, never skipped.
+- **No credential leaves through a peer's words.** Every reason a backend gives passes
+  `credentials.redact` with the backend's credential values before status or a log holds it,
+  whatever a proxy or SIEM echoed back.
 """
 
 from __future__ import annotations
@@ -20,15 +26,16 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Final
 
 from sealtrail.api.export import ExportSpec
 from sealtrail.chain.store import ChainStore, StoredRow
 from sealtrail.export.backends.base import Backend, ExportRow, render_template
 from sealtrail.export.batching import AdaptiveInterval, full_jitter_seconds, plan_batches
-from sealtrail.export.credentials import CredentialError
+from sealtrail.export.credentials import CredentialError, redact
 from sealtrail.export.metrics import ExportMetrics
 from sealtrail.export.outcome import Outcome, OutcomeKind
 from sealtrail.export.routing import Router
@@ -74,8 +81,9 @@ class ExportLoop:
         metrics: ExportMetrics,
         *,
         rng: random.Random | None = None,
+        on_advance: Callable[[], None] | None = None,
     ) -> None:
-        """Set up; nothing runs until `run()`."""
+        """Set up; nothing runs until `run()`. `on_advance` is called when the cursor moves."""
         self.spec = spec
         self.name = spec.name
         self.backend = backend
@@ -101,6 +109,8 @@ class ExportLoop:
         self._paused_credential: str | None = None
         self._self_paused = False
         self._default_destination = backend.default_destination()
+        self._on_advance = on_advance
+        self._cursor_failures = 0  # consecutive failed cursor writes
         metrics.export_last_seq.labels(self.name).set(self.cursor)
         metrics.interval.labels(self.name).set(self.interval.current_ms)
         metrics.interval_max.labels(self.name).set(self.interval.max_ms)
@@ -126,6 +136,11 @@ class ExportLoop:
     def interrupt(self) -> None:
         """End whatever wait the loop is in (a drain, a stop, a resume)."""
         self._interrupt.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop()` was called."""
+        return self._stopping
 
     def stop(self) -> None:
         """Finish the current attempt and return from `run()`."""
@@ -330,13 +345,21 @@ class ExportLoop:
             outcome = await self.backend.send(rows)
         except CredentialError as error:
             outcome = Outcome(OutcomeKind.AUTH, str(error))
-        except Exception as error:
-            log.exception("export %s: the %s backend raised", self.name, self.spec.kind)
+        except Exception as error:  # noqa: BLE001 - logged with its traceback, redacted
+            log.error("export %s: the %s backend raised: %s",  # noqa: TRY400 - redacted
+                      self.name, self.spec.kind,
+                      self.redact("".join(traceback.format_exception(error))).rstrip())
             outcome = Outcome(OutcomeKind.RETRYABLE,
                               f"unexpected {type(error).__name__} in the {self.spec.kind} backend")
         self.metrics.request_seconds.labels(self.name).observe(time.perf_counter() - started)
         self.metrics.outcomes.labels(self.name, outcome.kind.value).inc()
+        if outcome.reason:
+            outcome = replace(outcome, reason=self.redact(outcome.reason))
         return outcome
+
+    def redact(self, text: str) -> str:
+        """`text` without any spelling of this export's credentials (see `credentials.redact`)."""
+        return redact(text, self.backend.secrets())
 
     def _permanent(self, outcome: Outcome, rows: list[ExportRow]) -> bool:
         """Record a permanent failure; True if it paused the export."""
@@ -372,11 +395,38 @@ class ExportLoop:
             await self._advance(batch[prefix - 1].seq)
 
     async def _advance(self, seq: int) -> None:
-        if seq <= self.cursor:
-            return
-        await asyncio.to_thread(self.store.set_cursor, self.name, seq)
-        self.cursor = seq
-        self.metrics.export_last_seq.labels(self.name).set(seq)
+        """Record delivery up to `seq`, trying until the store takes it (or the loop stops).
+
+        A store that cannot write (a full disk) must not end the loop: the rows were
+        delivered, so the worst a lost cursor write costs is sending them again. Until the
+        write succeeds, status says why (`lastError`) and the failures are counted.
+        """
+        while seq > self.cursor:
+            try:
+                await asyncio.to_thread(self.store.set_cursor, self.name, seq)
+            except Exception as error:  # noqa: BLE001 - any store failure: retry, never die
+                self._cursor_failures += 1
+                self.metrics.cursor_write_failures.labels(self.name).inc()
+                delay = full_jitter_seconds(self._cursor_failures - 1,
+                                            self.spec.retry.initial_backoff_ms,
+                                            self.spec.retry.max_backoff_ms, self._rng)
+                self.last_error = (f"cannot record delivery up to seq {seq} in the store "
+                                   f"({type(error).__name__}: {error}); retrying")
+                # No traceback: a full disk would repeat one at every retry.
+                log.error("export %s: %s in %.2fs",  # noqa: TRY400
+                          self.name, self.last_error, delay)
+                if self._stopping or self._past_deadline():
+                    return  # the rows are resent after the cursor on the next run
+                await self._sleep(delay)
+                continue
+            if self._cursor_failures:
+                log.info("export %s: the store records deliveries again", self.name)
+                self._cursor_failures = 0
+                self.last_error = None
+            self.cursor = seq
+            self.metrics.export_last_seq.labels(self.name).set(seq)
+            if self._on_advance is not None:
+                self._on_advance()
 
     def _set_interval(self, *, collapse: bool) -> None:
         if collapse:

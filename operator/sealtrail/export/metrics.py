@@ -49,6 +49,16 @@ class ExportMetrics:
             "Rows the SIEM refused for good (the export pauses; rows are never skipped).",
             ["export"], registry=registry,
         )
+        self.cursor_write_failures = Counter(
+            "sealtrail_audit_export_cursor_write_failures_total",
+            "Failed attempts to record a delivery in the store (a full disk, say); retried.",
+            ["export"], registry=registry,
+        )
+        self.restarts = Counter(
+            "sealtrail_audit_export_loop_restarts_total",
+            "Times an export's loop failed unexpectedly and was restarted.",
+            ["export"], registry=registry,
+        )
         self.interval = Gauge(
             "sealtrail_audit_batch_interval_ms", "Current adaptive batch interval.", ["export"],
             registry=registry,
@@ -70,6 +80,7 @@ class ExportMetrics:
     def forget(self, export: str) -> None:
         """Drop an export's series (it was removed from the config)."""
         for metric in (self.export_last_seq, self.events, self.bytes, self.rejected,
+                       self.cursor_write_failures, self.restarts,
                        self.interval, self.interval_max, self.paused, self.request_seconds):
             with contextlib.suppress(KeyError):
                 metric.remove(export)

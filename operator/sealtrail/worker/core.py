@@ -11,12 +11,13 @@ checkpoint timer), the store's policy is pointed at the key the file holds now.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,51 @@ log = logging.getLogger("sealtrail.worker")
 
 #: How often the worker looks for rows committed by other processes.
 FOLLOW_SECONDS = 0.01
+#: How often back-pressure and the lag gauge are recomputed even when nothing happens.
+LAG_REFRESH_SECONDS = 1.0
+#: How long a background task that failed waits before it runs again (at most).
+RESTART_MAX_SECONDS = 30.0
+#: At most this many (seq, stored-at) marks are kept for `lag_seconds` (see `StoredAt`).
+STORED_AT_MARKS = 4096
+
+
+class StoredAt:
+    """When rows were stored, to the worker's knowledge: for `lag_seconds`.
+
+    A mark `(seq, t)` says every row up to `seq` had been committed by wall-clock time `t`.
+    Marks are added as the worker commits or notices rows and dropped once every export is
+    past them; when there are too many (an export paused for a month), neighbours are merged
+    keeping the earlier time, so the lag shown can only be too large, never too small. Rows
+    stored before the worker started are marked with its start time: the store keeps no
+    stored-at time per row (an event's own `timestamp` is the client's, and can be anything).
+    """
+
+    def __init__(self, last_seq: int, now: float) -> None:
+        """Everything up to `last_seq` is marked as stored at `now`."""
+        self._seqs: list[int] = [last_seq] if last_seq > 0 else []
+        self._times: list[float] = [now] if last_seq > 0 else []
+
+    def stored(self, last_seq: int, now: float) -> None:
+        """Rows up to `last_seq` are committed by `now`."""
+        if self._seqs and last_seq <= self._seqs[-1]:
+            return
+        self._seqs.append(last_seq)
+        self._times.append(now)
+        if len(self._seqs) > STORED_AT_MARKS:
+            # Merge pairs: (a, ta), (b, tb) -> (b, ta): rows a+1..b are taken as stored at ta.
+            self._seqs = self._seqs[1::2] if len(self._seqs) % 2 == 0 else \
+                [*self._seqs[1:-1:2], self._seqs[-1]]
+            self._times = self._times[0::2][: len(self._seqs)]
+
+    def oldest_after(self, cursor: int) -> float | None:
+        """When the oldest row after `cursor` was stored, or None if none is known."""
+        index = bisect.bisect_right(self._seqs, cursor)
+        return self._times[index] if index < len(self._seqs) else None
+
+    def forget_through(self, cursor: int) -> None:
+        """Drop marks every export is past."""
+        index = bisect.bisect_right(self._seqs, cursor)
+        del self._seqs[:index], self._times[:index]
 
 
 class IngestCore:
@@ -107,6 +153,10 @@ class WorkerCore(IngestCore):
         """Open the store and build the exports (nothing runs until `start`)."""
         super().__init__(config, registry, self.lag)
         self.engine = ExportEngine(self.store, config, registry)
+        self.engine.on_advance = self._exports_moved
+        self.stored_at = StoredAt(self.last_seq, time.time())
+        #: The last failure of each background task, for status (None: running fine).
+        self.background_errors: dict[str, str | None] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -115,9 +165,53 @@ class WorkerCore(IngestCore):
         """Start the exports, the checkpoint timer, and the watch for other writers."""
         self.engine.start()
         if self.store.checkpoint_policy is not None:
-            self._tasks.append(asyncio.create_task(self._checkpoints(), name="checkpoint-timer"))
-        self._tasks.append(asyncio.create_task(self._follow_store(), name="store-follower"))
+            self._background("checkpoint-timer", self._checkpoints)
+        self._background("store-follower", self._follow_store)
+        self._background("lag-refresh", self._refresh_lag)
         self.ready = True
+
+    def _background(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        self.background_errors[name] = None
+        self._tasks.append(asyncio.create_task(self._supervise(name, body), name=name))
+
+    async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run `body` for good: a failure is logged, shown in status and followed by a restart.
+
+        Nothing the worker runs in the background may die silently (a dead checkpoint timer
+        or store follower leaves status looking healthy while the promise behind it is gone).
+        """
+        failures = 0
+        while True:
+            try:
+                await body()
+            except Exception as error:  # logged, shown in status, restarted
+                failures += 1
+                delay = min(RESTART_MAX_SECONDS, 0.5 * 2 ** min(failures, 8))
+                self.background_errors[name] = (
+                    f"{type(error).__name__}: {error}; restarted after {delay:g}s "
+                    f"({failures} failures)")
+                log.exception("%s failed; restarting in %gs", name, delay)
+                await asyncio.sleep(delay)
+            else:
+                return
+
+    def _exports_moved(self) -> None:
+        """An export's cursor moved: the lag and back-pressure follow at once."""
+        self.backpressure.update()
+        self.stored_at.forget_through(self._min_cursor())
+
+    def _min_cursor(self) -> int:
+        return min((loop.cursor for loop in self.engine.loops.values()), default=self.last_seq)
+
+    def _stored(self, last_seq: int) -> None:
+        """Rows up to `last_seq` are committed (here or by another process)."""
+        self.stored_at.stored(last_seq, time.time())
+
+    async def _refresh_lag(self) -> None:
+        """Recompute back-pressure and the lag gauge now and then, whatever else happens."""
+        while True:
+            await asyncio.sleep(LAG_REFRESH_SECONDS)
+            self.backpressure.update()
 
     async def _follow_store(self) -> None:
         """Notice rows other processes commit (ingest processes, `sealtrail append`).
@@ -136,19 +230,23 @@ class WorkerCore(IngestCore):
             last = await asyncio.to_thread(self.store.last_seq)
             if last > self.last_seq:
                 self.last_seq = last
+                self._stored(last)
                 self.engine.notify(last)
+                self.backpressure.update()
 
     async def _checkpoints(self) -> None:
+        """Sign what is due by time; from the start too (rows from before a restart count)."""
         policy = self.store.checkpoint_policy
         assert policy is not None  # noqa: S101 - only started with a policy
         every = min(policy.every_seconds or 5.0, 5.0)
         while True:
-            await asyncio.sleep(every)
             self.follow_signing_key()
             made = await asyncio.to_thread(self.store.emit_due_checkpoints)
             if made:
                 self.last_seq = await asyncio.to_thread(self.store.last_seq)
+                self._stored(self.last_seq)
                 self.engine.notify(self.last_seq)
+            await asyncio.sleep(every)
 
     async def drain_and_stop(self, timeout_seconds: float) -> bool:
         """Stop taking work, let exports catch up until the deadline, stop. True if drained.
@@ -185,6 +283,7 @@ class WorkerCore(IngestCore):
 
     def appended(self, last_seq: int) -> None:
         """Wake the exports: there is more to send."""
+        self._stored(last_seq)
         self.engine.notify(last_seq)
 
     async def reload(self, config: WorkerConfig) -> list[str]:
@@ -198,16 +297,16 @@ class WorkerCore(IngestCore):
 
     def status(self) -> dict[str, Any]:
         """Delivery truth per export and chain state per tenant (never a secret)."""
-        now = datetime.now(UTC)
+        now = time.time()
+        self.backpressure.update()
         exports = []
         for loop in self.engine.loops.values():
             item = asdict(loop.status())
-            pending = self.store.export_rows(loop.cursor, 1)
-            lag_seconds = 0.0
-            if pending:
-                with contextlib.suppress(ValueError):
-                    lag_seconds = max(0.0, (now - datetime.fromisoformat(pending[0].timestamp))
-                                      .total_seconds())
+            # From when the oldest undelivered row was stored, not from its own timestamp
+            # (which the client set, and which may be a month old or in the future).
+            stored_at = self.stored_at.oldest_after(loop.cursor) if loop.cursor < self.last_seq \
+                else None
+            lag_seconds = 0.0 if stored_at is None else max(0.0, now - stored_at)
             item.update(last_stored_seq=self.last_seq, acked_seq=loop.cursor,
                         lag_rows=self.last_seq - loop.cursor, lag_seconds=round(lag_seconds, 3))
             exports.append(item)
@@ -227,6 +326,8 @@ class WorkerCore(IngestCore):
             "last_seq": self.last_seq,
             "ready": self.ready,
             "backpressure": {"state": self.backpressure.state.value, "lag_rows": self.lag()},
+            "background_errors": {name: error for name, error in self.background_errors.items()
+                                  if error is not None},
             "exports": exports,
             "tenants": tenants,
         }

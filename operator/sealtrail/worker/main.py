@@ -89,7 +89,8 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
             changes.append("NATS source " + ("stopped" if new.nats is None else "restarted"))
         return ", ".join(changes) or "exports unchanged"
 
-    watcher = asyncio.create_task(watch_config(config_path, apply))
+    watcher = asyncio.create_task(watch_config(config_path, apply), name="config-watch")
+    watcher.add_done_callback(_report_failure)
     await stop.wait()
     log.info("stopping: no new requests; draining exports for up to %ss",
              core.config.drain_timeout_seconds)
@@ -110,6 +111,12 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     return 0
 
 
+def _report_failure(task: asyncio.Task[None]) -> None:
+    """Log a background task that ended by failing, the moment it does (never silently)."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("%s failed and is no longer running", task.get_name(), exc_info=error)
+
+
 class _NatsRunner:
     """The NATS source of a worker, if its config has one; replaced live on a config change."""
 
@@ -122,6 +129,7 @@ class _NatsRunner:
         if spec is not None:
             self._source = NatsSource(self._core, spec)
             self._task = asyncio.create_task(self._source.run(), name="nats-source")
+            self._task.add_done_callback(_report_failure)
 
     async def stop(self) -> None:
         if self._source is not None and self._task is not None:

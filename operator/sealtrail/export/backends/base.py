@@ -15,13 +15,14 @@ all of that the same way for every SIEM. It must:
 from __future__ import annotations
 
 import abc
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from sealtrail.api.export import ExportSpec
-from sealtrail.export.credentials import Credential
+from sealtrail.export.credentials import Credential, CredentialError
 from sealtrail.export.http import HttpClients
 from sealtrail.export.outcome import Outcome
 
@@ -170,6 +171,21 @@ class Backend(abc.ABC):
         """Re-read every credential from its source now (after an AUTH outcome)."""
         for credential in self.credentials():
             credential.value(force=True)
+
+    def secrets(self) -> list[str]:
+        """Every credential value this backend may send, in the forms it sends them.
+
+        The loop removes each from whatever a peer answers (`credentials.redact`) before a
+        reason reaches status, metrics or logs. A backend that combines values (Basic's
+        `user:password`) adds the combination.
+        """
+        found = []
+        for credential in self.credentials():
+            with contextlib.suppress(CredentialError):
+                value = credential.value()
+                found.append(value)
+                found.extend(value.split())  # e.g. both webhook secrets during a rotation
+        return found
 
     def credential_version(self) -> str | None:
         """Short digest(s) of the credentials in use, for status; never the values."""

@@ -23,6 +23,7 @@ checker there can recompute the chain (docs/chain-format.md).
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,14 @@ class ElasticBackend(Backend):
         """The one credential of the configured auth mode (none without auth)."""
         found = (self._api_key, self._bearer, self._basic_password)
         return [credential for credential in found if credential is not None]
+
+    def secrets(self) -> list[str]:
+        """The credential values, and Basic's `user:password` pair (sent base64'd)."""
+        found = super().secrets()
+        if self._basic_password is not None:
+            with contextlib.suppress(CredentialError):
+                found.append(f"{self._basic_user}:{self._basic_password.value()}")
+        return found
 
     def _index_for(self, row: ExportRow) -> str:
         if row.destination is not None:
