@@ -497,3 +497,37 @@ def test_status_is_json_clean(tmp_path: Path) -> None:
     status = asyncio.run(main())
     assert orjson.loads(orjson.dumps(status))["background_errors"] == {}
 
+
+
+def test_cloudwatch_gives_its_aws_secrets_to_the_redaction(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE00")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-key-0123456789")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "aws-session-token-0123456789")
+
+    async def main() -> tuple[list[str], str]:
+        async with receiver() as siem:
+            siem.echo = True
+            config = ExportsConfig.model_validate({"exports": [{
+                "name": "cw", "cloudwatch": {"logGroup": "audit", "region": "eu-west-1",
+                                             "endpointUrl": siem.url},
+                "retry": {"initialBackoffMs": 10, "maxBackoffMs": 20, "pauseAfterFailures": 1,
+                          "requestTimeoutSeconds": 5}}]})
+            with ChainStore(tmp_path / "audit.db") as store:
+                store.append(events(1))
+                engine = ExportEngine(store, config, CollectorRegistry())
+                try:
+                    await engine.drain(3)
+                    loop = engine.loops["cw"]
+                    return loop.backend.secrets(), loop.redact(
+                        "echo: aws-secret-key-0123456789 aws-session-token-0123456789")
+                finally:
+                    await engine.stop()
+
+    secrets, redacted = asyncio.run(main())
+    assert {"aws-secret-key-0123456789", "aws-session-token-0123456789"} <= set(secrets)
+    assert "aws-secret" not in redacted
+    assert "aws-session" not in redacted

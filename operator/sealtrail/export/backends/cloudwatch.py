@@ -261,6 +261,7 @@ class CloudWatchBackend(Backend):
         self._lock = threading.Lock()
         self._client: _LogsClient | None = None
         self._credential_digest: str | None = None
+        self._aws_secrets: list[str] = []  # secret key and session token last loaded
 
     # -- the Backend interface ----------------------------------------------------------------
 
@@ -294,6 +295,10 @@ class CloudWatchBackend(Backend):
     def credential_version(self) -> str | None:
         """First 12 hex digits of SHA-256 of the access key id last used (never the key)."""
         return self._credential_digest
+
+    def secrets(self) -> list[str]:
+        """The secret access key and session token last loaded, for the loop to redact."""
+        return list(self._aws_secrets)
 
     async def send(self, rows: Sequence[ExportRow]) -> Outcome:
         """Send the batch as one or more PutLogEvents calls from a worker thread."""
@@ -504,7 +509,9 @@ class CloudWatchBackend(Backend):
         credentials = session.get_credentials()
         if credentials is None:
             raise botocore.exceptions.NoCredentialsError
-        access_key = cast("str", credentials.get_frozen_credentials().access_key)
+        frozen = credentials.get_frozen_credentials()
+        access_key = cast("str", frozen.access_key)
+        self._aws_secrets = [str(value) for value in (frozen.secret_key, frozen.token) if value]
         client = session.client(
             "logs",
             region_name=self.cloudwatch.region,
