@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 
 from sealtrail.api.event import Event
 from sealtrail.chain.store import ChainStore
@@ -241,3 +242,16 @@ def test_every_sealtrail_command_in_the_readme_is_one_the_cli_takes() -> None:
             _parser().parse_args(words[1:])
         except SystemExit as error:
             raise AssertionError(f"the README documents {line!r}, which the CLI refuses") from error
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--checkpoint-seconds", "nan"), ("--checkpoint-seconds", "inf"),
+    ("--checkpoint-seconds", "0"), ("--checkpoint-every", "0"), ("--batch", "-5"),
+])
+def test_append_refuses_a_setting_that_would_mean_never(cli: Cli, db_path: Path,
+                                                        flag: str, value: str) -> None:
+    """`nan` seconds between checkpoints would mean no time-based checkpoint, ever."""
+    result = cli("append", "--db", db_path, flag, value, stdin=b"")
+    assert result.returncode == 3  # a usage error
+    assert flag.encode() in result.stderr
+    assert not db_path.exists()  # nothing was created

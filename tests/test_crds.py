@@ -412,6 +412,10 @@ ROUTES = {"routes": [{"exports": ["splunk-main"]}]}
 EXPORT_CASES: list[tuple[str, Json, str | None, bool]] = [
     # (id, spec, expected message of the refusing rule, valid)
     ("webhook", WEBHOOK, None, True),
+    ("url-with-credentials", {"splunk": {**SPLUNK["splunk"], "hecUrl": "https://u:p@splunk"}},
+     None, False),
+    ("url-at-in-path", {"splunk": {**SPLUNK["splunk"], "hecUrl": "https://splunk/a@b"}},
+     None, True),
     ("splunk-full", {"splunk": {**SPLUNK["splunk"], "index": "audit", "sourcetype": "x:y",
                                 "indexerAck": True, "ackTimeoutSeconds": 0.5,
                                 "ackPollMs": 10}, "paused": True}, None, True),

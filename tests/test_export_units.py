@@ -147,11 +147,23 @@ def test_templates_fit_every_tenant() -> None:
         ("${tenant:id}", "not a legal index"),  # _system would render "_system"
         ("audit_${tenant}", "unknown variable"),
         ("audit idx", "not a legal index"),
+        ("audit\n", "not a legal index"),  # `$` alone would let the newline through
     ],
 )
 def test_bad_templates_are_config_errors(template: str, message: str) -> None:
     with pytest.raises(TemplateError, match=message):
         check_template(template, SPLUNKISH)
+
+
+def test_a_misspelt_setting_is_called_one_not_an_event_field(tmp_path: Path) -> None:
+    config = tmp_path / "exports.yaml"
+    config.write_text("exports:\n  - name: s\n    splunk:\n      hecURL: https://splunk\n"
+                      "      token: {file: /t}\n")
+    with pytest.raises(ConfigFileError) as raised:
+        load_config(config, ExportsConfig)
+    assert "exports[0].splunk.hecURL: is not a known setting (check its spelling)" in str(
+        raised.value)
+    assert "audit event" not in str(raised.value)
 
 
 def test_config_problems_are_listed_by_path(tmp_path: Path) -> None:

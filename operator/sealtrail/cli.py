@@ -8,6 +8,7 @@ Exit codes are part of the interface, so scripts and CI jobs can act on them:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -82,6 +83,28 @@ def _add_operator_parser(commands: Any) -> None:
     operator.add_argument("--liveness-port", type=int, default=8080)
 
 
+def _positive_seconds(text: str) -> float:
+    """A finite number of seconds above 0 (`nan` or `inf` would mean "never")."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds above 0")
+    return value
+
+
+def _positive_count(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def _seq_bound(text: str) -> int:
     """A `seq` to read after: rows start at 1, so 0 or more, and within SQLite's 64 bits."""
     try:
@@ -105,12 +128,14 @@ def _parser() -> argparse.ArgumentParser:
 
     append = commands.add_parser("append", help="append NDJSON events from stdin")
     append.add_argument("--db", type=Path, required=True)
-    append.add_argument("--batch", type=int, default=500, help="events per transaction")
+    append.add_argument("--batch", type=_positive_count, default=500,
+                        help="events per transaction")
     append.add_argument("--tenant", default="default", help="tenant for events that name none")
     append.add_argument("--synchronous", choices=["FULL", "EXTRA", "NORMAL"], default="FULL")
     append.add_argument("--checkpoint-key", type=Path, help="sign checkpoints with this key")
-    append.add_argument("--checkpoint-every", type=int, default=1000, metavar="ROWS")
-    append.add_argument("--checkpoint-seconds", type=float, default=60.0, metavar="SECONDS")
+    append.add_argument("--checkpoint-every", type=_positive_count, default=1000, metavar="ROWS")
+    append.add_argument("--checkpoint-seconds", type=_positive_seconds, default=60.0,
+                        metavar="SECONDS")
 
     dump = commands.add_parser("dump", help="print rows as NDJSON, exactly as exported")
     dump.add_argument("--db", type=Path, required=True)

@@ -12,7 +12,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from sealtrail.api.errors import field_errors
+from sealtrail.api.errors import UNKNOWN_SETTING, field_errors
 
 __all__ = ["ConfigFileError", "load_config"]
 
@@ -44,4 +44,5 @@ def load_config(path: Path, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise ConfigFileError(path, [str(problem) for problem in field_errors(error)]) from None
+        problems = field_errors(error, unknown=UNKNOWN_SETTING)
+        raise ConfigFileError(path, [str(problem) for problem in problems]) from None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-__all__ = ["FieldError", "field_errors", "format_path"]
+__all__ = ["UNKNOWN_EVENT_FIELD", "UNKNOWN_SETTING", "FieldError", "field_errors", "format_path"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +35,22 @@ def format_path(location: tuple[int | str, ...]) -> str:
     return path
 
 
-def field_errors(error: ValidationError) -> list[FieldError]:
-    """One `FieldError` per problem, in the order pydantic found them."""
+UNKNOWN_EVENT_FIELD = "is not a field of an audit event"
+#: For config files and resources: a typo there is not "a field of an audit event".
+UNKNOWN_SETTING = "is not a known setting (check its spelling)"
+
+
+def field_errors(error: ValidationError, *, unknown: str = UNKNOWN_EVENT_FIELD
+                 ) -> list[FieldError]:
+    """One `FieldError` per problem, in the order pydantic found them.
+
+    `unknown` is what an unknown field is called: not a field of an event, by default.
+    """
     found = []
     for detail in error.errors(include_url=False, include_input=False):
         message = detail["msg"].removeprefix("Value error, ")
         if detail["type"] == "extra_forbidden":
-            message = "is not a field of an audit event"
+            message = unknown
         elif detail["type"] == "missing":
             message = "is required"
         found.append(FieldError(format_path(tuple(detail["loc"])), message))

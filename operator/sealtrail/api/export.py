@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
@@ -145,8 +145,13 @@ class RetrySpec(_Model):
         return self
 
 
-def _no_credentials_in_url(url: str) -> str:
-    """Refuse `user:password@` in a URL: a URL is logged and shown, a credential never is."""
+def _no_credentials_in_url(url: object) -> object:
+    """Refuse `user:password@` in a URL: a URL is logged and shown, a credential never is.
+
+    Run before the pattern, which refuses the same (so the CRD's schema does too), to say why.
+    """
+    if not isinstance(url, str):
+        return url  # the type check names it
     authority = url.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
     if "@" in authority:
         raise ValueError(
@@ -157,9 +162,9 @@ def _no_credentials_in_url(url: str) -> str:
     return url
 
 
-#: An http(s) URL with a host and no credentials in it.
-_HttpUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/.*)?$"),
-                     AfterValidator(_no_credentials_in_url)]
+#: An http(s) URL with a host and no credentials in it (no `@` before the path).
+_HttpUrl = Annotated[str, Field(pattern=r"^https?://[^\s/?#@]+([/?#].*)?$"),
+                     BeforeValidator(_no_credentials_in_url)]
 
 
 class SplunkSpec(_Model):
@@ -269,8 +274,8 @@ class ExportSettings(_Model):
     batch: BatchSpec = Field(default_factory=BatchSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     tls: TLSSpec = Field(default_factory=TLSSpec)
-    proxy_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+/?$"),
-                         AfterValidator(_no_credentials_in_url)] | None = None
+    proxy_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#@]+/?$"),
+                         BeforeValidator(_no_credentials_in_url)] | None = None
 
     @model_validator(mode="wrap")
     @classmethod

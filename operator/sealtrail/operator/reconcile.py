@@ -23,7 +23,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from sealtrail.api.errors import field_errors
+from sealtrail.api.errors import UNKNOWN_SETTING, field_errors
 from sealtrail.api.resources import AuditExportSpec
 from sealtrail.operator import naming
 from sealtrail.operator.admission import decide
@@ -82,8 +82,8 @@ def connect() -> Kube:
 
 
 def _spec_problem(kind: str, name: str, error: ValidationError) -> str:
-    problems = [f"spec.{item.field}: {item.message}" if item.field
-                else f"spec: {item.message}" for item in field_errors(error)]
+    problems = [f"spec.{item.field}: {item.message}" if item.field else f"spec: {item.message}"
+                for item in field_errors(error, unknown=UNKNOWN_SETTING)]
     return f"{kind}/{name}: " + "; ".join(problems)
 
 

@@ -24,7 +24,7 @@ from typing import Any, Final, Literal
 import yaml
 from pydantic import ValidationError
 
-from sealtrail.api.errors import field_errors
+from sealtrail.api.errors import UNKNOWN_SETTING, field_errors
 from sealtrail.api.export import SecretKeySelector
 from sealtrail.api.resources import AuditExportSpec, AuditPolicySpec
 from sealtrail.api.worker_config import WorkerConfig
@@ -328,7 +328,7 @@ def render_worker_config(policy: Policy, exports: Mapping[str, AuditExportSpec],
         config = WorkerConfig.model_validate(raw)
     except ValidationError as error:  # a planner bug or a model change; say so, do not crash
         problems += [f"auditpolicy/{policy.name}: rendered worker config is invalid: {problem}"
-                     for problem in field_errors(error)]
+                     for problem in field_errors(error, unknown=UNKNOWN_SETTING)]
         return RenderResult(None, matched, unknown, tuple(skipped), tuple(problems))
     data = config.model_dump(mode="json", by_alias=True, exclude_none=True)
     text = _document(data)

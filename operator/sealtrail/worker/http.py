@@ -25,7 +25,7 @@ from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
 
-from sealtrail.api.errors import format_path
+from sealtrail.api.errors import UNKNOWN_EVENT_FIELD, format_path
 from sealtrail.api.event import Event, Severity, parse_timestamp
 from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.chain.store import EventTooLargeError, StoreError
@@ -138,7 +138,7 @@ def _invalid(error: ValidationError, index: int | None = None) -> web.Response:
             at, location = location[0], location[1:]
         message = detail["msg"].removeprefix("Value error, ")
         if detail["type"] == "extra_forbidden":
-            message = "is not a field of an audit event"
+            message = UNKNOWN_EVENT_FIELD
         elif detail["type"] == "missing":
             message = "is required"
         elif detail["type"] == "model_type":

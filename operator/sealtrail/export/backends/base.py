@@ -124,7 +124,7 @@ def check_template(template: str, rule: DestinationRule) -> None:
         raise TemplateError(f"{rule.what} {template!r} is longer than {rule.max_length}")
     for sample in _SAMPLES:
         rendered = render_template(template, sample["tenant:id"], sample["event:type"], rule)
-        if not rule.pattern.match(rendered):
+        if not rule.pattern.fullmatch(rendered):
             raise TemplateError(
                 f"{template!r} renders {rendered!r}, which is not a legal {rule.what}"
             )

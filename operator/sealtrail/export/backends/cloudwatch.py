@@ -219,7 +219,7 @@ def _classify_client_error(error: botocore.exceptions.ClientError, action: str) 
     # Which rule a refused call broke ("... must be in chronological order") helps an operator,
     # so that message is kept when it is short and plain; validation messages, which quote the
     # offending value (a row), and every other service message are left out.
-    if code == "InvalidParameterException" and _SAFE_MESSAGE.match(message):
+    if code == "InvalidParameterException" and _SAFE_MESSAGE.fullmatch(message):
         reason += f": {message}"
     return Outcome(kind, reason, status=status,
                    retry_after_seconds=parse_retry_after(retry_after))

@@ -135,7 +135,7 @@ def format_message(row: ExportRow, spec: SyslogSpec, hostname: str) -> bytes:
     """The RFC 5424 SYSLOG-MSG for `row` (without framing)."""
     severity = SEVERITY_CODES.get(row.severity, _DEFAULT_SEVERITY)
     pri = spec.facility * 8 + severity
-    timestamp = row.timestamp if _TIMESTAMP.match(row.timestamp) else NILVALUE
+    timestamp = row.timestamp if _TIMESTAMP.fullmatch(row.timestamp) else NILVALUE
     msgid = _printable(row.event_type, _MSGID_MAX)
     params = (
         *((("store_id", row.store_id),) if row.store_id is not None else ()),
