@@ -96,6 +96,7 @@ def audit(plane: ControlPlane, directory: Path, siem: LocalSiem, webhook_secret:
     siem_url = siem.start(host=GATEWAY)
     print(f"SIEM listening at {siem_url}")
     run(plane, "kubectl", "create", "namespace", APP_NAMESPACE)
+    run(plane, "kubectl", "label", "namespace", APP_NAMESPACE, "sealtrail.dev/injection=enabled")
     resources = [
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "siem-webhook"},
          "stringData": {"secret": webhook_secret}},

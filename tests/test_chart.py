@@ -179,6 +179,11 @@ def test_webhook_never_covers_the_operators_own_namespace() -> None:
     assert hook["clientConfig"]["service"]["path"] == "/sealtrail-inject"
     assert {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
             "values": ["sealtrail"]} in hook["namespaceSelector"]["matchExpressions"]
+    # Opt-in per namespace, opt-out per pod; never a mirror or a Windows pod.
+    assert hook["namespaceSelector"]["matchLabels"] == {"sealtrail.dev/injection": "enabled"}
+    assert hook["objectSelector"]["matchExpressions"] == [
+        {"key": "sealtrail.dev/inject", "operator": "NotIn", "values": ["false"]}]
+    assert {c["name"] for c in hook["matchConditions"]} == {"not-a-mirror-pod", "not-windows"}
     deployment = next(doc for doc in render() if doc["kind"] == "Deployment")
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
     assert "--webhook-configuration=audit-sealtrail" in (

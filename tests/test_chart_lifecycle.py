@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -105,6 +106,7 @@ def _install_upgrade_restart(plane: ControlPlane, receiver: SplunkReceiver) -> N
     install_chart(plane)
     first_operator = wait_until(lambda: operator_pod(plane), 60, "the operator pod", plane)
     kubectl(plane, "create", "namespace", APP_NAMESPACE)
+    kubectl(plane, "label", "namespace", APP_NAMESPACE, "sealtrail.dev/injection=enabled")
     kubectl(plane, "apply", "-n", APP_NAMESPACE, "-f", "-", stdin=yaml.safe_dump_all([
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hec"},
          "data": {"token": base64.b64encode(b"lifecycle-token").decode()}},
@@ -152,6 +154,36 @@ def _install_upgrade_restart(plane: ControlPlane, receiver: SplunkReceiver) -> N
     wait_until(lambda: injected_and_ready(plane, 3), 120,
                "a pod created after the restart to be injected", plane)
 
+
+
+def test_with_the_operator_down_only_opted_in_namespaces_wait_for_it(
+        plane: ControlPlane) -> None:
+    """Injection is opt-in: a namespace that did not ask never depends on the operator."""
+    kubectl(plane, "scale", "-n", RELEASE_NAMESPACE, f"deployment/{RELEASE}", "--replicas=0")
+    wait_until(lambda: not plane.pods_named(RELEASE_NAMESPACE, RELEASE), 60,
+               "the operator's pod to stop", plane)
+    try:
+        kubectl(plane, "create", "namespace", "elsewhere")
+        pod = yaml.safe_dump({"apiVersion": "v1", "kind": "Pod",
+                              "metadata": {"name": "plain", "labels": {"app": "shop"}},
+                              "spec": {"containers": [{"name": "app", "image": "a:1"}]}})
+        started = time.monotonic()
+        kubectl(plane, "apply", "-n", "elsewhere", "-f", "-", stdin=pod)
+        assert time.monotonic() - started < 5  # at once: no webhook was called
+        refused = tool(plane, KUBECTL, "apply", "-n", APP_NAMESPACE, "-f", "-", stdin=pod,
+                       check=False)
+        assert refused.returncode != 0  # failurePolicy Fail, in the namespace that opted in
+        assert "inject.sealtrail.dev" in refused.stderr, refused.stderr
+        opted_out = yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "opted-out", "labels": {"sealtrail.dev/inject": "false"}},
+            "spec": {"containers": [{"name": "app", "image": "a:1"}]}})
+        kubectl(plane, "apply", "-n", APP_NAMESPACE, "-f", "-", stdin=opted_out)
+    finally:
+        kubectl(plane, "scale", "-n", RELEASE_NAMESPACE, f"deployment/{RELEASE}",
+                "--replicas=1")
+        kubectl(plane, "rollout", "status", "-n", RELEASE_NAMESPACE, f"deployment/{RELEASE}",
+                "--timeout=120s")
 
 
 @pytest.mark.xfail(strict=True, reason="#13 item 6: the finalizer kopf adds for the "

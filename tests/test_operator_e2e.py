@@ -93,6 +93,8 @@ def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def cluster(sealtrail_release: ControlPlane) -> Cluster:
     harness = Cluster(sealtrail_release)
     harness.kubectl("create", "namespace", NAMESPACE, check=False)
+    harness.kubectl("label", "namespace", NAMESPACE, "sealtrail.dev/injection=enabled",
+                    "--overwrite")  # injection is opt-in, per namespace
     return harness
 
 
