@@ -505,3 +505,54 @@ def test_the_charts_rbac_allowed_every_request_the_operator_made(cluster: Cluste
     refused = sorted({(e["verb"], e["requestURI"].split("?")[0], e["responseStatus"]["code"])
                       for e in made if e["responseStatus"]["code"] in (401, 403)})
     assert not refused, f"the chart's RBAC refused the operator: {refused}"
+
+
+def test_a_namespace_whose_quota_counts_limits_accepts_the_injected_pod(
+        cluster: Cluster) -> None:
+    """A quota that counts limits requires them of every container, the worker's included.
+
+    (With a LimitRange that gives defaults, its defaults would fill them in; without one,
+    the worker must bring its own: cpu, memory and ephemeral storage.)
+    """
+    namespace = "quota"
+    cluster.kubectl("create", "namespace", namespace, check=False)
+    cluster.kubectl("label", "namespace", namespace, "sealtrail.dev/injection=enabled",
+                    "--overwrite")
+    every = {"cpu": "500m", "memory": "128Mi", "ephemeral-storage": "256Mi"}
+    cluster.apply(yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "team"},
+         "spec": {"hard": {"requests.cpu": "8", "limits.cpu": "16", "requests.memory": "8Gi",
+                           "limits.memory": "16Gi", "requests.ephemeral-storage": "20Gi",
+                           "limits.ephemeral-storage": "40Gi"}}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook"},
+         "stringData": {"secret": "whsec_" + base64.b64encode(b"q" * 32).decode()}},
+        {"apiVersion": "sealtrail.dev/v1alpha1", "kind": "AuditExport",
+         "metadata": {"name": "hook"},
+         "spec": {"webhook": {"url": f"http://{GATEWAY}:9/", "secret": {"secretKeyRef": {
+             "name": "hook", "key": "secret"}}}}},
+        {"apiVersion": "sealtrail.dev/v1alpha1", "kind": "AuditPolicy",
+         "metadata": {"name": "quota-app"},
+         "spec": {"selector": {"matchLabels": {"app": "quota-app"}},
+                  "routes": [{"exports": ["hook"]}]}},
+    ]), namespace=namespace)
+    wait_until(lambda: conditions(cluster.get("auditpolicy", "quota-app", namespace))
+               .get("Ready", {}).get("status") == "True", 30, "the policy", cluster)
+    cluster.apply(yaml.safe_dump({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "quota-app"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "quota-app"}},
+                 "template": {"metadata": {"labels": {"app": "quota-app"}}, "spec": {
+                     "containers": [{"name": "app", "image": "registry.invalid/app:1",
+                                     "resources": {"requests": every, "limits": every}}]}}},
+    }), namespace=namespace)
+    try:
+        cluster.kubectl("rollout", "status", "-n", namespace, "deployment/quota-app",
+                        "--timeout=90s")
+    except AssertionError as error:
+        replica_sets = cluster.kubectl("get", "rs", "-n", namespace, "-o", "yaml").stdout
+        raise AssertionError(f"{error}\n{replica_sets[-3000:]}") from None
+    (pod,) = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", "app=quota-app",
+                                        "-o", "json").stdout)["items"]
+    (worker,) = [c for c in pod["spec"]["initContainers"] if c["name"] == "sealtrail-worker"]
+    assert set(worker["resources"]["limits"]) == {"cpu", "memory", "ephemeral-storage"}
+    assert set(worker["resources"]["requests"]) == {"cpu", "memory", "ephemeral-storage"}
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")

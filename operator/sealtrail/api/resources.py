@@ -133,8 +133,16 @@ class WorkerSettings(_Model):
     #: Size of the sidecar's store volume (an `emptyDir` with this `sizeLimit`).
     store_size: Annotated[str, Field(pattern=_QUANTITY)] = "1Gi"
     cpu_request: Annotated[str, Field(pattern=_QUANTITY)] = "50m"
+    #: A CPU limit, so that a namespace whose ResourceQuota counts `limits.cpu` (which then
+    #: requires one of every container) accepts the pod.
+    cpu_limit: Annotated[str, Field(pattern=_QUANTITY)] = "1"
     memory_request: Annotated[str, Field(pattern=_QUANTITY)] = "96Mi"
     memory_limit: Annotated[str, Field(pattern=_QUANTITY)] = "256Mi"
+    #: Local disk the worker itself needs besides its store (its log, scratch /tmp).
+    ephemeral_storage_request: Annotated[str, Field(pattern=_QUANTITY)] = "64Mi"
+    #: Its limit; the sidecar's limit is this plus `storeSize`, as the store's `emptyDir`
+    #: counts toward the pod's ephemeral storage.
+    ephemeral_storage_limit: Annotated[str, Field(pattern=_QUANTITY)] = "256Mi"
     backpressure: BackpressureSpec = Field(default_factory=BackpressureSpec)
     drain_timeout_seconds: Annotated[int, Field(ge=0, le=3600)] = 20
 

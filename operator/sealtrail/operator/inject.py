@@ -18,10 +18,14 @@ ports or volume names would clash gets no patch (the last with a reason to warn 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from kubernetes.utils import parse_quantity
+
+from sealtrail.api.resources import WorkerSettings
 from sealtrail.operator import naming
 from sealtrail.operator.render import Policy, RenderedConfig
 
@@ -57,6 +61,20 @@ class SidecarPlan:
     reason: str | None = None
 
 
+def _ephemeral_limit(worker: WorkerSettings, *, sidecar: bool) -> str:
+    """The worker's own ephemeral-storage limit, plus its `emptyDir` store as a sidecar.
+
+    The kubelet counts an `emptyDir` (not in memory) toward the pod's ephemeral storage; with
+    every container limited, a store filling its `sizeLimit` must not push the pod past the
+    sum of the limits, or the kubelet evicts the pod, application included.
+    """
+    if not sidecar:
+        return worker.ephemeral_storage_limit  # the collector's store is a volume claim
+    total = (parse_quantity(worker.ephemeral_storage_limit)  # type: ignore[no-untyped-call]
+             + parse_quantity(worker.store_size))  # type: ignore[no-untyped-call]
+    return f"{math.ceil(total / 2**20)}Mi"
+
+
 def worker_container(policy: Policy, rendered: RenderedConfig, *, default_image: str,
                      sidecar: bool) -> dict[str, Any]:
     """The `sealtrail-worker` container; as a sidecar it carries `restartPolicy: Always`."""
@@ -82,8 +100,10 @@ def worker_container(policy: Policy, rendered: RenderedConfig, *, default_image:
              "protocol": "TCP"},
         ],
         "resources": {
-            "requests": {"cpu": worker.cpu_request, "memory": worker.memory_request},
-            "limits": {"memory": worker.memory_limit},
+            "requests": {"cpu": worker.cpu_request, "memory": worker.memory_request,
+                         "ephemeral-storage": worker.ephemeral_storage_request},
+            "limits": {"cpu": worker.cpu_limit, "memory": worker.memory_limit,
+                       "ephemeral-storage": _ephemeral_limit(worker, sidecar=sidecar)},
         },
         "securityContext": {
             "runAsNonRoot": True,
