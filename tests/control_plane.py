@@ -29,7 +29,6 @@ writes `state.json`; the others attach; the controller process stops it at the e
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
 import ipaddress
 import json
@@ -47,9 +46,11 @@ from typing import Any
 
 import httpx
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from tests.receivers.pki import make_ca, make_leaf, write_cert, write_key
 
 __all__ = ["GATEWAY", "POD_CIDR", "ControlPlane", "ControlPlaneError", "binaries", "locked", "shared_control_plane",
            "stop_recorded"]
@@ -102,64 +103,32 @@ def _free_port() -> int:
 # -- PKI ---------------------------------------------------------------------------------------
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def _certificate(subject: x509.Name, key: ec.EllipticCurvePrivateKey,
-                 issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, *,
-                 sans: tuple[str, ...] = (), client: bool = False) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    issuer_name, issuer_key = issuer or (subject, key)
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(now + dt.timedelta(days=2)))
-    if issuer is None:
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None),
-                                        critical=True)
-    else:
-        names: list[x509.GeneralName] = []
-        for san in sans:
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(san)))
-            except ValueError:
-                names.append(x509.DNSName(san))
-        if names:
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _name(common: str, *orgs: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common),
-                      *(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in orgs)])
-
-
 def _write_pki(pki: Path) -> None:
+    """A CA, the API server's serving certificate, two client certificates, the SA key."""
     pki.mkdir(parents=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("sealtrail-test-ca")
-    ca = _certificate(ca_name, ca_key, None)
-    (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (pki / "ca.key").write_bytes(_pem_key(ca_key))
+    ca, ca_key = make_ca("sealtrail-test-ca")
+    write_cert(ca, pki / "ca.crt")
+    serving = [*(x509.IPAddress(ipaddress.ip_address(ip)) for ip in
+                 ("127.0.0.1", "10.96.0.1", GATEWAY)),
+               *(x509.DNSName(name) for name in
+                 ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                  "kubernetes.default.svc.cluster.local"))]
     leaves = {
-        "apiserver": (_name("kube-apiserver"), ("127.0.0.1", "localhost", "kubernetes",
-                                                "kubernetes.default", "kubernetes.default.svc",
-                                                "kubernetes.default.svc.cluster.local",
-                                                "10.96.0.1", GATEWAY), False),
-        "admin": (_name("sealtrail-test-admin", "system:masters"), (), True),
-        "controller-manager": (_name("system:kube-controller-manager"), (), True),
+        "apiserver": make_leaf(ca, ca_key, "kube-apiserver", serving,
+                               ExtendedKeyUsageOID.SERVER_AUTH),
+        # Kubernetes reads a client certificate's O= entries as the user's groups.
+        "admin": make_leaf(ca, ca_key, "sealtrail-test-admin", [],
+                           ExtendedKeyUsageOID.CLIENT_AUTH, ("system:masters",)),
+        "controller-manager": make_leaf(ca, ca_key, "system:kube-controller-manager", [],
+                                        ExtendedKeyUsageOID.CLIENT_AUTH),
     }
-    for stem, (subject, sans, client) in leaves.items():
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _certificate(subject, key, (ca_name, ca_key), sans=sans, client=client)
-        (pki / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (pki / f"{stem}.key").write_bytes(_pem_key(key))
+    for stem, (cert, key) in leaves.items():
+        write_cert(cert, pki / f"{stem}.crt")
+        write_key(key, pki / f"{stem}.key")
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (pki / "sa.key").write_bytes(_pem_key(sa_key))
+    (pki / "sa.key").write_bytes(sa_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
     (pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
