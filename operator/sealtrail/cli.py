@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             case "operator":
                 return _operator(args)
             case "crds":
-                from sealtrail.operator.crdgen import main as crdgen  # noqa: PLC0415
+                from sealtrail.crd.generate import main as crdgen  # noqa: PLC0415
 
                 return crdgen([f"--{args.mode}"])
             case "export":

@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Final
 
-from sealtrail.operator.schema import Json
+from sealtrail.crd.schema import Json
 
 __all__ = ["render"]
 

@@ -1,0 +1,1 @@
+"""Build-time tooling: CRD manifests and their reference, generated from the api models."""
