@@ -29,9 +29,10 @@ import orjson
 import pytest
 from botocore.stub import Stubber
 
+from sealtrail.api.destinations import TemplateError, check_template, render_template
 from sealtrail.api.export import CloudWatchSpec, ExportSpec, RetrySpec
 from sealtrail.chain.store import ChainStore
-from sealtrail.export.backends.base import ExportRow, TemplateError, check_template, render_template
+from sealtrail.export.backends.base import ExportRow
 from sealtrail.export.backends.cloudwatch import (
     MAX_BATCH_BYTES,
     CloudWatchBackend,

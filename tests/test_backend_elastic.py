@@ -27,6 +27,7 @@ import httpx
 import orjson
 import pytest
 
+from sealtrail.api.destinations import ELASTIC_INDEX, TemplateError, render_template
 from sealtrail.api.export import (
     CredentialRef,
     ElasticAuth,
@@ -36,12 +37,7 @@ from sealtrail.api.export import (
     RetrySpec,
 )
 from sealtrail.chain.store import ChainStore
-from sealtrail.export.backends.base import (
-    ExportRow,
-    TemplateError,
-    check_backend_templates,
-    render_template,
-)
+from sealtrail.export.backends.base import ExportRow, check_backend_templates
 from sealtrail.export.backends.elastic import ElasticBackend
 from sealtrail.export.http import HttpClients
 from sealtrail.export.outcome import Outcome, OutcomeKind
@@ -71,14 +67,15 @@ class Sender:
         self.runner.close()
 
 
-def export_rows(store: ChainStore, destination: str | None = None) -> list[ExportRow]:
-    """`ExportRow`s from the store's rows, with the columns taken from each row itself."""
+def export_rows(store: ChainStore, template: str = "sealtrail-audit") -> list[ExportRow]:
+    """`ExportRow`s from the store's rows, with the index rendered as the export loop does."""
     found = []
     for body in store.rows():
         row = orjson.loads(body)
+        index = render_template(template, row["tenant_id"], row["event_type"], ELASTIC_INDEX)
         found.append(ExportRow(row["seq"], row["tenant_id"], row["tenant_seq"],
                                row["record_hash"], row["event_type"], row["severity"],
-                               row["timestamp"], body, destination))
+                               row["timestamp"], body, index))
     return found
 
 
@@ -428,7 +425,7 @@ def test_tenant_ids_are_fitted_to_index_names(db_path: Path, tmp_path: Path,
     assert render_template("audit-${tenant:id}", "Acme.Corp-1", "x.y", rule) == "audit-acme.corp-1"
     with ChainStore(db_path) as store:
         store.append(events(6, tenants=("Acme.Corp", "GLOBEX")))
-        rows = export_rows(store)  # destination None: the backend renders the export's index
+        rows = export_rows(store, "audit-${tenant:id}")  # rendered as the loop does
     spec = spec_for(receiver.url, ElasticAuth(api_key=CredentialRef(file=str(key_file))),
                     index="audit-${tenant:id}")
     sender = Sender(spec)
@@ -501,7 +498,7 @@ def test_the_receiver_in_data_stream_mode() -> None:
 
 def test_rows_into_a_data_stream(store: ChainStore) -> None:
     """`create` is what data streams take; but rows carry `timestamp`, not `@timestamp`."""
-    rows = export_rows(store)[:3]
+    rows = export_rows(store, "logs-sealtrail-default")[:3]
     strict = ElasticReceiver(scheme=None, data_stream=True)
     piped = ElasticReceiver(scheme=None, data_stream=True, require_timestamp=False)
     outcomes = []

@@ -28,15 +28,15 @@ import httpx
 import orjson
 import pytest
 
-from sealtrail.api.export import CredentialRef, ExportSpec, RetrySpec, SplunkSpec
-from sealtrail.chain.store import ChainStore
-from sealtrail.export.backends.base import (
-    ExportRow,
+from sealtrail.api.destinations import (
+    SPLUNK_INDEX,
     TemplateError,
-    check_backend_templates,
     check_template,
     render_template,
 )
+from sealtrail.api.export import CredentialRef, ExportSpec, RetrySpec, SplunkSpec
+from sealtrail.chain.store import ChainStore
+from sealtrail.export.backends.base import ExportRow, check_backend_templates
 from sealtrail.export.backends.splunk import SplunkBackend, epoch_text, hec_base_url
 from sealtrail.export.http import HttpClients
 from sealtrail.export.outcome import Outcome, OutcomeKind
@@ -529,7 +529,10 @@ def test_index_from_row_destination_or_export_template(
     try:
         backend = make_backend(server.url, token_file, index="audit_${tenant:id}")
         assert backend.default_destination() == "audit_${tenant:id}"
-        routed = [export_row(rows[0].body, "routed"), *rows[1:]]
+        rendered = [export_row(row.body, render_template("audit_${tenant:id}", row.tenant_id,
+                                                          row.event_type, SPLUNK_INDEX))
+                    for row in rows[1:]]  # as the export loop renders them
+        routed = [export_row(rows[0].body, "routed"), *rendered]
         assert send(backend, routed)[0].ok
     finally:
         server.stop()

@@ -10,20 +10,19 @@ they could render an illegal name; config errors named by path.
 from __future__ import annotations
 
 import random
-import re
 from pathlib import Path
 
 import pytest
 
 from sealtrail.api.configfile import ConfigFileError, load_config
-from sealtrail.api.export import BatchSpec, ExportsConfig, RouteRule
-from sealtrail.export.backends.base import (
-    BatchLimits,
+from sealtrail.api.destinations import (
     DestinationRule,
     TemplateError,
     check_template,
     render_template,
 )
+from sealtrail.api.export import BatchSpec, ExportsConfig, RouteRule
+from sealtrail.export.backends.base import BatchLimits
 from sealtrail.export.batching import AdaptiveInterval, full_jitter_seconds, plan_batches
 from sealtrail.export.outcome import OutcomeKind, classify_status, parse_retry_after
 from sealtrail.export.routing import Route, Router, RoutingError
@@ -130,8 +129,8 @@ def test_full_jitter_stays_within_its_cap() -> None:
     assert max(delays[10:]) > 1.0  # it does grow
 
 
-SPLUNKISH = DestinationRule("index", re.compile(r"^[a-z0-9][a-z0-9_-]*$"),
-                            re.compile(r"[a-z0-9_-]"), lowercase=True, max_length=80)
+SPLUNKISH = DestinationRule("index", first_chars="a-z0-9", name_chars="a-z0-9_-",
+                            fit_chars="a-z0-9_-", lowercase=True, max_length=80)
 
 
 def test_templates_fit_every_tenant() -> None:

@@ -19,11 +19,21 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from sealtrail.api.destinations import (
+    CLOUDWATCH_LOG_STREAM,
+    DESTINATION_RULES,
+    ELASTIC_INDEX,
+    SPLUNK_INDEX,
+    TEMPLATE_MAX_LENGTH,
+    TemplateError,
+    check_template,
+)
 from sealtrail.api.event import Severity
 
 __all__ = [
@@ -54,6 +64,10 @@ BACKEND_KINDS: Final = ("splunk", "elastic", "datadog", "webhook", "syslog", "cl
 #: A Kubernetes object name (RFC 1123 label): exports and Secrets are named so.
 DNS_LABEL: Final = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+#: An index or stream template (`audit_${tenant:id}`); `sealtrail.api.destinations` says which
+#: a backend takes.
+_Template = Annotated[str, Field(max_length=TEMPLATE_MAX_LENGTH)]
 
 class _Model(BaseModel):
     model_config = ConfigDict(
@@ -172,12 +186,21 @@ class SplunkSpec(_Model):
 
     hec_url: _HttpUrl
     token: CredentialRef
-    index: str | None = None
+    #: The index (a template with `${tenant:id}` and `${event:type}`); the token's default if
+    #: not given.
+    index: _Template | None = None
     sourcetype: str = "sealtrail:audit"
     source: str = "sealtrail"
     indexer_ack: bool = False
     ack_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 300.0
     ack_poll_ms: Annotated[int, Field(ge=10, le=60_000)] = 1000
+
+    @field_validator("index")
+    @classmethod
+    def _index_is_legal(cls, index: str | None) -> str | None:
+        if index is not None:
+            check_template(index, SPLUNK_INDEX)
+        return index
 
 
 class ElasticBasicAuth(_Model):
@@ -206,12 +229,19 @@ class ElasticSpec(_Model):
     """Elasticsearch `_bulk`."""
 
     url: _HttpUrl
-    index: str = "sealtrail-audit"
+    #: The index or data stream (a template with `${tenant:id}` and `${event:type}`).
+    index: _Template = "sealtrail-audit"
     data_stream: bool = False
     #: Ingest pipeline to run on each document. Data streams need one that copies `timestamp`
     #: into `@timestamp`; a SIEM-side chain check must then drop `@timestamp` before hashing.
     pipeline: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,255}$")] | None = None
     auth: ElasticAuth | None = None
+
+    @field_validator("index")
+    @classmethod
+    def _index_is_legal(cls, index: str) -> str:
+        check_template(index, ELASTIC_INDEX)
+        return index
 
 
 class DatadogSpec(_Model):
@@ -251,10 +281,17 @@ class CloudWatchSpec(_Model):
     """CloudWatch Logs PutLogEvents."""
 
     log_group: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[.\-_/#A-Za-z0-9]+$")]
-    log_stream: str = "${tenant:id}"
+    #: The log stream (a template with `${tenant:id}` and `${event:type}`).
+    log_stream: _Template = "${tenant:id}"
     region: str | None = None
     endpoint_url: _HttpUrl | None = None
     create_missing: bool = True
+
+    @field_validator("log_stream")
+    @classmethod
+    def _log_stream_is_legal(cls, log_stream: str) -> str:
+        check_template(log_stream, CLOUDWATCH_LOG_STREAM)
+        return log_stream
 
 
 class ExportSettings(_Model):
@@ -348,9 +385,28 @@ class RouteRule(_Model):
     min_severity: Severity = Severity.INFO
     #: Where matching rows go. Empty: they go nowhere (and are not offered to later rules).
     exports: list[str] = Field(max_length=32)
-    index: str | None = None
+    #: Overrides the index or stream of every export named (a template with `${tenant:id}` and
+    #: `${event:type}`); each export's backend must take what it renders.
+    index: _Template | None = None
     #: Splunk only: the sourcetype for these rows (else the export's own).
     sourcetype: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+
+    @model_validator(mode="after")
+    def _index_is_legal(self) -> RouteRule:
+        """Refuse an index no backend takes; which exports take it is known with their kinds."""
+        if self.index is None or not self.exports:
+            return self  # rows that go nowhere render no name
+        problems = []
+        for rule in DESTINATION_RULES.values():
+            try:
+                check_template(self.index, rule)
+            except TemplateError as error:
+                problems.append(str(error))
+            else:
+                return self
+        if all(problem == problems[0] for problem in problems):
+            raise ValueError(f"index: {problems[0]}")
+        raise ValueError(f"index: no backend takes it: {'; '.join(problems)}")
 
 
 class ExportsConfig(_Model):
@@ -371,3 +427,26 @@ class ExportsConfig(_Model):
                 if name not in seen:
                     raise ValueError(f"routes[{number}] sends to {name!r}, which is no export")
         return self
+
+    @model_validator(mode="after")
+    def _route_indexes_fit(self) -> ExportsConfig:
+        """A route's `index` must suit the backend of every export it names."""
+        kinds = {export.name: export.kind for export in self.exports}
+        for number, route in enumerate(self.routes):
+            for name in route.exports if route.index is not None else ():
+                problem = _template_problem(route.index or "", kinds[name])
+                if problem is not None:
+                    raise ValueError(f"routes[{number}].index: {problem} (export {name!r})")
+        return self
+
+
+def _template_problem(template: str, kind: str) -> str | None:
+    """Why a backend of `kind` would refuse `template` as its index or stream, or None."""
+    rule = DESTINATION_RULES.get(kind)
+    if rule is None:
+        return f"{kind} has no index or stream to template"
+    try:
+        check_template(template, rule)
+    except TemplateError as error:
+        return str(error)
+    return None

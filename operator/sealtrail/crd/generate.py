@@ -9,7 +9,8 @@ to it by `tests/test_crds.py`. After changing a model in `sealtrail.api`, regene
 The schemas come from the pydantic models (`schema.structural`). What a custom resource accepts
 beyond what a schema keyword can say is written here, next to the validator it stands for:
 narrowings (a credential is a `secretKeyRef`; TLS names a Secret, not files) and CEL rules
-(exactly one backend block, ordered bounds, label selector operators).
+(exactly one backend block, ordered bounds, label selector operators, index and stream
+templates a backend takes).
 """
 
 from __future__ import annotations
@@ -24,14 +25,27 @@ from typing import Final
 import yaml
 from pydantic import BaseModel
 
+from sealtrail.api.destinations import (
+    CLOUDWATCH_LOG_STREAM,
+    DESTINATION_RULES,
+    ELASTIC_INDEX,
+    KNOWN_VARIABLES_ONLY,
+    SPLUNK_INDEX,
+    DestinationRule,
+    template_pattern,
+)
 from sealtrail.api.export import (
     BACKEND_KINDS,
     DNS_LABEL,
     BatchSpec,
+    CloudWatchSpec,
     CredentialRef,
     ElasticAuth,
+    ElasticSpec,
     ExportSettings,
     RetrySpec,
+    RouteRule,
+    SplunkSpec,
     TLSSpec,
 )
 from sealtrail.api.resources import (
@@ -99,6 +113,41 @@ def _exactly_one(model: type[BaseModel], names: Sequence[str]) -> str:
     return f"[{given}].exists_one(given, given)"
 
 
+def _cel_string(text: str) -> str:
+    """`text` as a CEL raw string literal (a regex reads as written)."""
+    if '"' in text or "\n" in text:  # pragma: no cover - a programming error here
+        raise ValueError(f"no raw CEL string can hold {text!r}")
+    return f'r"{text}"'
+
+
+def _legal_name(field: str, rule: DestinationRule) -> str:
+    """CEL: the template `self.<field>` renders a name `rule` takes (its variables known)."""
+    found = f"self.{field}.matches({_cel_string(template_pattern(rule))})"
+    if rule.reserved:
+        names = ", ".join(f"'{name}'" for name in sorted(rule.reserved))
+        found = f"({found} && !(self.{field} in [{names}]))"
+    return found
+
+
+_KNOWN_ONLY: Final = (
+    "a template may use no variable but ${tenant:id} and ${event:type}"
+)
+
+
+def _template_rules(model: type[BaseModel], name: str, rule: DestinationRule,
+                    validator: str) -> tuple[Rule, ...]:
+    field = _alias(model, name)
+    given = f"!has(self.{field}) || "
+    return (
+        Rule(rule=given + f"self.{field}.matches({_cel_string(KNOWN_VARIABLES_ONLY)})",
+             message=f"{field}: {_KNOWN_ONLY}", field_path=f".{field}", stands_for=validator),
+        Rule(rule=given + _legal_name(field, rule),
+             message=(f"{field}: must render a legal {rule.what} for every tenant and event "
+                      "type (see the field's description)"),
+             field_path=f".{field}", stands_for=validator),
+    )
+
+
 #: How a custom resource narrows the models it shares with the worker's config file.
 NARROWINGS: Final[dict[type[BaseModel], Narrowing]] = {
     CredentialRef: Narrowing(
@@ -164,6 +213,26 @@ RULES: Final[dict[type[BaseModel], tuple[Rule, ...]]] = {
             field_path=".lowWatermarkRows",
             stands_for="BackpressureSpec._ordered",
         ),
+    ),
+    SplunkSpec: _template_rules(SplunkSpec, "index", SPLUNK_INDEX,
+                                "SplunkSpec._index_is_legal"),
+    ElasticSpec: _template_rules(ElasticSpec, "index", ELASTIC_INDEX,
+                                 "ElasticSpec._index_is_legal"),
+    CloudWatchSpec: _template_rules(CloudWatchSpec, "log_stream", CLOUDWATCH_LOG_STREAM,
+                                    "CloudWatchSpec._log_stream_is_legal"),
+    # A route's index must suit each export's backend; the kinds are known when the operator
+    # renders the worker config, so the resource refuses only what no backend takes.
+    RouteRule: (
+        Rule(rule=("!has(self.index) || size(self.exports) == 0 || "
+                   f"self.index.matches({_cel_string(KNOWN_VARIABLES_ONLY)})"),
+             message=f"index: {_KNOWN_ONLY}", field_path=".index",
+             stands_for="RouteRule._index_is_legal"),
+        Rule(rule=("!has(self.index) || size(self.exports) == 0 || "
+                   + " || ".join(_legal_name("index", rule)
+                                 for rule in DESTINATION_RULES.values())),
+             message="index: must render a name some backend takes for every tenant and event "
+                     "type (see the field's description)",
+             field_path=".index", stands_for="RouteRule._index_is_legal"),
     ),
     # Items of an unbounded list: these stay macro-free and cheap, as the API server multiplies
     # a rule's cost by the most items a request could hold.

@@ -16,22 +16,31 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
 
+from sealtrail.api.destinations import (
+    DestinationRule,
+    TemplateError,
+    check_template,
+    render_template,
+)
 from sealtrail.api.export import ExportSpec
 from sealtrail.export.credentials import Credential, CredentialError
 from sealtrail.export.http import HttpClients
 from sealtrail.export.outcome import Outcome
 
+# The naming rules and templates live in `sealtrail.api.destinations` (the operator checks
+# templates with them too); they are named here as well for the loop and the engine.
 __all__ = [
     "Backend",
     "BatchLimits",
     "DestinationRule",
     "ExportRow",
     "TemplateError",
+    "check_backend_templates",
+    "check_template",
+    "destination_of",
     "render_template",
 ]
 
@@ -48,7 +57,9 @@ class ExportRow:
     severity: str
     timestamp: str  # RFC 3339 UTC, as in the row
     body: bytes  # canonical row JSON, exactly as stored and hashed
-    destination: str | None = None  # rendered index / stream for this row, if any
+    #: The rendered index / stream for this row: the loop renders one for every row of a
+    #: backend with a `destination_rule` (None for Splunk means the token's default index).
+    destination: str | None = None
     sourcetype: str | None = None  # a route's Splunk sourcetype, if it sets one
     store_id: str | None = None  # the store that wrote it (None: made before stores had ids)
 
@@ -72,62 +83,6 @@ class BatchLimits:
     max_events: int
     max_bytes: int
     max_row_bytes: int  # one row larger than this is refused for good, never truncated
-
-
-class TemplateError(ValueError):
-    """A destination template can render a name the backend would refuse."""
-
-
-@dataclass(frozen=True, slots=True)
-class DestinationRule:
-    """What a backend accepts as an index or stream name, and how values are made to fit.
-
-    Substituted values (tenant ids, event types) are lowercased when the backend wants that and
-    every character outside `allowed_chars` becomes `_`, so that a template that is valid for
-    its literal parts is valid for every tenant: an illegal name is a config error, caught when
-    the config is loaded, not a 400 at three in the morning.
-    """
-
-    what: str  # "Splunk index", for messages
-    pattern: re.Pattern[str]  # a whole legal name
-    allowed_chars: re.Pattern[str]  # one legal character
-    lowercase: bool
-    max_length: int
-
-
-_VARIABLE: Final = re.compile(r"\$\{(tenant:id|event:type)\}")
-_SAMPLES: Final = ({"tenant:id": "Acme.Corp-1", "event:type": "safety.decision"},
-                   {"tenant:id": "_system", "event:type": "x.y"})
-
-
-def _fit(value: str, rule: DestinationRule) -> str:
-    if rule.lowercase:
-        value = value.lower()
-    return "".join(char if rule.allowed_chars.match(char) else "_" for char in value)
-
-
-def render_template(template: str, row_tenant: str, row_type: str, rule: DestinationRule) -> str:
-    """Substitute `${tenant:id}` and `${event:type}`, fitted to the backend's rule and length."""
-    values = {"tenant:id": row_tenant, "event:type": row_type}
-    rendered = _VARIABLE.sub(lambda match: _fit(values[match.group(1)], rule), template)
-    return rendered[: rule.max_length]
-
-
-def check_template(template: str, rule: DestinationRule) -> None:
-    """Raise `TemplateError` if any tenant could make `template` render an illegal name."""
-    unknown = re.findall(r"\$\{([^}]*)\}", _VARIABLE.sub("", template))
-    if unknown:
-        raise TemplateError(
-            f"unknown variable ${{{unknown[0]}}}; use ${{tenant:id}} or ${{event:type}}"
-        )
-    if len(_VARIABLE.sub("", template)) > rule.max_length:
-        raise TemplateError(f"{rule.what} {template!r} is longer than {rule.max_length}")
-    for sample in _SAMPLES:
-        rendered = render_template(template, sample["tenant:id"], sample["event:type"], rule)
-        if not rule.pattern.fullmatch(rendered):
-            raise TemplateError(
-                f"{template!r} renders {rendered!r}, which is not a legal {rule.what}"
-            )
 
 
 class Backend(abc.ABC):
@@ -205,3 +160,11 @@ def check_backend_templates(backend: type[Backend], templates: Sequence[str | No
         if rule is None:
             raise TemplateError(f"{backend.kind} has no index or stream to template")
         check_template(template, rule)
+
+
+def destination_of(row: ExportRow) -> str:
+    """The row's index or stream, which the export loop renders for every row."""
+    if row.destination is None:
+        raise ValueError(f"row seq {row.seq} has no destination: the export loop renders one "
+                         "for every row of a backend with a naming rule")
+    return row.destination

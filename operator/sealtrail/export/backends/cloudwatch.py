@@ -50,14 +50,9 @@ import boto3  # type: ignore[import-untyped]
 import botocore.exceptions  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 
+from sealtrail.api.destinations import CLOUDWATCH_LOG_STREAM
 from sealtrail.api.export import CloudWatchSpec, ExportSpec
-from sealtrail.export.backends.base import (
-    Backend,
-    BatchLimits,
-    DestinationRule,
-    ExportRow,
-    render_template,
-)
+from sealtrail.export.backends.base import Backend, BatchLimits, ExportRow, destination_of
 from sealtrail.export.http import HttpClients
 from sealtrail.export.outcome import Outcome, OutcomeKind, classify_status, parse_retry_after
 
@@ -83,14 +78,6 @@ MAX_SPAN_MS: Final = 24 * 3600 * 1000
 _TOO_OLD_MS: Final = 14 * 24 * 3600 * 1000
 _TOO_NEW_MS: Final = 2 * 3600 * 1000
 _CLOCK_MARGIN_MS: Final = 5 * 60 * 1000
-
-_STREAM_RULE: Final = DestinationRule(
-    what="CloudWatch log stream name",
-    pattern=re.compile(r"^[^:*]{1,512}$"),
-    allowed_chars=re.compile(r"[^:*]"),
-    lowercase=False,
-    max_length=512,
-)
 
 # Error codes, as AWS services spell them (the same code may come with several statuses).
 _RETRYABLE_CODES: Final = frozenset({
@@ -250,7 +237,7 @@ class CloudWatchBackend(Backend):
     """CloudWatch Logs `PutLogEvents`, through boto3 and the standard AWS credential chain."""
 
     kind = "cloudwatch"
-    destination_rule = _STREAM_RULE
+    destination_rule = CLOUDWATCH_LOG_STREAM
 
     def __init__(self, spec: ExportSpec, clients: HttpClients) -> None:
         """Read the CloudWatch block. The boto3 client is made on first send, in a thread."""
@@ -308,12 +295,6 @@ class CloudWatchBackend(Backend):
 
     # -- sending (in a worker thread) ---------------------------------------------------------
 
-    def _stream_of(self, row: ExportRow) -> str:
-        if row.destination is not None:
-            return row.destination
-        return render_template(self.cloudwatch.log_stream, row.tenant_id, row.event_type,
-                               _STREAM_RULE)
-
     def _send_blocking(self, rows: list[ExportRow]) -> Outcome:
         events: list[dict[str, Any]] = []
         for index, row in enumerate(rows):
@@ -328,7 +309,7 @@ class CloudWatchBackend(Backend):
             client = self._get_client()
         except _AWS_ERRORS as error:
             return _classify_exception(error, "while creating the CloudWatch Logs client")
-        calls = plan_calls([self._stream_of(row) for row in rows],
+        calls = plan_calls([destination_of(row) for row in rows],
                            [event["timestamp"] for event in events],
                            [self.row_size(row) for row in rows])
         delivered: set[int] = set()

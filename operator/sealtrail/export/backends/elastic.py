@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -33,14 +32,9 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from sealtrail.api.destinations import ELASTIC_INDEX
 from sealtrail.api.export import ElasticSpec, ExportSpec
-from sealtrail.export.backends.base import (
-    Backend,
-    BatchLimits,
-    DestinationRule,
-    ExportRow,
-    render_template,
-)
+from sealtrail.export.backends.base import Backend, BatchLimits, ExportRow, destination_of
 from sealtrail.export.credentials import Credential, CredentialError
 from sealtrail.export.http import HttpClients, post
 from sealtrail.export.outcome import Outcome, OutcomeKind, classify_status, parse_retry_after
@@ -56,18 +50,6 @@ _MAX_EVENTS: Final = 10_000
 # with room to spare; a bigger one is refused for good by the loop, never truncated.
 _MAX_ROW_BYTES: Final = _MAX_BYTES - 1024
 
-# Index names, as Elasticsearch's MetadataCreateIndexService checks them: lowercase; none of
-# \ / * ? " < > | , # : or space (':' is the cross-cluster separator since 7.0); not starting
-# with - _ +; not . or ..; at most 255 bytes. Only printable ASCII is allowed here, so that
-# characters and bytes count the same and "lowercase" needs no locale.
-_INDEX_RULE: Final = DestinationRule(
-    what="Elasticsearch index name",
-    pattern=re.compile(r"^(?!\.\.?$)(?![-_+])[a-z0-9!$%&'()+\-.;=@\[\]^_`{}~]{1,255}$"),
-    allowed_chars=re.compile(r"[a-z0-9_.-]"),
-    lowercase=True,
-    max_length=255,
-)
-
 _MAX_REASON: Final = 200
 # Elasticsearch quotes the offending value in parse errors ("Preview of field's value: ..."):
 # that is row content, which must never reach an Outcome's reason.
@@ -78,7 +60,7 @@ class ElasticBackend(Backend):
     """`POST {url}/_bulk` with one `create` per row."""
 
     kind = "elastic"
-    destination_rule = _INDEX_RULE
+    destination_rule = ELASTIC_INDEX
 
     def __init__(self, spec: ExportSpec, clients: HttpClients) -> None:
         """Resolve the auth mode and its credentials now; read their values on each send."""
@@ -127,14 +109,9 @@ class ElasticBackend(Backend):
                 found.append(f"{self._basic_user}:{self._basic_password.value()}")
         return found
 
-    def _index_for(self, row: ExportRow) -> str:
-        if row.destination is not None:
-            return row.destination
-        rendered = render_template(self.elastic.index, row.tenant_id, row.event_type, _INDEX_RULE)
-        return rendered[: _INDEX_RULE.max_length]
-
-    def _action_line(self, row: ExportRow) -> bytes:
-        action = {"create": {"_index": self._index_for(row), "_id": row.record_hash}}
+    @staticmethod
+    def _action_line(row: ExportRow) -> bytes:
+        action = {"create": {"_index": destination_of(row), "_id": row.record_hash}}
         return orjson.dumps(action) + b"\n"
 
     # -- sending -----------------------------------------------------------------------------

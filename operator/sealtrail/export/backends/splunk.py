@@ -29,14 +29,9 @@ from typing import Any, Final
 import httpx
 import orjson
 
+from sealtrail.api.destinations import SPLUNK_INDEX
 from sealtrail.api.export import ExportSpec, SplunkSpec
-from sealtrail.export.backends.base import (
-    Backend,
-    BatchLimits,
-    DestinationRule,
-    ExportRow,
-    render_template,
-)
+from sealtrail.export.backends.base import Backend, BatchLimits, ExportRow
 from sealtrail.export.credentials import Credential, CredentialError
 from sealtrail.export.http import HttpClients, post
 from sealtrail.export.outcome import Outcome, OutcomeKind, classify_status, parse_retry_after
@@ -79,14 +74,6 @@ _PERMANENT_CODES: Final = frozenset({5, 6, 7, 10, 11, 12, 13, 14, 15, 16})
 _AUTH_CODES: Final = frozenset({1, 2, 3, 4})
 _RETRYABLE_CODES: Final = frozenset({8, 9, 18, 19, 20})
 
-_INDEX_RULE: Final = DestinationRule(
-    what="Splunk index",
-    pattern=re.compile(r"^[a-z0-9][a-z0-9_-]{0,79}$"),
-    allowed_chars=re.compile(r"[a-z0-9_-]"),
-    lowercase=True,
-    max_length=80,
-)
-
 # Upper bounds for the envelope around one row, for `max_row_bytes`: a 20-character time, an
 # 80-character index, a store id, a 63-character tenant id with a 20-digit tenant_seq, a
 # 64-digit hash.
@@ -125,7 +112,7 @@ class SplunkBackend(Backend):
     """Splunk HEC `/services/collector/event`, with optional indexer acknowledgement."""
 
     kind = "splunk"
-    destination_rule = _INDEX_RULE
+    destination_rule = SPLUNK_INDEX
 
     def __init__(self, spec: ExportSpec, clients: HttpClients) -> None:
         """Read the Splunk block; pick this instance's channel GUID. No connection yet."""
@@ -166,7 +153,7 @@ class SplunkBackend(Backend):
         return len(encoded) + 1
 
     def _worst_overhead(self) -> int:
-        prefix = self._prefix(_WORST_TIME, "x" * _INDEX_RULE.max_length,
+        prefix = self._prefix(_WORST_TIME, "x" * SPLUNK_INDEX.max_length,
                               f"{_WORST_STORE}:{_WORST_TENANT}:{_WORST_SEQ}", "0" * 64)
         return len(prefix) + len(b"}\n") + _SAFETY_MARGIN
 
@@ -180,12 +167,10 @@ class SplunkBackend(Backend):
         """The HEC token."""
         return [self._token]
 
-    def _index_for(self, row: ExportRow) -> str | None:
-        """The row's index, cut to Splunk's 80 characters (a long tenant id can pass them)."""
-        index = row.destination
-        if not index and self.splunk.index:
-            index = render_template(self.splunk.index, row.tenant_id, row.event_type, _INDEX_RULE)
-        return index[: _INDEX_RULE.max_length] if index else None
+    @staticmethod
+    def _index_for(row: ExportRow) -> str | None:
+        """The row's index as the loop rendered it, or None for the token's default index."""
+        return row.destination or None
 
     def _prefix(self, time_text: str | None, index: str | None, dedupe_key: str,
                 record_hash: str, sourcetype: str | None = None) -> bytes:
