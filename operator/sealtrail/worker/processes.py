@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -50,12 +51,34 @@ log = logging.getLogger("sealtrail.worker")
 REPORT_PATH: Final = "/internal/v1/ingest-report"
 
 _RESTART_DELAY_SECONDS: Final = 1.0
+#: What binding `::` fails with where the kernel has no IPv6 (module absent, or disabled).
+_NO_IPV6: Final = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT})
 
 
 def listen_socket(listen: str, *, shared: bool) -> socket.socket:
-    """Bind and listen on `host:port`; `shared`: alongside the other ingest processes."""
+    """Bind and listen on `host:port`; `shared`: alongside the other ingest processes.
+
+    `[::]:port` is every address: IPv6 and, on a dual-stack kernel, IPv4 too (an IPv6-only or
+    dual-stack pod's address, and 127.0.0.1, on one socket); on a kernel without IPv6 it falls
+    back to `0.0.0.0`. Another `[address]:port` binds that IPv6 address; `0.0.0.0:port` and
+    `127.0.0.1:port` stay IPv4.
+    """
     host, port = listen.rsplit(":", 1)
-    return socket.create_server((host, int(port)), backlog=1024, reuse_port=shared)
+    address = host.removeprefix("[").removesuffix("]")
+    if address != "::":
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return socket.create_server((address, int(port)), family=family, backlog=1024,
+                                    reuse_port=shared)
+    try:
+        return socket.create_server(("::", int(port)), family=socket.AF_INET6, backlog=1024,
+                                    reuse_port=shared,
+                                    dualstack_ipv6=socket.has_dualstack_ipv6())
+    except OSError as error:
+        if error.errno not in _NO_IPV6:
+            raise
+        log.warning("no IPv6 on this host (%s); listening on 0.0.0.0:%s", error, port)
+        return socket.create_server(("0.0.0.0", int(port)), backlog=1024,  # noqa: S104
+                                    reuse_port=shared)
 
 
 async def _report(request: web.Request) -> web.Response:
