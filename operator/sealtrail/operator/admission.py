@@ -1,10 +1,14 @@
 """The mutating webhook's decision for a pod being created: the pod as it should be, and warnings.
 
 sealtrail never refuses a pod. A pod that matches one of its namespace's sidecar policies gets
-the worker; one that matches none, opted out, or already has a worker is left as it is. When a
-policy matches but its config cannot be rendered (a missing Secret, say) or the worker would
-clash with the pod, the pod is admitted without a worker and the answer carries a warning, which
+the worker; one that matches none or opted out is left as it is. When a policy matches but its
+config cannot be rendered (a missing Secret, say), the worker would clash with the pod, or the
+pod runs Windows, the pod is admitted without a worker and the answer carries a warning, which
 `kubectl` shows to whoever created it; the policy's status says the same to its owner.
+
+A pod that already has the worker gets no second one: the API server calls again
+(`reinvocationPolicy: IfNeeded`) when a later webhook changed the pod, and then the worker only
+takes what it lacks of the AWS identity that webhook gave the app, and its pull secrets.
 
 Pure: the webhook handler (kopf's `on.mutate`, which answers the AdmissionReview and only calls
 for pod creations) gathers the namespace's policies, exports and Secret keys from its indexes
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sealtrail.api.resources import AuditExportSpec
-from sealtrail.operator.inject import has_worker, opted_out, plan_sidecar
+from sealtrail.operator.inject import has_worker, opted_out, plan_reinvocation, plan_sidecar
 from sealtrail.operator.render import Policy, render_worker_config
 
 __all__ = ["Admission", "decide", "matching_policies"]
@@ -51,23 +55,28 @@ def _admit(warnings: list[str], pod: dict[str, Any] | None = None) -> Admission:
 
 def decide(pod: Mapping[str, Any], namespace: str, *, policies: Sequence[Policy],
            exports: Mapping[str, AuditExportSpec], secret_keys: Mapping[str, frozenset[str]],
-           default_image: str) -> Admission:
+           default_image: str, default_pull_secrets: Sequence[str] = ()) -> Admission:
     """The answer for `pod`, created in `namespace`; never a refusal.
 
     `policies`, `exports` (by name) and `secret_keys` (Secret name to its keys) are those of
-    the pod's namespace.
+    the pod's namespace; `default_pull_secrets` are the operator's image pull secrets for the
+    worker (after the policy's own).
     """
     matching = matching_policies(pod, namespace, policies)
-    if not matching or opted_out(pod) or has_worker(pod):
+    if not matching or opted_out(pod):
         return Admission()
     policy, *others = matching
+    if has_worker(pod):  # called again after a later webhook: never a second worker
+        again = plan_reinvocation(pod, policy, default_pull_secrets=default_pull_secrets)
+        return Admission(again.pod if again.patch else None)
     result = render_worker_config(policy, exports, secret_keys)
     if result.rendered is None:
         why = "; ".join(result.problems)
         return _admit([
             (f"auditpolicy/{policy.name} matches this pod, but its worker config cannot be "
              f"rendered, so the pod runs without an audit worker: {why}")])
-    plan = plan_sidecar(pod, policy, result.rendered, default_image=default_image)
+    plan = plan_sidecar(pod, policy, result.rendered, default_image=default_image,
+                        default_pull_secrets=default_pull_secrets)
     if plan.outcome != "injected":
         return _admit([
             (f"auditpolicy/{policy.name} matches this pod, but the worker was not injected: "

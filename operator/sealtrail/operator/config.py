@@ -16,7 +16,9 @@ class WebhookConfig:
     """The admission webhook server the operator runs for sidecar injection."""
 
     port: int = 9443
-    addr: str = "0.0.0.0"  # noqa: S104 - the apiserver calls in from outside the pod
+    #: None: every address, IPv4 and IPv6, as the pod's may be either (aiohttp then binds
+    #: `0.0.0.0` and `::`); not "::", which asyncio binds IPv6-only (`IPV6_V6ONLY`).
+    addr: str | None = None
     #: DNS names (and IPs) the certificate must carry: the Service's names in a cluster.
     hosts: tuple[str, ...] = ("localhost",)
     #: A mounted certificate (`tls.crt`, `tls.key`, `ca.crt`; cert-manager); None: self-made.
@@ -34,5 +36,7 @@ class OperatorConfig:
     policy_resync_seconds: float = 30.0
     watch_timeout_seconds: int = 300
     default_image: str = DEFAULT_IMAGE
+    #: Secrets (in each pod's namespace) to pull the worker image with, for every injected pod.
+    worker_image_pull_secrets: tuple[str, ...] = ()
     webhook: WebhookConfig | None = field(default_factory=WebhookConfig)
     liveness_port: int | None = 8080

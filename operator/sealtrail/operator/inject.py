@@ -11,15 +11,27 @@ the kubelet swaps a mounted volume's files in place, and the worker re-reads the
 token or a changed config needs no restart. Only what the worker reads at start (store,
 listeners, processes) and a newly referenced Secret need a new pod; `new_pod_reasons` says when.
 
-Nothing here refuses a pod: a pod that opted out, already has a worker, or whose declared
-ports or volume names would clash gets no patch (the last with a reason to warn about).
+Nothing here refuses a pod: a pod that opted out, already has a worker, runs Windows, or whose
+ports or volume names would clash gets no patch (the last two with a reason to warn about).
+
+Living with other mutating webhooks (the chart sets `reinvocationPolicy: IfNeeded`):
+
+- Planning is idempotent: a pod that has the worker gets no second one. When the API server
+  calls again because a later webhook changed the pod, the worker only takes what it lacks of
+  the app's AWS identity (see below) and its image pull secrets; nothing else changes.
+- An identity webhook (EKS IRSA's pod-identity-webhook, EKS Pod Identity) gives the app's
+  containers `AWS_*` env and a projected token volume. The worker needs the same to reach AWS
+  (CloudWatch): it gets those env entries of the app's first container and its mounts of the
+  token volume, read-only, except any it sets itself.
+- The worker's image pull secrets (the policy's, then the operator's default) are added to the
+  pod's `imagePullSecrets` unless listed already.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -35,6 +47,7 @@ __all__ = [
     "has_worker",
     "new_pod_reasons",
     "opted_out",
+    "plan_reinvocation",
     "plan_sidecar",
     "worker_container",
     "worker_volumes",
@@ -45,7 +58,19 @@ _DEFAULT_GRACE_SECONDS: Final = 30
 #: Time beyond the worker's drain for the kubelet to stop the app first and the worker last.
 _GRACE_MARGIN_SECONDS: Final = 10
 
-Outcome = Literal["injected", "opted-out", "already-injected", "conflict"]
+#: The env an identity webhook gives the app that the worker copies (IRSA, then Pod Identity).
+AWS_IDENTITY_ENV: Final = (
+    "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_STS_REGIONAL_ENDPOINTS", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+)
+#: The projected token volumes those webhooks add (IRSA, EKS Pod Identity).
+AWS_TOKEN_VOLUMES: Final = ("aws-iam-token", "eks-pod-identity-token")
+_OS_LABEL: Final = "kubernetes.io/os"
+_PROBES: Final = ("startupProbe", "readinessProbe", "livenessProbe")
+
+#: "unsupported": a Windows pod, which the Linux worker cannot join.
+Outcome = Literal["injected", "opted-out", "already-injected", "conflict", "unsupported"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +78,8 @@ class SidecarPlan:
     """The patch for a pod, and the pod as it will be; an empty patch leaves it as it is."""
 
     outcome: Outcome
-    #: RFC 6902 operations, in order (empty unless `outcome` is "injected").
+    #: RFC 6902 operations, in order: the injection, or for "already-injected" what the worker
+    #: lacks of the app's AWS identity and its pull secrets (empty for the other outcomes).
     patch: list[dict[str, Any]]
     #: The pod with `patch` applied (a copy; the input is never changed).
     pod: dict[str, Any]
@@ -196,6 +222,37 @@ def has_worker(pod: Mapping[str, Any]) -> bool:
                for container in _containers(pod.get("spec") or {}))
 
 
+def _windows(spec: Mapping[str, Any]) -> str | None:
+    """Why the pod runs on Windows, if it does.
+
+    The worker image and its security settings are Linux-only: such a pod would be refused by
+    the API server, or never start.
+    """
+    if (spec.get("os") or {}).get("name") == "windows":
+        return "spec.os.name is windows"
+    if (spec.get("nodeSelector") or {}).get(_OS_LABEL) == "windows":
+        return f"its nodeSelector has {_OS_LABEL}=windows"
+    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or []
+    if required and all(any(
+            expression.get("key") == _OS_LABEL and expression.get("operator") == "In"
+            and set(expression.get("values") or []) == {"windows"}
+            for expression in term.get("matchExpressions") or []) for term in required):
+        return f"its node affinity requires {_OS_LABEL}=windows"
+    return None
+
+
+def _probed_ports(container: Mapping[str, Any]) -> list[int]:
+    """The port numbers the container's probes call: it listens there, declared or not."""
+    found = []
+    for probe in (container.get(name) or {} for name in _PROBES):
+        for handler in ("httpGet", "tcpSocket", "grpc"):
+            port = (probe.get(handler) or {}).get("port")
+            if isinstance(port, int):
+                found.append(port)
+    return found
+
+
 def _conflict(spec: Mapping[str, Any], policy: Policy, volumes: list[dict[str, Any]]) -> (
         str | None):
     """Why the worker cannot join this pod without breaking it, if it cannot."""
@@ -212,7 +269,40 @@ def _conflict(spec: Mapping[str, Any], policy: Policy, volumes: list[dict[str, A
             if port.get("containerPort") in ours and port.get("protocol", "TCP") == "TCP":
                 return (f"container {container.get('name')!r} declares port "
                         f"{port['containerPort']}, which the worker needs")
+        for port in _probed_ports(container):
+            if port in ours:
+                return (f"container {container.get('name')!r} is probed on port {port}, which "
+                        "the worker needs")
     return None
+
+
+def _aws_identity(spec: Mapping[str, Any], worker: Mapping[str, Any]) -> tuple[
+        list[dict[str, Any]], list[dict[str, Any]]]:
+    """What the worker lacks of the app's AWS identity: env entries, and token mounts."""
+    app: Mapping[str, Any] = next(iter(spec.get("containers") or []), {})
+    has_env = {item.get("name") for item in worker.get("env") or []}
+    env = [copy.deepcopy(item) for item in app.get("env") or []
+           if item.get("name") in AWS_IDENTITY_ENV and item.get("name") not in has_env]
+    volumes = {volume.get("name") for volume in spec.get("volumes") or []}
+    mounted = worker.get("volumeMounts") or []
+    taken = {mount.get("name") for mount in mounted} | {mount.get("mountPath")
+                                                        for mount in mounted}
+    mounts = [{"name": mount["name"], "mountPath": mount["mountPath"], "readOnly": True}
+              for mount in app.get("volumeMounts") or []
+              if mount.get("name") in AWS_TOKEN_VOLUMES and mount.get("name") in volumes
+              and mount.get("name") not in taken and mount.get("mountPath") not in taken]
+    return env, mounts
+
+
+def _pull_secret_ops(spec: Mapping[str, Any], policy: Policy,
+                     default_pull_secrets: Sequence[str]) -> list[dict[str, Any]]:
+    """Add the worker's image pull secrets the pod does not list, in order, once each."""
+    current = spec.get("imagePullSecrets")
+    listed = {item.get("name") for item in current or []}
+    wanted = [name for name in dict.fromkeys(
+        [*policy.spec.worker.image_pull_secrets, *default_pull_secrets]) if name not in listed]
+    return _list_ops(("spec", "imagePullSecrets"), current,
+                     [{"name": name} for name in wanted]) if wanted else []
 
 
 def _apply(document: Mapping[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
@@ -234,9 +324,41 @@ def _apply(document: Mapping[str, Any], ops: list[dict[str, Any]]) -> dict[str, 
     return result
 
 
+def plan_reinvocation(pod: Mapping[str, Any], policy: Policy, *,
+                      default_pull_secrets: Sequence[str] = ()) -> SidecarPlan:
+    """What a pod that has a worker still needs, as outcome "already-injected".
+
+    The patch gives the worker what it lacks of the app's AWS identity and the pod its pull
+    secrets; it is empty when nothing is missing, or the worker is not one sealtrail injected.
+    """
+    same = copy.deepcopy(dict(pod))
+    reason = f"the pod already has a {naming.CONTAINER_NAME} container"
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    spec: Mapping[str, Any] = pod.get("spec") or {}
+    found = [(kind, number, container) for kind in ("initContainers", "containers")
+             for number, container in enumerate(spec.get(kind) or [])
+             if container.get("name") == naming.CONTAINER_NAME]
+    if annotations.get(naming.INJECTED_ANNOTATION) != "true" or len(found) != 1:
+        return SidecarPlan("already-injected", [], same, reason)
+    kind, number, worker = found[0]
+    env, mounts = _aws_identity(spec, worker)
+    ops: list[dict[str, Any]] = []
+    if env:
+        ops += _list_ops(("spec", kind, str(number), "env"), worker.get("env"), env)
+    if mounts:
+        ops += _list_ops(("spec", kind, str(number), "volumeMounts"),
+                         worker.get("volumeMounts"), mounts)
+    ops += _pull_secret_ops(spec, policy, default_pull_secrets)
+    return SidecarPlan("already-injected", ops, _apply(pod, ops) if ops else same, reason)
+
+
 def plan_sidecar(pod: Mapping[str, Any], policy: Policy, rendered: RenderedConfig, *,
-                 default_image: str) -> SidecarPlan:
-    """The patch that adds the worker of `policy` (config `rendered`) to `pod`."""
+                 default_image: str, default_pull_secrets: Sequence[str] = ()) -> SidecarPlan:
+    """The patch that adds the worker of `policy` (config `rendered`) to `pod`.
+
+    `default_pull_secrets` are the operator's image pull secrets for the worker, added after
+    the policy's own.
+    """
     if rendered.mode != "sidecar":
         raise ValueError(f"auditpolicy/{policy.name} was rendered for {rendered.mode} mode; a "
                          "sidecar keeps ingest on the pod's loopback")
@@ -247,8 +369,11 @@ def plan_sidecar(pod: Mapping[str, Any], policy: Policy, rendered: RenderedConfi
         return SidecarPlan("opted-out", [], same,
                            f'annotation {naming.INJECT_ANNOTATION}: "false"')
     if has_worker(pod):
-        return SidecarPlan("already-injected", [], same,
-                           f"the pod already has a {naming.CONTAINER_NAME} container")
+        return plan_reinvocation(pod, policy, default_pull_secrets=default_pull_secrets)
+    windows = _windows(spec)
+    if windows is not None:
+        return SidecarPlan("unsupported", [], same,
+                           f"a Windows pod ({windows}); the worker runs on Linux only")
     volumes = worker_volumes(policy, rendered, store=True)
     conflict = _conflict(spec, policy, volumes)
     if conflict is not None:
@@ -267,11 +392,16 @@ def plan_sidecar(pod: Mapping[str, Any], policy: Policy, rendered: RenderedConfi
     # Before the worker is inserted at index 0, while the init containers keep their indexes.
     ops += _env_ops(spec, f"http://127.0.0.1:{policy.spec.worker.port}")
     worker = worker_container(policy, rendered, default_image=default_image, sidecar=True)
+    env, mounts = _aws_identity(spec, worker)
+    if env:
+        worker["env"] = env
+    worker["volumeMounts"] += mounts
     if isinstance(spec.get("initContainers"), list):
         ops.append({"op": "add", "path": "/spec/initContainers/0", "value": worker})
     else:
         ops.append({"op": "add", "path": "/spec/initContainers", "value": [worker]})
     ops += _list_ops(("spec", "volumes"), spec.get("volumes"), volumes)
+    ops += _pull_secret_ops(spec, policy, default_pull_secrets)
     grace = spec.get("terminationGracePeriodSeconds")
     needed = policy.spec.worker.drain_timeout_seconds + _GRACE_MARGIN_SECONDS
     if (_DEFAULT_GRACE_SECONDS if grace is None else grace) < needed:
