@@ -27,7 +27,7 @@ from sealtrail.api.resources import AuditExportSpec
 from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.operator import naming
 from sealtrail.operator.admission import Admission, decide
-from sealtrail.operator.collector import plan_collector
+from sealtrail.operator.collector import collector_status, plan_collector, stale_objects
 from sealtrail.operator.inject import SidecarPlan, new_pod_reasons, plan_sidecar
 from sealtrail.operator.render import (
     Policy,
@@ -158,7 +158,45 @@ def test_sidecar_golden(golden: str, pod_name: str) -> None:
 def test_collector_golden() -> None:
     plan = plan_collector(policy("apiserver"), rendered("apiserver"), default_image=IMAGE)
     check_golden("collector", {"warnings": list(plan.warnings), "statefulSet": plan.stateful_set,
-                               "service": plan.service, "configMap": plan.config_map})
+                               "service": plan.service, "configMap": plan.config_map,
+                               "podDisruptionBudget": plan.pod_disruption_budget})
+
+
+def _collector_policy(**collector: Any) -> Policy:
+    raw = copy.deepcopy(_by_name("policies.yaml")["apiserver"])
+    raw["spec"]["collector"].update(collector)
+    return Policy.from_object(raw)
+
+
+def test_collector_with_a_pinned_cluster_ip_golden() -> None:
+    """What changes when `spec.collector.clusterIP` is set: the Service asks for that IP."""
+    pinned = _collector_policy(clusterIP="10.96.100.20")
+    plan = plan_collector(pinned, rendered("apiserver"), default_image=IMAGE)
+    check_golden("collector-pinned-service", {
+        "service": plan.service,
+        "status": collector_status(pinned, ["10.96.100.20"]),
+        "staleInSidecarMode": [],
+    })
+    unpinned = plan_collector(policy("apiserver"), rendered("apiserver"), default_image=IMAGE)
+    assert "clusterIP" not in unpinned.service["spec"], "unpinned: the apiserver allocates"
+
+
+def test_a_storage_change_only_changes_the_claim_template_golden() -> None:
+    """`storageSize` and `storageClassName` reach only `volumeClaimTemplates`.
+
+    The API cannot update those in place: `Kube.apply_recreating` re-creates the StatefulSet.
+    """
+    before = plan_collector(policy("apiserver"), rendered("apiserver"), default_image=IMAGE)
+    after = plan_collector(_collector_policy(storageSize="50Gi", storageClassName="slow-hdd"),
+                           rendered("apiserver"), default_image=IMAGE)
+    changed = {key for key in before.stateful_set["spec"]
+               if before.stateful_set["spec"][key] != after.stateful_set["spec"][key]}
+    assert changed == {"volumeClaimTemplates"}
+    assert before.service == after.service
+    assert before.pod_disruption_budget == after.pod_disruption_budget
+    check_golden("collector-storage-change", {
+        "before": before.stateful_set["spec"]["volumeClaimTemplates"],
+        "after": after.stateful_set["spec"]["volumeClaimTemplates"]})
 
 
 # --- every output is valid --------------------------------------------------------------------
@@ -202,7 +240,10 @@ def test_the_patch_applied_by_jsonpatch_is_the_promised_pod_and_valid(name: str,
 
 def test_collector_objects_are_valid() -> None:
     plan = plan_collector(policy("apiserver"), rendered("apiserver"), default_image=IMAGE)
-    for obj in (plan.stateful_set, plan.service, plan.config_map):
+    pinned = plan_collector(_collector_policy(clusterIP="fd00:10:96::20"),
+                            rendered("apiserver"), default_image=IMAGE)
+    for obj in (plan.stateful_set, plan.service, plan.config_map, plan.pod_disruption_budget,
+                pinned.service):
         k8s_valid(obj)
         _labels_valid(obj)
     _labels_valid(plan.stateful_set["spec"]["template"])
@@ -382,7 +423,7 @@ def test_a_collector_without_a_token_is_rendered_with_a_warning() -> None:
     result = render_worker_config(Policy.from_object(raw), exports(), secret_keys())
     assert result.rendered is not None
     assert result.rendered.config.ingest.tokens == []
-    assert result.rendered.config.ingest.listen == "[::]:8470"
+    assert result.rendered.config.ingest.listen == "0.0.0.0:8470"
     assert result.problems == (
         ("auditpolicy/apiserver: spec.collector.ingestToken: not set, so the collector accepts "
         "events from anyone who can reach its Service"),)
@@ -547,7 +588,7 @@ def test_the_collector_owns_its_objects_and_selects_only_its_pods() -> None:
     owner = {"apiVersion": "sealtrail.dev/v1alpha1", "kind": "AuditPolicy", "name": "apiserver",
              "uid": "5a1b2c3d-0000-4000-8000-000000000005", "controller": True,
              "blockOwnerDeletion": True}
-    for obj in (plan.stateful_set, plan.service, plan.config_map):
+    for obj in (plan.stateful_set, plan.service, plan.config_map, plan.pod_disruption_budget):
         assert obj["metadata"]["ownerReferences"] == [owner]
         assert obj["metadata"]["labels"]["sealtrail.dev/policy"] == "apiserver"
     spec = plan.stateful_set["spec"]
@@ -560,6 +601,52 @@ def test_the_collector_owns_its_objects_and_selects_only_its_pods() -> None:
     assert spec["template"]["spec"]["securityContext"]["fsGroup"] == 65532
     assert spec["serviceName"] == plan.service["metadata"]["name"]
     assert [p["name"] for p in plan.service["spec"]["ports"]] == ["st-ingest", "st-admin"]
+
+
+def test_the_collector_serves_https_with_the_certificate_it_mounts() -> None:
+    plan = plan_collector(policy("apiserver"), rendered("apiserver"), default_image=IMAGE)
+    config = rendered("apiserver").config
+    assert config.ingest.tls is not None
+    pod_spec = plan.stateful_set["spec"]["template"]["spec"]
+    volume = next(v for v in pod_spec["volumes"] if v["name"] == naming.VOLUME_COLLECTOR_TLS)
+    assert volume["secret"] == {"secretName": "sealtrail-collector-apiserver-tls"}
+    mount = next(m for m in pod_spec["containers"][0]["volumeMounts"]
+                 if m["name"] == naming.VOLUME_COLLECTOR_TLS)
+    assert mount == {"name": "st-ingest-tls", "mountPath": naming.COLLECTOR_TLS_DIR,
+                     "readOnly": True}
+    for path in (config.ingest.tls.cert_file, config.ingest.tls.key_file):
+        assert path.startswith(naming.COLLECTOR_TLS_DIR + "/")
+    assert rendered("two-exports").config.ingest.tls is None, "a sidecar's loopback: plain"
+
+
+def test_the_budget_lets_a_drain_through_one_replica_at_a_time() -> None:
+    for replicas in (1, 3):
+        plan = plan_collector(_collector_policy(replicas=replicas), rendered("apiserver"),
+                              default_image=IMAGE)
+        budget = plan.pod_disruption_budget["spec"]
+        assert budget["maxUnavailable"] == 1, "never minAvailable: 1, which blocks every drain"
+        assert "minAvailable" not in budget
+        assert budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+        assert budget["selector"] == plan.stateful_set["spec"]["selector"]
+
+
+def test_sidecar_mode_names_every_collector_object_but_the_claims_as_stale() -> None:
+    raw = copy.deepcopy(_by_name("policies.yaml")["apiserver"])
+    raw["spec"]["mode"] = "sidecar"
+    stale = stale_objects(Policy.from_object(raw))
+    plan = plan_collector(policy("apiserver"), rendered("apiserver"), default_image=IMAGE)
+    planned = {(obj["kind"], obj["metadata"]["name"]) for obj in (
+        plan.stateful_set, plan.service, plan.pod_disruption_budget)}
+    assert planned <= {(ref.kind, ref.name) for ref in stale}
+    assert {(ref.kind, ref.name) for ref in stale} - planned == {
+        ("Secret", "sealtrail-collector-apiserver-tls"),
+        ("Secret", "sealtrail-collector-apiserver-ca"),
+        ("ConfigMap", "sealtrail-collector-apiserver-ca")}
+    assert all(ref.namespace == NAMESPACE for ref in stale)
+    assert naming.config_map_name("apiserver") not in {ref.name for ref in stale}, (
+        "the worker ConfigMap is both modes'")
+    assert "PersistentVolumeClaim" not in {ref.kind for ref in stale}
+    assert stale_objects(policy("apiserver")) == (), "the sidecar mode owns nothing else"
 
 
 def test_more_than_one_collector_replica_is_planned_with_a_warning() -> None:

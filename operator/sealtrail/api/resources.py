@@ -12,11 +12,10 @@ never `subPath`), which the kubelet updates in place on rotation.
 
 from __future__ import annotations
 
-import re
-from fractions import Fraction
+import ipaddress
 from typing import Annotated, Final, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sealtrail.api.errors import format_path
 from sealtrail.api.export import (
@@ -38,12 +37,12 @@ __all__ = [
     "AuditPolicySpec",
     "AuditPolicyStatus",
     "CollectorSettings",
+    "CollectorStatus",
     "Condition",
     "LabelSelector",
     "LabelSelectorRequirement",
     "PolicyCheckpoints",
     "WorkerSettings",
-    "quantity",
 ]
 
 GROUP: Final = "sealtrail.dev"
@@ -52,21 +51,6 @@ API_VERSION: Final = f"{GROUP}/{VERSION}"
 
 #: A Kubernetes quantity such as `1Gi` or `500Mi`.
 _QUANTITY: Final = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$"
-
-
-_SUFFIXES: Final[dict[str, int | Fraction]] = {
-    "": 1, "m": Fraction(1, 1000), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-    "P": 10**15, "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
-    "Ei": 2**60,
-}
-
-
-def quantity(text: str) -> Fraction:
-    """The exact value of a quantity that matches `_QUANTITY` (`1.5Gi`, `500m`)."""
-    found = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)", text)
-    if found is None or found.group(2) not in _SUFFIXES:
-        raise ValueError(f"{text!r} is not a Kubernetes quantity")
-    return Fraction(found.group(1)) * _SUFFIXES[found.group(2)]
 
 
 def _only_secret_refs(named: list[tuple[tuple[str | int, ...], CredentialRef | None]]) -> None:
@@ -163,31 +147,6 @@ class WorkerSettings(_Model):
     ephemeral_storage_limit: Annotated[str, Field(pattern=_QUANTITY)] = "256Mi"
     backpressure: BackpressureSpec = Field(default_factory=BackpressureSpec)
     drain_timeout_seconds: Annotated[int, Field(ge=0, le=3600)] = 20
-    #: Secrets (of the pod's namespace) to pull `image` with, added to the pod's
-    #: `imagePullSecrets` unless it lists them already.
-    image_pull_secrets: list[Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]] = (
-        Field(default_factory=list, max_length=16))
-
-    @model_validator(mode="after")
-    def _requests_within_limits(self) -> WorkerSettings:
-        # The API server refuses a container whose request is above its limit, and with it
-        # every pod the worker joins: refuse the policy instead, when it is applied.
-        for resource, request, limit in (
-                ("cpu", self.cpu_request, self.cpu_limit),
-                ("memory", self.memory_request, self.memory_limit),
-                ("ephemeralStorage", self.ephemeral_storage_request,
-                 self.ephemeral_storage_limit)):
-            if quantity(request) > quantity(limit):
-                raise ValueError(f"{resource}Request ({request}) must not be above "
-                                 f"{resource}Limit ({limit})")
-        return self
-
-    @model_validator(mode="after")
-    def _distinct_ports(self) -> WorkerSettings:
-        if self.port == self.admin_port:
-            raise ValueError(f"port and adminPort must differ (both are {self.port}): the "
-                             "worker cannot listen twice on one port")
-        return self
 
 
 class CollectorSettings(_Model):
@@ -198,6 +157,26 @@ class CollectorSettings(_Model):
     storage_class_name: Annotated[str, Field(pattern=DNS_SUBDOMAIN)] | None = None
     #: Bearer token callers must send (the collector listens beyond localhost).
     ingest_token: CredentialRef | None = None
+    #: The Service's virtual IP, from the cluster's service range (unset: the apiserver picks
+    #: one). Pin it when a kube-apiserver is the caller: the apiserver cannot use cluster DNS,
+    #: so its audit webhook kubeconfig names this address, and a pinned one survives the
+    #: policy being deleted and created again. Changing it re-creates the Service.
+    cluster_ip: Annotated[str, Field(max_length=45, pattern=r"^[0-9A-Fa-f:.]+$")] | None = (
+        Field(default=None, alias="clusterIP"))
+
+    @field_validator("cluster_ip")
+    @classmethod
+    def _an_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                address = ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+            if address.is_unspecified or address.is_loopback:
+                raise ValueError(f"{value} cannot be a Service's ClusterIP")
+            return str(address)
+        return value
+
 
 
 class AuditPolicySpec(_Model):
@@ -257,6 +236,19 @@ class AuditExportStatus(_Model):
     credential_version: str | None = None
 
 
+class CollectorStatus(_Model):
+    """Where a collector takes events, and what a caller must trust (collector mode only)."""
+
+    #: The Service (and StatefulSet) name.
+    service: Annotated[str, Field(pattern=DNS_LABEL)]
+    #: The Service's virtual IPs, as allocated (or pinned by `spec.collector.clusterIP`).
+    cluster_ips: list[str] = Field(default_factory=list, alias="clusterIPs")
+    #: `https://<clusterIP>:<port>`, the address for a caller without cluster DNS.
+    url: str | None = None
+    #: The ConfigMap holding the collector's CA (`ca.crt`) and an audit webhook kubeconfig.
+    ca_config_map: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)] | None = None
+
+
 class AuditPolicyStatus(_Model):
     """What a policy produced: its config, the exports it found, the pods it reached."""
 
@@ -267,3 +259,4 @@ class AuditPolicyStatus(_Model):
     unknown_exports: list[str] = Field(default_factory=list)
     injected_pods: int = 0
     uninjected_pods: list[str] = Field(default_factory=list)
+    collector: CollectorStatus | None = None

@@ -20,6 +20,7 @@ __all__ = [
     "CheckpointSpec",
     "IdempotencySpec",
     "IngestSpec",
+    "IngestTlsSpec",
     "IngestToken",
     "NatsSpec",
     "StoreSpec",
@@ -33,11 +34,9 @@ def _check_port(value: str) -> str:
     return value
 
 
-#: `host:port`, an IPv6 address in brackets (`[::]:8471`: every address, IPv6 and IPv4); the
-#: pattern alone would let port 99999 through to a crash at start-up.
-ListenAddress = Annotated[
-    str, Field(pattern=r"^([^\s:\[\]]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$"),
-    AfterValidator(_check_port)]
+#: `host:port`; the pattern alone would let port 99999 through to a crash at start-up.
+ListenAddress = Annotated[str, Field(pattern=r"^[^\s:]+:[0-9]{1,5}$"),
+                          AfterValidator(_check_port)]
 
 
 class StoreSpec(_Model):
@@ -95,10 +94,24 @@ class IdempotencySpec(_Model):
     max_keys: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
 
 
+class IngestTlsSpec(_Model):
+    """Serve ingest over HTTPS with this certificate and key (PEM files).
+
+    The files are followed: a renewed certificate (a Secret's files swapped by the kubelet) is
+    used for new connections within a second, with no restart; new files that cannot be used
+    leave the previous ones in use, with a warning.
+    """
+
+    cert_file: Annotated[str, Field(min_length=1)]
+    key_file: Annotated[str, Field(min_length=1)]
+
+
 class IngestSpec(_Model):
     """The ingest API."""
 
     listen: ListenAddress = "127.0.0.1:8470"
+    #: HTTPS instead of HTTP (the collector's; a sidecar's loopback listener needs none).
+    tls: IngestTlsSpec | None = None
     tokens: list[IngestToken] = Field(default_factory=list)
     max_body_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
     max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = 10_000

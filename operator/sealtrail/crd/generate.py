@@ -41,9 +41,9 @@ from sealtrail.api.resources import (
     AuditExportStatus,
     AuditPolicySpec,
     AuditPolicyStatus,
+    CollectorSettings,
     Condition,
     LabelSelectorRequirement,
-    WorkerSettings,
 )
 from sealtrail.api.worker_config import BackpressureSpec
 from sealtrail.crd import reference
@@ -86,22 +86,9 @@ def _or_default(model: type[BaseModel], name: str) -> str:
     """
     info = model.model_fields[name]
     alias = info.alias or name
-    if isinstance(info.default, str) and "'" not in info.default:
-        return f"(has(self.{alias}) ? self.{alias} : '{info.default}')"
     if not isinstance(info.default, int):  # pragma: no cover - a programming error here
-        raise TypeError(f"{model.__name__}.{name}: an integer or string default is needed")
+        raise TypeError(f"{model.__name__}.{name}: an integer default is needed")
     return f"(has(self.{alias}) ? self.{alias} : {info.default})"
-
-
-def _within_limit(model: type[BaseModel], request: str, limit: str) -> Rule:
-    """A request no larger than its limit, compared as quantities (Kubernetes 1.29+ CEL)."""
-    return Rule(
-        rule=(f"quantity({_or_default(model, request)})"
-              f".compareTo(quantity({_or_default(model, limit)})) <= 0"),
-        message=f"{_alias(model, request)} must not be above {_alias(model, limit)}",
-        field_path=f".{_alias(model, request)}",
-        stands_for=f"{model.__name__}._requests_within_limits",
-    )
 
 
 def _alias(model: type[BaseModel], name: str) -> str:
@@ -152,6 +139,15 @@ RULES: Final[dict[type[BaseModel], tuple[Rule, ...]]] = {
             stands_for="ElasticAuth._exactly_one",
         ),
     ),
+    CollectorSettings: (
+        Rule(
+            rule=("!has(self.clusterIP) || (isIP(self.clusterIP) && "
+                  "!ip(self.clusterIP).isLoopback() && !ip(self.clusterIP).isUnspecified())"),
+            message="clusterIP must be an IPv4 or IPv6 address a Service can have",
+            field_path=".clusterIP",
+            stands_for="CollectorSettings._an_address",
+        ),
+    ),
     RetrySpec: (
         Rule(
             rule=(f"{_or_default(RetrySpec, 'initial_backoff_ms')} <= "
@@ -177,20 +173,6 @@ RULES: Final[dict[type[BaseModel], tuple[Rule, ...]]] = {
             message="lowWatermarkRows must be below highWatermarkRows",
             field_path=".lowWatermarkRows",
             stands_for="BackpressureSpec._ordered",
-        ),
-    ),
-    # The API server refuses a container whose request is above its limit, and so every pod
-    # such a worker would join; refuse the policy at apply time instead.
-    WorkerSettings: (
-        _within_limit(WorkerSettings, "cpu_request", "cpu_limit"),
-        _within_limit(WorkerSettings, "memory_request", "memory_limit"),
-        _within_limit(WorkerSettings, "ephemeral_storage_request", "ephemeral_storage_limit"),
-        Rule(
-            rule=(f"{_or_default(WorkerSettings, 'port')} != "
-                  f"{_or_default(WorkerSettings, 'admin_port')}"),
-            message="port and adminPort must differ",
-            field_path=".adminPort",
-            stands_for="WorkerSettings._distinct_ports",
         ),
     ),
     # Items of an unbounded list: these stay macro-free and cheap, as the API server multiplies

@@ -7,22 +7,48 @@ backlog of undelivered rows lives there. `podManagementPolicy: Parallel` because
 share nothing, so none has to wait for another to start or stop.
 
 The Service is a plain ClusterIP Service (not headless): the apiserver's audit webhook is
-configured by a kubeconfig URL, and the apiserver often cannot resolve cluster DNS, so it needs
-one stable virtual IP that kube-proxy spreads over ready replicas. The StatefulSet names it as
-its `serviceName`; no per-pod DNS names are needed, since the operator reaches each worker's
-admin port by pod IP.
+configured by a kubeconfig URL, and the apiserver (a hostNetwork static pod) cannot resolve
+cluster DNS, so it needs one stable virtual IP that kube-proxy spreads over ready replicas.
+`spec.collector.clusterIP` pins that IP, so that it survives the policy being recreated. The
+StatefulSet names the Service as its `serviceName`; no per-pod DNS names are needed, since the
+operator reaches each worker's admin port by pod IP.
+
+Ingest is HTTPS: the worker serves the certificate in the Secret `<collector>-tls`, issued by
+the operator (`collector_tls`) for the Service's DNS names and its ClusterIPs, which are known
+only once the Service exists; so the Service is applied before the certificate is planned.
+
+A PodDisruptionBudget (`maxUnavailable: 1`) keeps a drain from evicting more than one replica
+at a time, and never blocks it: with one replica, `minAvailable: 1` would stop every drain of
+its node, and a collector is something to drain past (callers retry, the backlog is on the
+volume), not a reason to hold a node. Unhealthy pods may always be evicted, so a crash-looping
+replica cannot block a drain either.
+
+`stale_objects` names what the other mode left behind: switching to sidecar mode deletes the
+collector's objects (never its volume claims, which hold undelivered rows); the sidecar mode
+owns nothing the collector does not (its ConfigMap is the collector's too).
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from sealtrail.operator import naming
 from sealtrail.operator.inject import worker_container, worker_volumes
+from sealtrail.operator.refs import ObjectRef
 from sealtrail.operator.render import Policy, RenderedConfig, config_map
 
-__all__ = ["CollectorPlan", "plan_collector"]
+__all__ = [
+    "CollectorPlan",
+    "cluster_ips",
+    "collector_status",
+    "ingest_url",
+    "plan_collector",
+    "serving_hosts",
+    "stale_objects",
+]
 
 _GRACE_MARGIN_SECONDS: Final = 10
 
@@ -34,6 +60,7 @@ class CollectorPlan:
     config_map: dict[str, Any]
     stateful_set: dict[str, Any]
     service: dict[str, Any]
+    pod_disruption_budget: dict[str, Any]
     #: What a person should know about what was planned (not errors: it was planned).
     warnings: tuple[str, ...]
 
@@ -59,6 +86,9 @@ def _stateful_set(policy: Policy, rendered: RenderedConfig, default_image: str) 
     if settings.storage_class_name is not None:
         claim["storageClassName"] = settings.storage_class_name
     pod_labels = naming.managed_labels(policy.name) | naming.collector_labels(policy.name)
+    container = worker_container(policy, rendered, default_image=default_image, sidecar=False)
+    container["volumeMounts"].append({"name": naming.VOLUME_COLLECTOR_TLS,
+                                      "mountPath": naming.COLLECTOR_TLS_DIR, "readOnly": True})
     metadata = _metadata(policy, name)
     metadata["annotations"] = {naming.CONFIG_HASH_ANNOTATION: rendered.config_hash}
     return {
@@ -92,10 +122,10 @@ def _stateful_set(policy: Policy, rendered: RenderedConfig, default_image: str) 
                     },
                     "terminationGracePeriodSeconds":
                         worker.drain_timeout_seconds + _GRACE_MARGIN_SECONDS,
-                    "containers": [worker_container(policy, rendered,
-                                                    default_image=default_image,
-                                                    sidecar=False)],
-                    "volumes": worker_volumes(policy, rendered, store=False),
+                    "containers": [container],
+                    "volumes": [*worker_volumes(policy, rendered, store=False), {
+                        "name": naming.VOLUME_COLLECTOR_TLS,
+                        "secret": {"secretName": naming.collector_tls_name(policy.name)}}],
                 },
             },
             "volumeClaimTemplates": [{
@@ -109,12 +139,15 @@ def _stateful_set(policy: Policy, rendered: RenderedConfig, default_image: str) 
 
 def _service(policy: Policy) -> dict[str, Any]:
     worker = policy.spec.worker
+    pinned = {} if policy.spec.collector.cluster_ip is None else {
+        "clusterIP": policy.spec.collector.cluster_ip}
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(policy, naming.collector_name(policy.name)),
         "spec": {
             "type": "ClusterIP",
+            **pinned,
             "selector": naming.collector_labels(policy.name),
             "ports": [
                 {"name": naming.INGEST_PORT_NAME, "port": worker.port, "protocol": "TCP",
@@ -126,9 +159,26 @@ def _service(policy: Policy) -> dict[str, Any]:
     }
 
 
+def _pod_disruption_budget(policy: Policy) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(policy, naming.collector_name(policy.name)),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": naming.collector_labels(policy.name)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
 def plan_collector(policy: Policy, rendered: RenderedConfig, *,
                    default_image: str) -> CollectorPlan:
-    """The ConfigMap, StatefulSet `sealtrail-collector-<policy>` and its Service."""
+    """The ConfigMap, StatefulSet `sealtrail-collector-<policy>`, its Service and its PDB.
+
+    The StatefulSet mounts the Secret `collector_tls.plan_collector_tls` plans, which needs the
+    Service's ClusterIPs: apply the Service, then the TLS objects, then the StatefulSet.
+    """
     if rendered.mode != "collector":
         raise ValueError(f"auditpolicy/{policy.name} was rendered for {rendered.mode} mode; a "
                          "collector needs ingest on every address")
@@ -143,5 +193,57 @@ def plan_collector(policy: Policy, rendered: RenderedConfig, *,
         config_map=config_map(policy, rendered),
         stateful_set=_stateful_set(policy, rendered, default_image),
         service=_service(policy),
+        pod_disruption_budget=_pod_disruption_budget(policy),
         warnings=tuple(warnings),
     )
+
+
+def cluster_ips(service: Mapping[str, Any] | None) -> list[str]:
+    """The virtual IPs of a Service as the API returned it (none for a missing or headless one)."""
+    spec = (service or {}).get("spec") or {}
+    found = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+    return [str(ip) for ip in found if ip and ip != "None"]
+
+
+def serving_hosts(policy: Policy, ips: Iterable[str]) -> list[str]:
+    """What the collector's certificate is for: its Service's DNS names, then its ClusterIPs."""
+    name = naming.collector_name(policy.name)
+    namespace = policy.namespace
+    return [f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local",
+            f"{name}.{namespace}", name, *ips]
+
+
+def ingest_url(policy: Policy, ip: str) -> str:
+    """`https://<ip>:<port>`: the collector's ingest address for a caller without cluster DNS."""
+    host = f"[{ip}]" if isinstance(ipaddress.ip_address(ip), ipaddress.IPv6Address) else ip
+    return f"https://{host}:{policy.spec.worker.port}"
+
+
+def collector_status(policy: Policy, ips: Iterable[str]) -> dict[str, Any]:
+    """`status.collector` of a collector-mode policy (camelCase, as the CRD has it)."""
+    found = list(ips)
+    status: dict[str, Any] = {"service": naming.collector_name(policy.name), "clusterIPs": found,
+                              "caConfigMap": naming.collector_ca_name(policy.name)}
+    if found:
+        status["url"] = ingest_url(policy, found[0])
+    return status
+
+
+def stale_objects(policy: Policy) -> tuple[ObjectRef, ...]:
+    """The objects the policy's other mode owns and this mode does not (delete each if owned).
+
+    In sidecar mode that is the whole collector but its volume claims, which hold undelivered
+    rows (they are adopted again if the policy goes back to collector mode). In collector mode
+    it is nothing: the sidecar mode's only object, the ConfigMap, is the collector's too, and
+    pods injected earlier keep their sidecar until they are replaced.
+    """
+    if policy.spec.mode == "collector":
+        return ()
+    name, namespace = naming.collector_name(policy.name), policy.namespace
+    ca = naming.collector_ca_name(policy.name)
+    return (ObjectRef("PodDisruptionBudget", namespace, name),
+            ObjectRef("StatefulSet", namespace, name),
+            ObjectRef("Service", namespace, name),
+            ObjectRef("Secret", namespace, naming.collector_tls_name(policy.name)),
+            ObjectRef("Secret", namespace, ca),
+            ObjectRef("ConfigMap", namespace, ca))

@@ -13,17 +13,26 @@ import base64
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from typing import Any, Final
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
+
+from sealtrail.operator.refs import ObjectRef
 
 __all__ = ["APPLIED_HASH", "Kube", "KubeError"]
 
 log = logging.getLogger("sealtrail.operator")
 
 APPLIED_HASH: Final = "sealtrail.dev/applied-hash"
+#: How long `apply_recreating` waits for the object it deleted to be gone.
+RECREATE_WAIT_SECONDS: Final = 30.0
+#: What the API says when a StatefulSet update touches a field it cannot update.
+_IMMUTABLE_STATEFULSET: Final = "updates to statefulset spec for fields other than"
+
 
 
 class KubeError(Exception):
@@ -66,6 +75,16 @@ class Kube:
                         self.apps.create_namespaced_stateful_set,
                         self.apps.replace_namespaced_stateful_set,
                         self.apps.delete_namespaced_stateful_set)
+            case "Secret":  # the collector's CA and serving certificate, no other
+                return (self.core.read_namespaced_secret, self.core.create_namespaced_secret,
+                        self.core.replace_namespaced_secret,
+                        self.core.delete_namespaced_secret)
+            case "PodDisruptionBudget":
+                budgets = kubernetes.client.PolicyV1Api(self.api)
+                return (budgets.read_namespaced_pod_disruption_budget,
+                        budgets.create_namespaced_pod_disruption_budget,
+                        budgets.replace_namespaced_pod_disruption_budget,
+                        budgets.delete_namespaced_pod_disruption_budget)
         raise KubeError(f"sealtrail does not manage {kind} objects")
 
     def apply(self, obj: Mapping[str, Any]) -> str:
@@ -134,4 +153,127 @@ class Kube:
             except ApiException as error:
                 raise KubeError(f"cannot patch MutatingWebhookConfiguration {configuration}: "
                                 f"{error.reason}") from None
+        return True
+
+    # -- collector mode: fields that cannot be updated, and what the other mode left ---------
+
+    def read_object(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """An object of a kind we manage as the API has it; None if it does not exist."""
+        read, *_ = self._calls(kind)
+        try:
+            answer: Any = read(name, namespace, _preload_content=False)
+        except ApiException as error:
+            if error.status == HTTPStatus.NOT_FOUND:
+                return None
+            raise KubeError(f"cannot read {kind} {namespace}/{name}: {error.reason}") from None
+        found: dict[str, Any] = json.loads(answer.data)
+        return found
+
+    def apply_recreating(self, obj: Mapping[str, Any], *,
+                         wait_seconds: float = RECREATE_WAIT_SECONDS) -> str:
+        """`apply`, re-creating the object if the change is to a field that cannot be updated.
+
+        A StatefulSet takes updates only to a few fields of its spec; a change elsewhere
+        (`volumeClaimTemplates`: `storageSize`, `storageClassName`; `selector`) is refused with
+        422 on every attempt. Then the StatefulSet is deleted orphaning its pods and volume
+        claims (nothing stops, no row is lost) and created again; the new one adopts the pods,
+        rolls them if their template changed, and reuses the claims, which keep the size they
+        were made with. A Service whose pinned `clusterIP` differs from the one it has is
+        deleted and created again (its IP cannot change otherwise).
+
+        Returns what `apply` does, or "recreated"; a KubeError says to retry when the old
+        object was still going after `wait_seconds`.
+        """
+        kind, meta = str(obj["kind"]), obj["metadata"]
+        name, namespace = str(meta["name"]), str(meta["namespace"])
+        if kind == "Service":
+            pinned = (obj.get("spec") or {}).get("clusterIP")
+            current = self.read_object(kind, namespace, name)
+            if pinned and current is not None and pinned != (current.get("spec") or {}).get(
+                    "clusterIP"):
+                log.warning("Service %s/%s: re-created for its new clusterIP %s", namespace,
+                            name, pinned)
+                self._delete_and_wait(kind, current, propagation="Background",
+                                      wait_seconds=wait_seconds)
+                self.apply(obj)
+                return "recreated"
+            return self.apply(obj)
+        try:
+            return self.apply(obj)
+        except KubeError:
+            if kind != "StatefulSet":
+                raise
+            current = self.read_object(kind, namespace, name)
+            if current is None or not self._refused_as_immutable(obj, current):
+                raise
+        log.warning("StatefulSet %s/%s: re-created, because the change is to fields a "
+                    "StatefulSet cannot update; its pods and volume claims are kept (existing "
+                    "claims keep their size: expand them by hand if the StorageClass allows)",
+                    namespace, name)
+        self._delete_and_wait(kind, current, propagation="Orphan", wait_seconds=wait_seconds)
+        self.apply(obj)
+        return "recreated"
+
+    def _refused_as_immutable(self, obj: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+        """Whether the API refuses to update the StatefulSet to `obj` for its fixed fields."""
+        desired = json.loads(json.dumps(obj))
+        desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        try:
+            self.apps.replace_namespaced_stateful_set(
+                str(desired["metadata"]["name"]), str(desired["metadata"]["namespace"]),
+                desired, dry_run="All")
+        except ApiException as error:
+            return (error.status == HTTPStatus.UNPROCESSABLE_ENTITY
+                    and _IMMUTABLE_STATEFULSET in str(error.body))
+        return False
+
+    def _delete_and_wait(self, kind: str, current: Mapping[str, Any], *, propagation: str,
+                         wait_seconds: float) -> None:
+        """Delete `current` (that very object: its uid) and wait until it is gone."""
+        name, namespace = str(current["metadata"]["name"]), str(current["metadata"]["namespace"])
+        uid = str(current["metadata"]["uid"])
+        *_, delete = self._calls(kind)
+        options = kubernetes.client.V1DeleteOptions(
+            propagation_policy=propagation,
+            preconditions=kubernetes.client.V1Preconditions(uid=uid))
+        try:
+            delete(name, namespace, body=options)
+        except ApiException as error:
+            if error.status not in {HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT}:
+                raise KubeError(f"cannot delete {kind} {namespace}/{name}: "
+                                f"{error.reason}") from None
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            found = self.read_object(kind, namespace, name)
+            if found is None or found["metadata"].get("uid") != uid:
+                return
+            if time.monotonic() >= deadline:
+                raise KubeError(f"{kind} {namespace}/{name} is being deleted to be created "
+                                "again with fields it cannot update; retrying")
+            time.sleep(0.2)
+
+    def delete_owned(self, ref: ObjectRef, owner_uid: str) -> bool:
+        """Delete `ref` if `owner_uid` is among its owners; False if absent or not ours.
+
+        Never deletes what the policy does not own (a user's object of the same name). A
+        StatefulSet's pods go with it; its volume claims stay (`whenDeleted: Retain`).
+        """
+        current = self.read_object(ref.kind, ref.namespace, ref.name)
+        if current is None:
+            return False
+        owners = current["metadata"].get("ownerReferences") or []
+        if not any(owner.get("uid") == owner_uid for owner in owners):
+            log.warning("%s is not the policy's (its owners do not include %s); left alone",
+                        ref, owner_uid)
+            return False
+        *_, delete = self._calls(ref.kind)
+        options = kubernetes.client.V1DeleteOptions(
+            propagation_policy="Background",
+            preconditions=kubernetes.client.V1Preconditions(uid=current["metadata"]["uid"]))
+        try:
+            delete(ref.name, ref.namespace, body=options)
+        except ApiException as error:
+            if error.status in {HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT}:
+                return False  # gone, or replaced by another object since we read it
+            raise KubeError(f"cannot delete {ref}: {error.reason}") from None
         return True

@@ -21,6 +21,7 @@ from sealtrail.api.resources import API_VERSION, GROUP
 __all__ = [
     "ADMIN_PORT_NAME",
     "APP_NAME",
+    "COLLECTOR_TLS_DIR",
     "COMPONENT_COLLECTOR",
     "COMPONENT_LABEL",
     "CONFIG_DIR",
@@ -47,14 +48,17 @@ __all__ = [
     "STORE_PATH",
     "TLS_DIR",
     "TMP_DIR",
+    "VOLUME_COLLECTOR_TLS",
     "VOLUME_CONFIG",
     "VOLUME_STORE",
     "VOLUME_TMP",
     "WEBHOOK_ID",
     "WORKER_ARGS",
     "bounded",
+    "collector_ca_name",
     "collector_labels",
     "collector_name",
+    "collector_tls_name",
     "config_map_name",
     "content_hash",
     "is_dns_label",
@@ -118,12 +122,16 @@ RUN_AS_ID: Final = 65532
 VOLUME_CONFIG: Final = "st-config"
 VOLUME_STORE: Final = "st-store"
 VOLUME_TMP: Final = "st-tmp"
+#: The collector's serving certificate (its own volume name: `st-tls-` is the exports' prefix).
+VOLUME_COLLECTOR_TLS: Final = "st-ingest-tls"
 
 CONFIG_DIR: Final = "/etc/sealtrail/config"
 CONFIG_KEY: Final = "worker.yaml"
 CONFIG_PATH: Final = f"{CONFIG_DIR}/{CONFIG_KEY}"
 SECRETS_DIR: Final = "/etc/sealtrail/secrets"
 TLS_DIR: Final = "/etc/sealtrail/tls"
+#: Where the collector's serving certificate is mounted (`tls.crt`, `tls.key`, `ca.crt`).
+COLLECTOR_TLS_DIR: Final = "/etc/sealtrail/ingest-tls"
 STORE_DIR: Final = "/var/lib/sealtrail"
 STORE_PATH: Final = f"{STORE_DIR}/audit.db"
 TMP_DIR: Final = "/tmp"  # noqa: S108 - an emptyDir of the pod's own, not a shared /tmp
@@ -197,6 +205,20 @@ def config_map_name(policy: str) -> str:
 def collector_name(policy: str) -> str:
     """`sealtrail-collector-<policy>`: the collector's StatefulSet and Service."""
     return bounded("sealtrail-collector-", policy, _STATEFULSET_NAME_LIMIT)
+
+
+def collector_tls_name(policy: str) -> str:
+    """`sealtrail-collector-<policy>-tls`: the Secret with the collector's serving certificate."""
+    return collector_name(policy) + "-tls"
+
+
+def collector_ca_name(policy: str) -> str:
+    """`sealtrail-collector-<policy>-ca`: the collector's CA (a Secret and a ConfigMap).
+
+    The Secret holds the CA's key and is never mounted; the ConfigMap publishes the CA
+    certificate (and an audit webhook kubeconfig) for whoever configures a caller.
+    """
+    return collector_name(policy) + "-ca"
 
 
 def owner_reference(policy: str, uid: str) -> dict[str, object]:

@@ -272,6 +272,14 @@ def _restart_hash(data: Mapping[str, Any]) -> str:
     return naming.content_hash(json.dumps(restart, sort_keys=True, separators=(",", ":")))
 
 
+def _ingest_tls(mode: str) -> dict[str, Any]:
+    """The collector serves HTTPS, with the certificate the operator issues (`collector_tls`)."""
+    if mode != "collector":
+        return {}
+    return {"tls": {"certFile": f"{naming.COLLECTOR_TLS_DIR}/{_TLS_CERT}",
+                    "keyFile": f"{naming.COLLECTOR_TLS_DIR}/{_TLS_KEY}"}}
+
+
 def render_worker_config(policy: Policy, exports: Mapping[str, AuditExportSpec],
                          secret_keys: Mapping[str, frozenset[str]]) -> RenderResult:
     """Render `policy` with the exports of its namespace (by name) and its Secrets' keys."""
@@ -311,17 +319,15 @@ def render_worker_config(policy: Policy, exports: Mapping[str, AuditExportSpec],
     if token is not None and token.value:
         tokens.append({"token": token.value, "tenants": ["*"]})
         mounts += token.mounts
-    # `[::]` is every address, IPv6 and IPv4 (an IPv6-only, dual-stack or IPv4 pod's address);
-    # a sidecar's ingest stays on loopback, where 127.0.0.1 exists in every pod.
-    host = "[::]" if spec.mode == "collector" else "127.0.0.1"
+    host = "0.0.0.0" if spec.mode == "collector" else "127.0.0.1"  # noqa: S104 - by design
     raw = {
         "store": {"path": naming.STORE_PATH, "synchronous": worker.synchronous,
                   "defaultTenant": spec.default_tenant.replace("${namespace}", policy.namespace)},
         "checkpoints": checkpoints,
         "ingest": {"listen": f"{host}:{worker.port}", "processes": worker.processes,
                    "backpressure": worker.backpressure.model_dump(mode="json", by_alias=True),
-                   "tokens": tokens},
-        "admin": {"listen": f"[::]:{worker.admin_port}"},
+                   "tokens": tokens, **_ingest_tls(spec.mode)},
+        "admin": {"listen": f"0.0.0.0:{worker.admin_port}"},
         "drainTimeoutSeconds": worker.drain_timeout_seconds,
         "routes": routes,
         "exports": entries,

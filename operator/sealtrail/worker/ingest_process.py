@@ -27,6 +27,7 @@ from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.worker.config_watch import watch_config
 from sealtrail.worker.core import IngestCore
 from sealtrail.worker.http import TOKENS, build_ingest_app, make_runner, tokens_of
+from sealtrail.worker.ingest_tls import listening_context
 from sealtrail.worker.processes import REPORT_PATH, listen_socket
 
 __all__ = ["run_ingest_process"]
@@ -100,7 +101,8 @@ async def _serve(config_path: Path, config: WorkerConfig, parent: int, control: 
     app = build_ingest_app(core, primary)
     runner = make_runner(app, config)
     await runner.setup()
-    site = web.SockSite(runner, listen_socket(config.ingest.listen, shared=True))
+    site = web.SockSite(runner, listen_socket(config.ingest.listen, shared=True),
+                        ssl_context=listening_context(config_path, config))
     await site.start()
     core.ready = True
     stop = asyncio.Event()

@@ -26,6 +26,7 @@ from sealtrail.worker.config_watch import watch_config
 from sealtrail.worker.core import WorkerCore
 from sealtrail.worker.http import TOKENS, build_admin_app, build_app, make_runner, tokens_of
 from sealtrail.worker.ingest_process import run_ingest_process
+from sealtrail.worker.ingest_tls import listening_context
 from sealtrail.worker.nats_source import NatsSource
 from sealtrail.worker.processes import IngestProcesses, listen_socket
 
@@ -57,7 +58,8 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     runner = make_runner(app, config)
     await runner.setup()
     site = web.SockSite(runner, listen_socket(config.ingest.listen,
-                                              shared=config.ingest.processes > 1))
+                                              shared=config.ingest.processes > 1),
+                        ssl_context=listening_context(config_path, config))
     await site.start()
     admin = None
     if config.admin.listen is not None:
