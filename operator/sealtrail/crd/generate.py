@@ -9,7 +9,8 @@ to it by `tests/test_crds.py`. After changing a model in `sealtrail.api`, regene
 The schemas come from the pydantic models (`schema.structural`). What a custom resource accepts
 beyond what a schema keyword can say is written here, next to the validator it stands for:
 narrowings (a credential is a `secretKeyRef`; TLS names a Secret, not files) and CEL rules
-(exactly one backend block, ordered bounds, label selector operators).
+(exactly one backend block, ordered bounds, label selector operators, index and stream
+templates a backend takes).
 """
 
 from __future__ import annotations
@@ -24,14 +25,27 @@ from typing import Final
 import yaml
 from pydantic import BaseModel
 
+from sealtrail.api.destinations import (
+    CLOUDWATCH_LOG_STREAM,
+    DESTINATION_RULES,
+    ELASTIC_INDEX,
+    KNOWN_VARIABLES_ONLY,
+    SPLUNK_INDEX,
+    DestinationRule,
+    template_pattern,
+)
 from sealtrail.api.export import (
     BACKEND_KINDS,
     DNS_LABEL,
     BatchSpec,
+    CloudWatchSpec,
     CredentialRef,
     ElasticAuth,
+    ElasticSpec,
     ExportSettings,
     RetrySpec,
+    RouteRule,
+    SplunkSpec,
     TLSSpec,
 )
 from sealtrail.api.resources import (
@@ -41,9 +55,9 @@ from sealtrail.api.resources import (
     AuditExportStatus,
     AuditPolicySpec,
     AuditPolicyStatus,
-    CollectorSettings,
     Condition,
     LabelSelectorRequirement,
+    WorkerSettings,
 )
 from sealtrail.api.worker_config import BackpressureSpec
 from sealtrail.crd import reference
@@ -86,9 +100,22 @@ def _or_default(model: type[BaseModel], name: str) -> str:
     """
     info = model.model_fields[name]
     alias = info.alias or name
+    if isinstance(info.default, str) and "'" not in info.default:
+        return f"(has(self.{alias}) ? self.{alias} : '{info.default}')"
     if not isinstance(info.default, int):  # pragma: no cover - a programming error here
-        raise TypeError(f"{model.__name__}.{name}: an integer default is needed")
+        raise TypeError(f"{model.__name__}.{name}: an integer or string default is needed")
     return f"(has(self.{alias}) ? self.{alias} : {info.default})"
+
+
+def _within_limit(model: type[BaseModel], request: str, limit: str) -> Rule:
+    """A request no larger than its limit, compared as quantities (Kubernetes 1.29+ CEL)."""
+    return Rule(
+        rule=(f"quantity({_or_default(model, request)})"
+              f".compareTo(quantity({_or_default(model, limit)})) <= 0"),
+        message=f"{_alias(model, request)} must not be above {_alias(model, limit)}",
+        field_path=f".{_alias(model, request)}",
+        stands_for=f"{model.__name__}._requests_within_limits",
+    )
 
 
 def _alias(model: type[BaseModel], name: str) -> str:
@@ -98,6 +125,41 @@ def _alias(model: type[BaseModel], name: str) -> str:
 def _exactly_one(model: type[BaseModel], names: Sequence[str]) -> str:
     given = ", ".join(f"has(self.{_alias(model, name)})" for name in names)
     return f"[{given}].exists_one(given, given)"
+
+
+def _cel_string(text: str) -> str:
+    """`text` as a CEL raw string literal (a regex reads as written)."""
+    if '"' in text or "\n" in text:  # pragma: no cover - a programming error here
+        raise ValueError(f"no raw CEL string can hold {text!r}")
+    return f'r"{text}"'
+
+
+def _legal_name(field: str, rule: DestinationRule) -> str:
+    """CEL: the template `self.<field>` renders a name `rule` takes (its variables known)."""
+    found = f"self.{field}.matches({_cel_string(template_pattern(rule))})"
+    if rule.reserved:
+        names = ", ".join(f"'{name}'" for name in sorted(rule.reserved))
+        found = f"({found} && !(self.{field} in [{names}]))"
+    return found
+
+
+_KNOWN_ONLY: Final = (
+    "a template may use no variable but ${tenant:id} and ${event:type}"
+)
+
+
+def _template_rules(model: type[BaseModel], name: str, rule: DestinationRule,
+                    validator: str) -> tuple[Rule, ...]:
+    field = _alias(model, name)
+    given = f"!has(self.{field}) || "
+    return (
+        Rule(rule=given + f"self.{field}.matches({_cel_string(KNOWN_VARIABLES_ONLY)})",
+             message=f"{field}: {_KNOWN_ONLY}", field_path=f".{field}", stands_for=validator),
+        Rule(rule=given + _legal_name(field, rule),
+             message=(f"{field}: must render a legal {rule.what} for every tenant and event "
+                      "type (see the field's description)"),
+             field_path=f".{field}", stands_for=validator),
+    )
 
 
 #: How a custom resource narrows the models it shares with the worker's config file.
@@ -139,15 +201,6 @@ RULES: Final[dict[type[BaseModel], tuple[Rule, ...]]] = {
             stands_for="ElasticAuth._exactly_one",
         ),
     ),
-    CollectorSettings: (
-        Rule(
-            rule=("!has(self.clusterIP) || (isIP(self.clusterIP) && "
-                  "!ip(self.clusterIP).isLoopback() && !ip(self.clusterIP).isUnspecified())"),
-            message="clusterIP must be an IPv4 or IPv6 address a Service can have",
-            field_path=".clusterIP",
-            stands_for="CollectorSettings._an_address",
-        ),
-    ),
     RetrySpec: (
         Rule(
             rule=(f"{_or_default(RetrySpec, 'initial_backoff_ms')} <= "
@@ -173,6 +226,40 @@ RULES: Final[dict[type[BaseModel], tuple[Rule, ...]]] = {
             message="lowWatermarkRows must be below highWatermarkRows",
             field_path=".lowWatermarkRows",
             stands_for="BackpressureSpec._ordered",
+        ),
+    ),
+    SplunkSpec: _template_rules(SplunkSpec, "index", SPLUNK_INDEX,
+                                "SplunkSpec._index_is_legal"),
+    ElasticSpec: _template_rules(ElasticSpec, "index", ELASTIC_INDEX,
+                                 "ElasticSpec._index_is_legal"),
+    CloudWatchSpec: _template_rules(CloudWatchSpec, "log_stream", CLOUDWATCH_LOG_STREAM,
+                                    "CloudWatchSpec._log_stream_is_legal"),
+    # A route's index must suit each export's backend; the kinds are known when the operator
+    # renders the worker config, so the resource refuses only what no backend takes.
+    RouteRule: (
+        Rule(rule=("!has(self.index) || size(self.exports) == 0 || "
+                   f"self.index.matches({_cel_string(KNOWN_VARIABLES_ONLY)})"),
+             message=f"index: {_KNOWN_ONLY}", field_path=".index",
+             stands_for="RouteRule._index_is_legal"),
+        Rule(rule=("!has(self.index) || size(self.exports) == 0 || "
+                   + " || ".join(_legal_name("index", rule)
+                                 for rule in DESTINATION_RULES.values())),
+             message="index: must render a name some backend takes for every tenant and event "
+                     "type (see the field's description)",
+             field_path=".index", stands_for="RouteRule._index_is_legal"),
+    ),
+    # The API server refuses a container whose request is above its limit, and so every pod
+    # such a worker would join; refuse the policy at apply time instead.
+    WorkerSettings: (
+        _within_limit(WorkerSettings, "cpu_request", "cpu_limit"),
+        _within_limit(WorkerSettings, "memory_request", "memory_limit"),
+        _within_limit(WorkerSettings, "ephemeral_storage_request", "ephemeral_storage_limit"),
+        Rule(
+            rule=(f"{_or_default(WorkerSettings, 'port')} != "
+                  f"{_or_default(WorkerSettings, 'admin_port')}"),
+            message="port and adminPort must differ",
+            field_path=".adminPort",
+            stands_for="WorkerSettings._distinct_ports",
         ),
     ),
     # Items of an unbounded list: these stay macro-free and cheap, as the API server multiplies
