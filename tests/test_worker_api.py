@@ -15,6 +15,12 @@ the code under test alone. Covered:
 * `POST /v1/k8s-audit` with a realistic `audit.k8s.io/v1` EventList, and bodies that are not;
 * `GET /v1/events` filters, `GET /v1/status`, `/metrics`, `/healthz`, `/readyz`, export
   resume, unknown paths;
+* the admin token (`admin.token`): status, metrics and resume refuse no token and a wrong one
+  (401 with a challenge) on both listeners and answer the right one, a rotated token file is
+  used without a restart, the probes stay open, the token opens no audit data, an unreadable
+  one is a 503; `credential_version` is `credential_digest(value, admin token)`, never the
+  plain SHA-256; `WorkerStatus` parses the real document and gives it back unchanged; without
+  a token the worker says once that its admin API is open;
 * secrets never appear in a response body or in the worker's log.
 
 Six real bugs these tests found were fixed (a pretty-printed object read as NDJSON, a non-object
@@ -24,6 +30,7 @@ non-UTF-8 Authorization header, a spec-paused export resuming itself); their tes
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Iterator
@@ -33,7 +40,19 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from pydantic import ValidationError
 
+from sealtrail.api.worker_api import (
+    DIGEST_HEX_CHARS,
+    HEALTH_PATH,
+    METRICS_PATH,
+    READY_PATH,
+    STATUS_PATH,
+    WorkerStatus,
+    credential_digest,
+    resume_path,
+)
+from sealtrail.chain.keys import generate_keypair
 from tests.worker_process import Worker, free_port, running_worker
 
 pytestmark = pytest.mark.timeout(120)
@@ -778,3 +797,197 @@ def test_admin_listener_serves_status_and_metrics_but_never_audit_data(tmp_path:
             assert refused_in.headers["Content-Type"].startswith("application/json")
         assert worker.row_count() == 1
         assert f"admin on 127.0.0.1:{admin_port}" in worker.log()
+
+
+# -- the admin token -------------------------------------------------------------------------
+
+ADMIN_TOKEN = "st-adm-Vq3nX8pL2kR7wT5y"  # noqa: S105 - a test token
+ADMIN_TOKEN_NEW = "st-adm-Jd6hB1sM9fQ4zC0u"  # noqa: S105 - a test token
+#: What only the admin token opens on the admin listener (method, path).
+ADMIN_ROUTES = (("GET", STATUS_PATH), ("GET", METRICS_PATH), ("POST", resume_path("siem")))
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, str, Path]]:
+    """A worker with an admin listener and an admin token file (no ingest tokens).
+
+    Its export is live, to a port nothing listens on, so that it reads its secret (and shows a
+    credential version) as soon as a row is stored. Checkpoints are signed for every row, so
+    the status document has every part filled in.
+    """
+    directory = tmp_path_factory.mktemp("guarded-worker")
+    (directory / "admin-token").write_text(ADMIN_TOKEN + "\n", encoding="utf-8")
+    (directory / "webhook-secret").write_text(WEBHOOK_SECRET + "\n", encoding="utf-8")
+    generate_keypair(directory / "signing.key")
+    export = {**_webhook_export(directory / "webhook-secret"), "paused": False}
+    admin_port = free_port()
+    with running_worker(directory, exports=[export],
+                        checkpoints={"signingKey": {"file": str(directory / "signing.key")},
+                                     "everyRows": 1},
+                        admin={"listen": f"127.0.0.1:{admin_port}",
+                               "token": {"file": str(directory / "admin-token")}}) as running:
+        with running.client() as client:
+            client.post("/v1/events", json=_event(tenant_id="acme")).raise_for_status()
+        yield running, f"http://127.0.0.1:{admin_port}", directory / "admin-token"
+
+
+def _status_with_version(url: str, token: str) -> httpx.Response:
+    """`/v1/status` once the export has read its secret (it has a row to send)."""
+    deadline = time.monotonic() + 15
+    while True:
+        answer = httpx.get(f"{url}{STATUS_PATH}", headers=_bearer(token), timeout=30)
+        assert answer.status_code == 200, answer.text
+        if answer.json()["exports"][0]["credential_version"] or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.1)
+
+
+def _refused(answer: httpx.Response, error: str) -> None:
+    assert problem(answer, 401)["error"].startswith(error), answer.text
+    assert answer.headers["WWW-Authenticate"].startswith('Bearer realm="sealtrail"')
+
+
+def test_admin_routes_refuse_no_token_and_a_wrong_one(guarded: tuple[Worker, str, Path]) -> None:
+    worker, admin_url, _ = guarded
+    for base in (admin_url, worker.url):  # the ingest listener serves them too
+        for method, path in ADMIN_ROUTES:
+            for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": ADMIN_TOKEN},
+                            {"Authorization": f"Basic {ADMIN_TOKEN}"}):
+                _refused(httpx.request(method, base + path, headers=headers, timeout=30),
+                         "a bearer token is required")
+            for token in ("wrong", ADMIN_TOKEN[:-1], ADMIN_TOKEN + "x", ADMIN_TOKEN.lower()):
+                answer = httpx.request(method, base + path, headers=_bearer(token), timeout=30)
+                _refused(answer, "the bearer token is not valid")
+                assert 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
+    assert ADMIN_TOKEN not in worker.log()
+
+
+def test_admin_routes_answer_the_admin_token(guarded: tuple[Worker, str, Path]) -> None:
+    worker, admin_url, _ = guarded
+    for base in (admin_url, worker.url):
+        with httpx.Client(base_url=base, headers=_bearer(ADMIN_TOKEN), timeout=30) as client:
+            assert client.get(STATUS_PATH).json()["last_seq"] >= 1
+            assert "sealtrail_audit_ingested_events_total" in client.get(METRICS_PATH).text
+            assert client.post(resume_path("siem")).json() == {"resumed": "siem"}
+            problem(client.post(resume_path("nope")), 404)
+
+
+def test_probes_stay_open_and_the_admin_token_opens_no_audit_data(
+        guarded: tuple[Worker, str, Path]) -> None:
+    worker, admin_url, _ = guarded
+    for base in (admin_url, worker.url):
+        assert httpx.get(base + HEALTH_PATH, timeout=30).json() == {"ok": True}
+        assert httpx.get(base + READY_PATH, timeout=30).json() == {"ready": True}
+    refused = httpx.get(f"{admin_url}/v1/events", headers=_bearer(ADMIN_TOKEN), timeout=30)
+    assert refused.status_code in (404, 405)
+
+
+def test_the_admin_token_is_no_ingest_token(tmp_path: Path) -> None:
+    (tmp_path / "admin-token").write_text(ADMIN_TOKEN, encoding="utf-8")
+    (tmp_path / "acme-token").write_text(TOKEN_ACME, encoding="utf-8")
+    with running_worker(tmp_path / "w", ingest={"tokens": [
+            {"token": {"file": str(tmp_path / "acme-token")}, "tenants": ["acme"]}]},
+            admin={"token": {"file": str(tmp_path / "admin-token")}}) as worker, \
+            worker.client() as client:
+        admin = _bearer(ADMIN_TOKEN)
+        problem(client.post("/v1/events", json=_event(tenant_id="acme"), headers=admin), 401)
+        problem(client.get("/v1/events", params={"tenant": "acme"}, headers=admin), 401)
+        assert worker.last_seq() == 0
+        assert client.get(STATUS_PATH, headers=admin).status_code == 200
+        # An ingest token still reads status on the ingest listener, as before.
+        assert client.get(STATUS_PATH, headers=_bearer(TOKEN_ACME)).status_code == 200
+        problem(client.post(resume_path("nope"), headers=_bearer(TOKEN_ACME)), 403)
+        assert "no admin.token" not in worker.log()
+
+
+def test_the_credential_version_is_keyed_with_the_admin_token(
+        guarded: tuple[Worker, str, Path]) -> None:
+    _, admin_url, _ = guarded
+    [export] = _status_with_version(admin_url, ADMIN_TOKEN).json()["exports"]
+    assert export["credential_version"] == credential_digest(WEBHOOK_SECRET, ADMIN_TOKEN.encode())
+    plain = hashlib.sha256(WEBHOOK_SECRET.encode()).hexdigest()
+    assert plain[:12] not in export["credential_version"]
+    assert len(export["credential_version"]) == DIGEST_HEX_CHARS
+    # Without the key the digest is not the value's under any other key either.
+    assert export["credential_version"] != credential_digest(WEBHOOK_SECRET, b"guess")
+    assert export["last_error"]  # it tried (and failed) to deliver: the secret was read
+
+
+def test_worker_status_parses_the_real_document_and_gives_it_back(
+        guarded: tuple[Worker, str, Path]) -> None:
+    _, admin_url, _ = guarded
+    answer = _status_with_version(admin_url, ADMIN_TOKEN)
+    parsed = WorkerStatus.model_validate_json(answer.content)
+    assert parsed.model_dump(mode="json") == answer.json()
+    export = parsed.export("siem")
+    assert export is not None
+    assert export.lag_rows == parsed.last_seq - export.cursor
+    assert parsed.export("nope") is None
+    [tenant] = [item for item in parsed.tenants if item.tenant_id == "acme"]
+    assert tenant.last_checkpoint is not None  # every row is checkpointed here
+    # Strict about types, tolerant of keys it does not know (a newer worker's).
+    document = answer.json()
+    document["from_a_newer_worker"] = {"anything": 1}
+    document["exports"][0]["also_new"] = True
+    assert WorkerStatus.model_validate(document) == parsed
+    document["exports"][0]["lag_rows"] = "12"
+    with pytest.raises(ValidationError):
+        WorkerStatus.model_validate(document)
+
+
+def test_a_rotated_admin_token_file_is_used_without_a_restart(
+        guarded: tuple[Worker, str, Path]) -> None:
+    worker, admin_url, token_file = guarded
+    pid = worker.pid
+    staged = token_file.with_name("admin-token.new")
+    staged.write_text(ADMIN_TOKEN_NEW + "\n", encoding="utf-8")
+    staged.replace(token_file)  # atomic rename, as a Secret update lands
+    try:
+        for base in (admin_url, worker.url):
+            _refused(httpx.get(base + STATUS_PATH, headers=_bearer(ADMIN_TOKEN), timeout=30),
+                     "the bearer token is not valid")
+            assert httpx.get(base + STATUS_PATH, headers=_bearer(ADMIN_TOKEN_NEW),
+                             timeout=30).status_code == 200
+        [export] = _status_with_version(admin_url, ADMIN_TOKEN_NEW).json()["exports"]
+        assert export["credential_version"] == credential_digest(WEBHOOK_SECRET,
+                                                                 ADMIN_TOKEN_NEW.encode())
+        assert worker.pid == pid
+        assert worker.alive()
+    finally:
+        token_file.write_text(ADMIN_TOKEN + "\n", encoding="utf-8")
+    log = worker.log()
+    assert ADMIN_TOKEN not in log
+    assert ADMIN_TOKEN_NEW not in log
+
+
+def test_without_an_admin_token_the_api_is_open_says_so_and_keys_its_own_digests(
+        tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text(WEBHOOK_SECRET, encoding="utf-8")
+    export = {**_webhook_export(tmp_path / "secret"), "paused": False}
+    admin_port = free_port()
+    with running_worker(tmp_path / "w", exports=[export],
+                        admin={"listen": f"127.0.0.1:{admin_port}"}) as worker:
+        with worker.client() as client:
+            client.post("/v1/events", json=_event()).raise_for_status()
+        admin_url = f"http://127.0.0.1:{admin_port}"
+        answer = _status_with_version(admin_url, "ignored")  # a token is not asked for
+        version = answer.json()["exports"][0]["credential_version"]
+        log = worker.log()
+    assert version is not None
+    assert version != hashlib.sha256(WEBHOOK_SECRET.encode()).hexdigest()[:12]
+    assert len(version) == DIGEST_HEX_CHARS
+    warnings = [line for line in log.splitlines() if "no admin.token" in line]
+    assert len(warnings) == 1, log
+    assert f"admin listener (127.0.0.1:{admin_port})" in warnings[0]
+
+
+def test_an_unreadable_admin_token_is_503_not_401(tmp_path: Path) -> None:
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(ADMIN_TOKEN, encoding="utf-8")
+    with running_worker(tmp_path / "w", admin={"token": {"file": str(token_file)}}) as worker:
+        token_file.unlink()
+        answer = httpx.get(worker.url + STATUS_PATH, headers=_bearer(ADMIN_TOKEN), timeout=30)
+        assert problem(answer, 503)["error"].startswith("the worker cannot read a token")
+        assert httpx.get(worker.url + READY_PATH, timeout=30).status_code == 200
+        log = worker.log()
+    assert f"cannot read credential file {token_file}" in log

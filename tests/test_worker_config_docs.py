@@ -7,6 +7,10 @@ backend it is marked with; that backend is then built, with its credential files
 temporary directory, and reads them as the page says (stripped). All six backends must have
 one, so the page cannot lose a backend unnoticed. The Kubernetes resource's `secretKeyRef` (and
 `tls.secretName`) in a worker config is refused with a message naming the field.
+
+The page's full example loads too, and shows the admin token (`admin.token`, a file); the page
+names every setting a running worker applies live (`LIVE_FIELDS`) and says what the admin
+token guards.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import yaml
 
 from sealtrail.api.configfile import ConfigFileError, load_config
 from sealtrail.api.export import BACKEND_KINDS, CredentialRef, ExportSpec
+from sealtrail.api.worker_api import LIVE_FIELDS
 from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.export.backends.datadog import intake_url
 from sealtrail.export.backends.registry import backend_class
@@ -198,3 +203,33 @@ def test_the_resources_tls_secret_name_is_refused_naming_the_field(tmp_path: Pat
 
 def test_exporting_md_no_longer_promises_the_worker() -> None:
     assert "will run the same engine" not in EXPORTING.read_text(encoding="utf-8")
+
+
+# -- the full example and the admin token ----------------------------------------------------
+
+
+def full_example() -> str:
+    """The first yaml block after `## A full example`."""
+    text = DOC.read_text(encoding="utf-8").split("## A full example", 1)[1]
+    return text.split("```yaml\n", 1)[1].split("\n```", 1)[0] + "\n"
+
+
+def test_the_full_example_loads_and_has_an_admin_token(tmp_path: Path) -> None:
+    path = tmp_path / "worker.yaml"
+    path.write_text(full_example(), encoding="utf-8")
+    config = load_config(path, WorkerConfig)
+    assert config.admin.listen is not None
+    assert config.admin.token is not None
+    assert config.admin.token.file is not None
+    assert config.admin.token.file.startswith("/")
+
+
+def test_the_page_names_every_live_setting_and_the_admin_token_rules() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    live = text.split("## Live changes, no restart", 1)[1].split("\n## ", 1)[0]
+    for path in LIVE_FIELDS:
+        assert f"`{'.'.join(path)}`" in live, path
+    admin = text.split("### The admin token", 1)[1].split("\n## ", 1)[0]
+    for needed in ("Authorization: Bearer", "401", "WWW-Authenticate", "/healthz", "/readyz",
+                   "credential_version", "rotation", "no admin.token"):
+        assert needed in admin, needed

@@ -10,6 +10,8 @@ relies on, and is checked here:
 * `/metrics` and `/v1/status` tell the same truth on every connection (counts include the
   other process's events; status and metrics are forwarded to the first process);
 * back-pressure refuses on every connection once exports fall behind;
+* status, metrics and resume want the admin token (or an ingest token) on every connection,
+  and an ingest token a config change removed is refused on every connection at once;
 * a killed ingest process is replaced, SIGTERM stops them all with exit 0, and one whose first
   process died exits by itself.
 """
@@ -26,7 +28,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import yaml
 
+from sealtrail.api.worker_api import STATUS_PATH, WorkerStatus, resume_path
 from sealtrail.chain.verify import Status, verify_store
 from sealtrail.demo import sample_events
 
@@ -158,6 +162,44 @@ def test_metrics_and_status_are_one_truth_on_every_connection(tmp_path: Path) ->
             assert ready.status_code == 200
             assert missing.status_code == 404
             assert missing.headers["Content-Type"].startswith("application/json")
+
+
+def test_admin_routes_ask_for_a_token_and_follow_token_changes_on_every_connection(
+        tmp_path: Path) -> None:
+    admin, acme = "st-adm-4pQ9vW2xL7", "st-acme-8Rt3nY6kM1"
+    write_credential(tmp_path / "admin-token", admin)
+    write_credential(tmp_path / "acme-token", acme)
+    with two_processes(tmp_path, ingest={"tokens": [
+            {"token": {"file": str(tmp_path / "acme-token")}, "tenants": ["acme"]}]},
+            admin={"token": {"file": str(tmp_path / "admin-token")}}) as worker:
+        wait_for(lambda: len(children(worker.pid)) == 1, 10, "the second ingest process")
+        for _ in range(8):  # fresh connections: some land on the second process, forwarded
+            with worker.client() as client:
+                refused = client.get(STATUS_PATH)
+                assert refused.status_code == 401, refused.text
+                assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+                answer = client.get(STATUS_PATH, headers={"Authorization": f"Bearer {admin}"})
+                assert answer.status_code == 200, answer.text
+                assert WorkerStatus.model_validate_json(answer.content).ready
+                assert client.get(STATUS_PATH, headers={
+                    "Authorization": f"Bearer {acme}"}).status_code == 200
+                assert client.post(resume_path("none"), headers={
+                    "Authorization": f"Bearer {admin}"}).status_code == 404
+        # The acme token is taken out of the config: refused everywhere, forwarded or not.
+        config = dict(worker.config)
+        config["ingest"] = {**config["ingest"], "tokens": []}
+        worker.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        # Status is answered by the first process, for connections the second one took too.
+        wait_for(lambda: "config reloaded" in worker.log(), 10, "the config reload")
+        for _ in range(8):
+            with worker.client() as client:
+                assert client.get(STATUS_PATH, headers={
+                    "Authorization": f"Bearer {acme}"}).status_code == 401
+                assert client.get(STATUS_PATH, headers={
+                    "Authorization": f"Bearer {admin}"}).status_code == 200
+        log = worker.log()
+    assert admin not in log
+    assert acme not in log
 
 
 def test_backpressure_refuses_on_every_connection(tmp_path: Path) -> None:

@@ -141,9 +141,14 @@ class AdminSpec(_Model):
 
     In a pod, ingest stays on loopback (only the app's containers can write) while the
     operator and Prometheus reach the worker on the pod's address through this one.
+
+    `token` is the admin credential: with it, status, metrics and resume want
+    `Authorization: Bearer <token>` (on the ingest listener too), and `credential_version`
+    digests are keyed with it. Its file is followed, so a rotation needs no restart.
     """
 
     listen: ListenAddress | None = None
+    token: CredentialRef | None = None
 
 
 class WorkerConfig(ExportsConfig):
@@ -163,6 +168,7 @@ class WorkerConfig(ExportsConfig):
             (("checkpoints", "signingKey"), self.checkpoints.signing_key)]
         named += [(("ingest", "tokens", number, "token"), item.token)
                   for number, item in enumerate(self.ingest.tokens)]
+        named.append((("admin", "token"), self.admin.token))
         for number, export in enumerate(self.exports):
             named += [(("exports", number, *path), ref) for path, ref in export.credentials()]
             if export.tls.secret_name is not None:

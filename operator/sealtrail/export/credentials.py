@@ -3,16 +3,17 @@
 A file is what a Kubernetes Secret becomes when mounted; the kubelet swaps it in place through
 a symlink. So a credential is re-read (cheaply: only when the file's identity changed) before
 each batch, and on an authentication failure unconditionally. The value never leaves this
-object except to the backend that sends it; `version` is a short digest that status can show
-to say which rotation is in use.
+object except to the backend that sends it. `digest(key)` is the keyed digest status shows to
+say which rotation is in use (`api.worker_api.credential_digest`); `version` is one keyed with a
+random key of this process, for noticing a change within it, and meaningless outside.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Final
 from urllib.parse import quote, quote_plus
 
 from sealtrail.api.export import CredentialRef
+from sealtrail.api.worker_api import credential_digest
 
 __all__ = ["REDACTED", "Credential", "CredentialError", "redact"]
 
@@ -56,15 +58,28 @@ class Credential:
             raise CredentialError(f"credential file {path} is empty")
         return self._value
 
-    @property
-    def version(self) -> str | None:
-        """First 12 hex digits of SHA-256 of the value last read: which rotation is in use."""
+    def digest(self, key: bytes) -> str | None:
+        """`credential_digest` of the value last read, keyed with `key` (None: nothing read).
+
+        An environment variable is looked at now; a file is not read for this.
+        """
         if self.ref.env is not None:
             current = os.environ.get(self.ref.env)
-            return hashlib.sha256(current.encode()).hexdigest()[:12] if current else None
-        if self._value is None:
-            return None
-        return hashlib.sha256(self._value.encode()).hexdigest()[:12]
+            return credential_digest(current, key) if current else None
+        return None if self._value is None else credential_digest(self._value, key)
+
+    @property
+    def version(self) -> str | None:
+        """Which rotation is in use, for comparing within this process only.
+
+        Keyed with a random key of this process, so it tells nothing of the value to anyone
+        who sees it (status shows `digest(admin key)` instead).
+        """
+        return self.digest(_PROCESS_KEY)
+
+
+#: The key of `Credential.version`: random, made once per process, never shown.
+_PROCESS_KEY: Final = secrets.token_bytes(32)
 
 
 #: What a secret is replaced with in text a peer supplied.

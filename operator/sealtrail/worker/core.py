@@ -6,6 +6,10 @@ after the transaction holding its events has committed.
 
 The checkpoint signing key follows its file: before the store may sign (an append, the
 checkpoint timer), the store's policy is pointed at the key the file holds now.
+
+Status is an `api.worker_api.WorkerStatus`. Its `credential_version`s are keyed with the admin
+token (`admin.token`), which the operator also holds; a worker without one keys them with a
+random key of its own, so they still show a rotation but the operator cannot match them.
 """
 
 from __future__ import annotations
@@ -15,22 +19,34 @@ import bisect
 import contextlib
 import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter
 
 from sealtrail.api.event import Event
+from sealtrail.api.export import CredentialRef
+from sealtrail.api.worker_api import (
+    BackpressureReport,
+    CheckpointReport,
+    ExportReport,
+    TenantReport,
+    WorkerStatus,
+    credential_digest,
+)
 from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.chain.keys import ReloadingSigner
 from sealtrail.chain.store import ChainStore, CheckpointPolicy, Stored
+from sealtrail.export.credentials import Credential, CredentialError
 from sealtrail.export.engine import ExportEngine
+from sealtrail.export.loop import ExportLoop
 from sealtrail.worker.backpressure import Backpressure
 
-__all__ = ["FOLLOW_SECONDS", "IngestCore", "WorkerCore"]
+__all__ = ["FOLLOW_SECONDS", "IngestCore", "WorkerCore", "tokens_of"]
 
 log = logging.getLogger("sealtrail.worker")
 
@@ -42,6 +58,8 @@ LAG_REFRESH_SECONDS = 1.0
 RESTART_MAX_SECONDS = 30.0
 #: At most this many (seq, stored-at) marks are kept for `lag_seconds` (see `StoredAt`).
 STORED_AT_MARKS = 4096
+#: Bytes of the random digest key of a worker without an admin token.
+_OWN_KEY_BYTES: Final = 32
 
 
 class StoredAt:
@@ -83,6 +101,11 @@ class StoredAt:
         del self._seqs[:index], self._times[:index]
 
 
+def tokens_of(config: WorkerConfig) -> list[tuple[Credential, list[str]]]:
+    """The ingest tokens of a config, each with the tenants it may write."""
+    return [(Credential(item.token), item.tenants) for item in config.ingest.tokens]
+
+
 class IngestCore:
     """What every ingest process has: the store, the back-pressure gate, the ingest count.
 
@@ -110,6 +133,9 @@ class IngestCore:
         self.backpressure = Backpressure(config.ingest.backpressure, lag, registry)
         self.ingested = Counter("sealtrail_audit_ingested_events_total",
                                 "Events stored through the worker.", registry=registry)
+        #: The ingest tokens, shared by every HTTP app of this process; a config change
+        #: replaces the contents of this very list.
+        self.tokens = tokens_of(config)
         self.ready = False
         # One request at a time validates or appends in this process. Without it, the event
         # loop validating the next request (pydantic holds the GIL throughout) starves the
@@ -158,6 +184,22 @@ class WorkerCore(IngestCore):
         #: The last failure of each background task, for status (None: running fine).
         self.background_errors: dict[str, str | None] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        #: The admin credential (`admin.token`), followed as its file changes; None: no auth.
+        self.admin_token: Credential | None = _credential(config.admin.token)
+        self._own_key = secrets.token_bytes(_OWN_KEY_BYTES)
+
+    def digest_key(self) -> bytes:
+        """What `credential_version` digests are keyed with: the admin token as it is now.
+
+        Without one (or while it cannot be read) a random key of this process: a rotation
+        still shows, but nobody else can compute or check the digests.
+        """
+        if self.admin_token is not None:
+            try:
+                return self.admin_token.value().encode("utf-8", "surrogateescape")
+            except CredentialError as error:  # names the file, never a value
+                log.error("cannot read the admin token: %s", error)  # noqa: TRY400 - no traceback wanted
+        return self._own_key
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -290,44 +332,73 @@ class WorkerCore(IngestCore):
         """Apply a new config's exports and routes live (store settings need a restart)."""
         changes = await self.engine.apply_config(config)
         self.backpressure.spec = config.ingest.backpressure
+        if config.admin.token != self.config.admin.token:
+            self.admin_token = _credential(config.admin.token)
+            changes.append("admin token " + ("removed: the admin API is open"
+                                             if config.admin.token is None else "replaced"))
         self.config = config
         return changes
 
     # -- status --------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        """`report()` as the JSON document `GET /v1/status` answers."""
+        return self.report().model_dump(mode="json")
+
+    def report(self) -> WorkerStatus:
         """Delivery truth per export and chain state per tenant (never a secret)."""
         now = time.time()
         self.backpressure.update()
-        exports = []
-        for loop in self.engine.loops.values():
-            item = asdict(loop.status())
-            # From when the oldest undelivered row was stored, not from its own timestamp
-            # (which the client set, and which may be a month old or in the future).
-            stored_at = self.stored_at.oldest_after(loop.cursor) if loop.cursor < self.last_seq \
-                else None
-            lag_seconds = 0.0 if stored_at is None else max(0.0, now - stored_at)
-            item.update(last_stored_seq=self.last_seq, acked_seq=loop.cursor,
-                        lag_rows=self.last_seq - loop.cursor, lag_seconds=round(lag_seconds, 3))
-            exports.append(item)
+        key = self.digest_key()
+        exports = [self._export_report(loop, key, now) for loop in self.engine.loops.values()]
         checkpoints = {cp.tenant_id: cp for cp in self.store.latest_checkpoints()}
         tenants = []
         for head in self.store.heads():
             checkpoint = checkpoints.get(head.tenant_id)
-            tenants.append({
-                "tenant_id": head.tenant_id, "head_tenant_seq": head.tenant_seq,
-                "head_hash": head.record_hash,
-                "last_checkpoint": None if checkpoint is None else {
-                    "tenant_seq": checkpoint.tenant_seq, "signed_at": checkpoint.signed_at,
-                    "key_id": checkpoint.key_id},
-            })
-        return {
-            "store_id": self.store.store_id,
-            "last_seq": self.last_seq,
-            "ready": self.ready,
-            "backpressure": {"state": self.backpressure.state.value, "lag_rows": self.lag()},
-            "background_errors": {name: error for name, error in self.background_errors.items()
-                                  if error is not None},
-            "exports": exports,
-            "tenants": tenants,
-        }
+            tenants.append(TenantReport(
+                tenant_id=head.tenant_id, head_tenant_seq=head.tenant_seq,
+                head_hash=head.record_hash,
+                last_checkpoint=None if checkpoint is None else CheckpointReport(
+                    tenant_seq=checkpoint.tenant_seq, signed_at=checkpoint.signed_at,
+                    key_id=checkpoint.key_id)))
+        return WorkerStatus(
+            store_id=self.store.store_id,
+            last_seq=self.last_seq,
+            ready=self.ready,
+            backpressure=BackpressureReport(state=self.backpressure.state.value,
+                                            lag_rows=self.lag()),
+            background_errors={name: error for name, error in self.background_errors.items()
+                               if error is not None},
+            exports=exports,
+            tenants=tenants,
+        )
+
+    def _export_report(self, loop: ExportLoop, key: bytes, now: float) -> ExportReport:
+        item = asdict(loop.status())
+        # From when the oldest undelivered row was stored, not from its own timestamp
+        # (which the client set, and which may be a month old or in the future).
+        stored_at = self.stored_at.oldest_after(loop.cursor) if loop.cursor < self.last_seq \
+            else None
+        lag_seconds = 0.0 if stored_at is None else max(0.0, now - stored_at)
+        item.update(last_stored_seq=self.last_seq, acked_seq=loop.cursor,
+                    lag_rows=self.last_seq - loop.cursor, lag_seconds=round(lag_seconds, 3),
+                    credential_version=_keyed_version(loop, key))
+        return ExportReport.model_validate(item)
+
+
+def _credential(ref: CredentialRef | None) -> Credential | None:
+    return None if ref is None else Credential(ref)
+
+
+def _keyed_version(loop: ExportLoop, key: bytes) -> str | None:
+    """The export's credential digests keyed with `key`, comma-separated.
+
+    A backend without credential files (CloudWatch: the AWS chain) has only its own version,
+    a digest of the access key id; that is keyed again, so nothing unkeyed leaves the process.
+    """
+    credentials = loop.backend.credentials()
+    if not credentials:
+        own = loop.backend.credential_version()
+        return None if own is None else credential_digest(own, key)
+    digests = [digest for credential in credentials if (digest := credential.digest(key))]
+    return ",".join(digests) if digests else None

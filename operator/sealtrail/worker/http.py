@@ -3,6 +3,11 @@
 Every client mistake gets a 4xx with a JSON body naming what is wrong (the event's index and
 field), and a rejected batch stores nothing. A 5xx means the worker itself failed. Answers are
 given only after the store has committed.
+
+Who may ask what: ingest tokens (`ingest.tokens`, bound to tenants) write and read audit data
+on the ingest listener. The admin token (`admin.token`) opens status, metrics and resume, on
+both listeners, and nothing else; `/healthz` and `/readyz` are always open (kubelet probes).
+Without any token configured a listener asks for none.
 """
 
 from __future__ import annotations
@@ -27,11 +32,19 @@ from pydantic import TypeAdapter, ValidationError
 
 from sealtrail.api.errors import UNKNOWN_EVENT_FIELD, format_path
 from sealtrail.api.event import Event, Severity, parse_timestamp
+from sealtrail.api.worker_api import (
+    ADMIN_REALM,
+    HEALTH_PATH,
+    METRICS_PATH,
+    READY_PATH,
+    RESUME_PATH,
+    STATUS_PATH,
+)
 from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.chain.store import EventTooLargeError, StoreError
 from sealtrail.export.credentials import Credential, CredentialError
 from sealtrail.worker.backpressure import RefusedError
-from sealtrail.worker.core import IngestCore, WorkerCore
+from sealtrail.worker.core import IngestCore, WorkerCore, tokens_of
 from sealtrail.worker.idempotency import Conflict, IdempotencyKeys, InFlight, Replay
 from sealtrail.worker.k8s_audit import K8sAuditError, map_event_list
 
@@ -64,6 +77,9 @@ _MAX_SEQ: Final = 2**63 - 1
 _UNSIGNED: Final = re.compile(r"[0-9]{1,19}")
 #: An `Idempotency-Key`: 1-255 printable ASCII characters, no spaces (a UUID fits).
 _IDEMPOTENCY_KEY: Final = re.compile(r"[!-~]{1,255}")
+#: The challenge of a 401 without a token (RFC 6750), and of one with a wrong token.
+_CHALLENGE: Final = {"WWW-Authenticate": f'Bearer realm="{ADMIN_REALM}"'}
+_INVALID: Final = {"WWW-Authenticate": f'Bearer realm="{ADMIN_REALM}", error="invalid_token"'}
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -84,27 +100,54 @@ def _problem(status: int, error: str, problems: list[dict[str, Any]] | None = No
 # -- authentication --------------------------------------------------------------------------
 
 
-def _tenants_allowed(request: web.Request) -> list[str] | web.Response | None:
-    """The tenant globs the caller may write to; None when no token is configured."""
+def _presented(request: web.Request) -> str | None:
+    """The bearer token of the request, if it carries one."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given = given.strip()
+    return given if scheme.lower() == "bearer" and given else None
+
+
+def _same_secret(expected: str, given: str) -> bool:
+    """Compare in constant time; hashing first keeps even the expected length from showing."""
+    return hmac.compare_digest(
+        hashlib.sha256(expected.encode("utf-8", "surrogateescape")).digest(),
+        hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest())
+
+
+def _tenants_allowed(request: web.Request, *,
+                     admin: bool = False) -> list[str] | web.Response | None:
+    """The tenant globs the caller may act for; None when no token is asked for here.
+
+    With `admin` (status, metrics, resume) the admin token is taken too, as bound to no
+    tenant; it never opens audit data. A token that cannot be read is logged by where it is
+    looked for (never a value); if no other token matched, the answer is 503, not 401, so that
+    the caller is not told its right token is wrong.
+    """
     tokens: list[tuple[Credential, list[str]]] = request.app[TOKENS]
-    if not tokens:
+    admin_token = request.app[CORE].admin_token if admin else None
+    if not tokens and admin_token is None:
         return None
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        return _problem(401, "a bearer token is required",
-                        headers={"WWW-Authenticate": 'Bearer realm="sealtrail"'})
-    for credential, tenants in tokens:
+    given = _presented(request)
+    if given is None:
+        wanted = ("" if admin_token is None else
+                  ": the admin token (admin.token)" if not tokens else
+                  ": an ingest token or the admin token (admin.token)")
+        return _problem(401, f"a bearer token is required{wanted}", headers=_CHALLENGE)
+    unreadable = False
+    candidates = [(admin_token, ["*"])] if admin_token is not None else []
+    for credential, tenants in [*candidates, *tokens]:
         try:
             expected = credential.value()
-        except CredentialError:
-            log.exception("cannot read an ingest token (%s)", credential.ref.describe())
+        except CredentialError as error:  # names the file or variable, never a value
+            log.error("cannot read a token: %s", error)  # noqa: TRY400 - no traceback wanted
+            unreadable = True
             continue
-        if hmac.compare_digest(expected.encode(),
-                               given.strip().encode("utf-8", "surrogateescape")):
+        if _same_secret(expected, given):
             return tenants
-    return _problem(401, "the bearer token is not valid",
-                    headers={"WWW-Authenticate": 'Bearer realm="sealtrail"'})
+    if unreadable:
+        return _problem(503, "the worker cannot read a token it checks; see its log",
+                        headers={"Retry-After": "5"})
+    return _problem(401, "the bearer token is not valid", headers=_INVALID)
 
 
 def _check_tenants(events: list[Event], allowed: list[str] | None,
@@ -356,20 +399,20 @@ async def get_events(request: web.Request) -> web.Response:  # noqa: PLR0911
 
 
 async def get_status(request: web.Request) -> web.Response:
-    """`GET /v1/status`: delivery truth per export, chain heads per tenant."""
-    refused = _tenants_allowed(request)
+    """`GET /v1/status`: delivery truth per export, chain heads per tenant (`WorkerStatus`)."""
+    refused = _tenants_allowed(request, admin=True)
     if isinstance(refused, web.Response):
         return refused
-    return _json(200, request.app[CORE].status())
+    return web.Response(body=request.app[CORE].report().model_dump_json(),
+                        content_type="application/json")
 
 
 async def resume_export(request: web.Request) -> web.Response:
-    """`POST /v1/exports/{name}/resume`: only for a token bound to no tenant (`tenants: ["*"]`).
+    """`POST /v1/exports/{name}/resume`: the admin token, or one bound to no tenant (`["*"]`).
 
     An export carries every tenant's rows, so a token bound to some tenants must not steer it.
-    The admin listener needs no token (it is reached only through its NetworkPolicy).
     """
-    allowed = _tenants_allowed(request)
+    allowed = _tenants_allowed(request, admin=True)
     if isinstance(allowed, web.Response):
         return allowed
     if allowed is not None and "*" not in allowed:
@@ -385,7 +428,7 @@ async def resume_export(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     """`GET /metrics`: Prometheus text format."""
-    refused = _tenants_allowed(request)
+    refused = _tenants_allowed(request, admin=True)
     if isinstance(refused, web.Response):
         return refused
     return web.Response(body=generate_latest(request.app[CORE].registry),
@@ -414,11 +457,6 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     return response
 
 
-def tokens_of(config: WorkerConfig) -> list[tuple[Credential, list[str]]]:
-    """The ingest tokens of a config, each with the tenants it may write."""
-    return [(Credential(item.token), item.tenants) for item in config.ingest.tokens]
-
-
 def _ingest_routes(app: web.Application, core: IngestCore) -> None:
     app[INGEST] = core
     spec = core.config.ingest
@@ -427,10 +465,11 @@ def _ingest_routes(app: web.Application, core: IngestCore) -> None:
         max_keys=spec.idempotency.max_keys, synchronous=core.config.store.synchronous,
         # Past any wait a request can have (back-pressure, the store's lock): abandoned.
         abandon_after_seconds=spec.backpressure.block_timeout_seconds + 120)
-    app[TOKENS] = tokens_of(core.config)
+    # The core's own list: every app of this process sees a config change's new tokens.
+    app[TOKENS] = core.tokens
     app.router.add_post("/v1/events", post_events)
     app.router.add_post("/v1/k8s-audit", post_k8s_audit)
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get(HEALTH_PATH, healthz)
 
 
 def build_app(core: WorkerCore) -> web.Application:
@@ -440,28 +479,31 @@ def build_app(core: WorkerCore) -> web.Application:
     _ingest_routes(app, core)
     app[CORE] = core
     app.router.add_get("/v1/events", get_events)
-    app.router.add_get("/v1/status", get_status)
-    app.router.add_post("/v1/exports/{name}/resume", resume_export)
-    app.router.add_get("/metrics", get_metrics)
-    app.router.add_get("/readyz", readyz)
+    _admin_routes(app)
     return app
+
+
+def _admin_routes(app: web.Application) -> None:
+    app.router.add_get(STATUS_PATH, get_status)
+    app.router.add_post(RESUME_PATH, resume_export)
+    app.router.add_get(METRICS_PATH, get_metrics)
+    app.router.add_get(READY_PATH, readyz)
 
 
 def build_admin_app(core: WorkerCore) -> web.Application:
     """The admin listener's application: status, metrics, health, resume; never ingest.
 
-    It carries no data (no events in, no rows out) and no secrets, which is why it may listen
-    on the pod's address for the operator and Prometheus while ingest stays on loopback.
-    Restrict who reaches it with a NetworkPolicy (the chart ships one).
+    It carries no audit data (no events in, no rows out) and no secrets, which is why it may
+    listen on the pod's address for the operator and Prometheus while ingest stays on
+    loopback. With `admin.token` set, all but `/healthz` and `/readyz` want that token (ingest
+    tokens are not taken here); without it, anyone who reaches the port may ask, so keep it
+    behind a NetworkPolicy (docs/operations.md has one).
     """
     app = web.Application(middlewares=[_errors])
     app[CORE] = core
-    app[TOKENS] = []  # nothing here writes or reads audit data
-    app.router.add_get("/v1/status", get_status)
-    app.router.add_post("/v1/exports/{name}/resume", resume_export)
-    app.router.add_get("/metrics", get_metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app[TOKENS] = []  # ingest tokens are for audit data, which is not served here
+    app.router.add_get(HEALTH_PATH, healthz)
+    _admin_routes(app)
     return app
 
 

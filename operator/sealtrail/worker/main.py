@@ -15,12 +15,15 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sealtrail.api.configfile import ConfigFileError, load_config
+from sealtrail.api.worker_api import restart_changes
 from sealtrail.api.worker_config import NatsSpec, WorkerConfig
+from sealtrail.export.credentials import CredentialError
 from sealtrail.export.engine import ConfigError
 from sealtrail.worker.config_watch import watch_config
 from sealtrail.worker.core import WorkerCore
@@ -61,11 +64,7 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
                                               shared=config.ingest.processes > 1),
                         ssl_context=listening_context(config_path, config))
     await site.start()
-    admin = None
-    if config.admin.listen is not None:
-        admin = make_runner(build_admin_app(core), config)
-        await admin.setup()
-        await web.SockSite(admin, listen_socket(config.admin.listen, shared=False)).start()
+    admin = await _start_admin(core, config)
     core.start()
     others = None
     if config.ingest.processes > 1:
@@ -81,6 +80,8 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    started = config.model_dump(mode="json", by_alias=True)
+
     async def apply(new: WorkerConfig) -> str:
         nats_changed = new.nats != core.config.nats
         changes = await core.reload(new)
@@ -89,6 +90,7 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
             await nats.stop()
             nats.start(new.nats)
             changes.append("NATS source " + ("stopped" if new.nats is None else "restarted"))
+        _warn_if_waiting(started, new)
         return ", ".join(changes) or "exports unchanged"
 
     watcher = asyncio.create_task(watch_config(config_path, apply), name="config-watch")
@@ -111,6 +113,43 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     log.info("stopped; %s", "every export drained" if drained
              else "a backlog stays on disk and resumes from each cursor on the next start")
     return 0
+
+
+async def _start_admin(core: WorkerCore, config: WorkerConfig) -> web.AppRunner | None:
+    """Serve the admin listener, if the config has one; say once if it asks for no token."""
+    _say_who_may_ask(core, config)
+    if config.admin.listen is None:
+        return None
+    admin = make_runner(build_admin_app(core), config)
+    await admin.setup()
+    await web.SockSite(admin, listen_socket(config.admin.listen, shared=False)).start()
+    return admin
+
+
+def _warn_if_waiting(started: dict[str, Any], new: WorkerConfig) -> None:
+    """Name what a new config changes outside `LIVE_FIELDS`: it waits for the next start."""
+    waiting = restart_changes(started, new.model_dump(mode="json", by_alias=True))
+    if waiting:
+        log.warning("changed settings that take effect only at the next start: %s",
+                    ", ".join(waiting))
+
+
+def _say_who_may_ask(core: WorkerCore, config: WorkerConfig) -> None:
+    """Say once, at start, if status, metrics and resume answer anyone, or nobody."""
+    if core.admin_token is not None:
+        try:
+            core.admin_token.value()
+        except CredentialError as error:  # names the file or variable, never a value
+            log.error("%s: status, metrics and resume answer 503 until it can be read",  # noqa: TRY400 - no traceback wanted
+                      error)
+        return
+    open_on = [f"the admin listener ({config.admin.listen})"] if config.admin.listen else []
+    if not config.ingest.tokens:
+        open_on.append(f"the ingest listener ({config.ingest.listen})")
+    if open_on:
+        log.warning("no admin.token: status, metrics and resume on %s answer without a token, "
+                    "and credential versions are keyed with a key of this process only",
+                    " and ".join(open_on))
 
 
 def _report_failure(task: asyncio.Task[None]) -> None:
