@@ -423,7 +423,7 @@ def test_a_collector_without_a_token_is_rendered_with_a_warning() -> None:
     result = render_worker_config(Policy.from_object(raw), exports(), secret_keys())
     assert result.rendered is not None
     assert result.rendered.config.ingest.tokens == []
-    assert result.rendered.config.ingest.listen == "0.0.0.0:8470"
+    assert result.rendered.config.ingest.listen == "[::]:8470"
     assert result.problems == (
         ("auditpolicy/apiserver: spec.collector.ingestToken: not set, so the collector accepts "
         "events from anyone who can reach its Service"),)

@@ -13,6 +13,8 @@ never `subPath`), which the kubelet updates in place on rotation.
 from __future__ import annotations
 
 import ipaddress
+import re
+from fractions import Fraction
 from typing import Annotated, Final, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -43,6 +45,7 @@ __all__ = [
     "LabelSelectorRequirement",
     "PolicyCheckpoints",
     "WorkerSettings",
+    "quantity",
 ]
 
 GROUP: Final = "sealtrail.dev"
@@ -51,6 +54,21 @@ API_VERSION: Final = f"{GROUP}/{VERSION}"
 
 #: A Kubernetes quantity such as `1Gi` or `500Mi`.
 _QUANTITY: Final = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$"
+
+
+_SUFFIXES: Final[dict[str, int | Fraction]] = {
+    "": 1, "m": Fraction(1, 1000), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "P": 10**15, "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def quantity(text: str) -> Fraction:
+    """The exact value of a quantity that matches `_QUANTITY` (`1.5Gi`, `500m`)."""
+    found = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)", text)
+    if found is None or found.group(2) not in _SUFFIXES:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity")
+    return Fraction(found.group(1)) * _SUFFIXES[found.group(2)]
 
 
 def _only_secret_refs(named: list[tuple[tuple[str | int, ...], CredentialRef | None]]) -> None:
@@ -147,6 +165,31 @@ class WorkerSettings(_Model):
     ephemeral_storage_limit: Annotated[str, Field(pattern=_QUANTITY)] = "256Mi"
     backpressure: BackpressureSpec = Field(default_factory=BackpressureSpec)
     drain_timeout_seconds: Annotated[int, Field(ge=0, le=3600)] = 20
+    #: Secrets (of the pod's namespace) to pull `image` with, added to the pod's
+    #: `imagePullSecrets` unless it lists them already.
+    image_pull_secrets: list[Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]] = (
+        Field(default_factory=list, max_length=16))
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> WorkerSettings:
+        # The API server refuses a container whose request is above its limit, and with it
+        # every pod the worker joins: refuse the policy instead, when it is applied.
+        for resource, request, limit in (
+                ("cpu", self.cpu_request, self.cpu_limit),
+                ("memory", self.memory_request, self.memory_limit),
+                ("ephemeralStorage", self.ephemeral_storage_request,
+                 self.ephemeral_storage_limit)):
+            if quantity(request) > quantity(limit):
+                raise ValueError(f"{resource}Request ({request}) must not be above "
+                                 f"{resource}Limit ({limit})")
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> WorkerSettings:
+        if self.port == self.admin_port:
+            raise ValueError(f"port and adminPort must differ (both are {self.port}): the "
+                             "worker cannot listen twice on one port")
+        return self
 
 
 class CollectorSettings(_Model):

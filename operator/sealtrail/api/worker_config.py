@@ -34,9 +34,11 @@ def _check_port(value: str) -> str:
     return value
 
 
-#: `host:port`; the pattern alone would let port 99999 through to a crash at start-up.
-ListenAddress = Annotated[str, Field(pattern=r"^[^\s:]+:[0-9]{1,5}$"),
-                          AfterValidator(_check_port)]
+#: `host:port`, an IPv6 address in brackets (`[::]:8471`: every address, IPv6 and IPv4); the
+#: pattern alone would let port 99999 through to a crash at start-up.
+ListenAddress = Annotated[
+    str, Field(pattern=r"^([^\s:\[\]]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$"),
+    AfterValidator(_check_port)]
 
 
 class StoreSpec(_Model):

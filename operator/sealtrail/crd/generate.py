@@ -55,6 +55,7 @@ from sealtrail.api.resources import (
     AuditExportStatus,
     AuditPolicySpec,
     AuditPolicyStatus,
+    CollectorSettings,
     Condition,
     LabelSelectorRequirement,
     WorkerSettings,
@@ -247,6 +248,15 @@ RULES: Final[dict[type[BaseModel], tuple[Rule, ...]]] = {
              message="index: must render a name some backend takes for every tenant and event "
                      "type (see the field's description)",
              field_path=".index", stands_for="RouteRule._index_is_legal"),
+    ),
+    CollectorSettings: (
+        Rule(
+            rule=("!has(self.clusterIP) || (isIP(self.clusterIP) && "
+                  "!ip(self.clusterIP).isLoopback() && !ip(self.clusterIP).isUnspecified())"),
+            message="clusterIP must be an IPv4 or IPv6 address a Service can have",
+            field_path=".clusterIP",
+            stands_for="CollectorSettings._an_address",
+        ),
     ),
     # The API server refuses a container whose request is above its limit, and so every pod
     # such a worker would join; refuse the policy at apply time instead.

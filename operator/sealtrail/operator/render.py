@@ -319,7 +319,9 @@ def render_worker_config(policy: Policy, exports: Mapping[str, AuditExportSpec],
     if token is not None and token.value:
         tokens.append({"token": token.value, "tenants": ["*"]})
         mounts += token.mounts
-    host = "0.0.0.0" if spec.mode == "collector" else "127.0.0.1"  # noqa: S104 - by design
+    # `[::]` is every address, IPv6 and IPv4 (an IPv6-only, dual-stack or IPv4 pod's address);
+    # a sidecar's ingest stays on loopback, where 127.0.0.1 exists in every pod.
+    host = "[::]" if spec.mode == "collector" else "127.0.0.1"
     raw = {
         "store": {"path": naming.STORE_PATH, "synchronous": worker.synchronous,
                   "defaultTenant": spec.default_tenant.replace("${namespace}", policy.namespace)},
@@ -327,7 +329,7 @@ def render_worker_config(policy: Policy, exports: Mapping[str, AuditExportSpec],
         "ingest": {"listen": f"{host}:{worker.port}", "processes": worker.processes,
                    "backpressure": worker.backpressure.model_dump(mode="json", by_alias=True),
                    "tokens": tokens, **_ingest_tls(spec.mode)},
-        "admin": {"listen": f"0.0.0.0:{worker.admin_port}"},
+        "admin": {"listen": f"[::]:{worker.admin_port}"},
         "drainTimeoutSeconds": worker.drain_timeout_seconds,
         "routes": routes,
         "exports": entries,
