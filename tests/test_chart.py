@@ -153,7 +153,8 @@ def test_rbac_is_narrow() -> None:
         assert "*" not in rule["resources"]
         assert "*" not in rule.get("apiGroups", [])
         if "secrets" in rule["resources"]:
-            assert set(rule["verbs"]) == {"get", "list", "watch"}  # never written
+            # Read by name, never listed or watched (no Secret it was not told of reaches it).
+            assert not {"list", "watch"} & set(rule["verbs"]), rule
         if "mutatingwebhookconfigurations" in rule["resources"]:
             assert rule["resourceNames"] == ["audit-sealtrail"]
     assert not any("delete" in r["verbs"] and "pods" in r["resources"] for r in rules)
@@ -164,9 +165,13 @@ def test_watch_namespaces_grants_roles_there_only() -> None:
     cluster = rules_of(docs, "ClusterRole")
     assert not any("secrets" in r["resources"] or "configmaps" in r["resources"]
                    for r in cluster)
-    roles = [doc for doc in docs if doc["kind"] == "Role"]
+    roles = [doc for doc in docs if doc["kind"] == "Role"
+             and not doc["metadata"]["name"].endswith("-self")]
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["billing", "payments"]
     assert all(any("secrets" in r["resources"] for r in role["rules"]) for role in roles)
+    (own,) = [doc for doc in docs if doc["kind"] == "Role"
+              and doc["metadata"]["name"].endswith("-self")]
+    assert own["metadata"]["namespace"] == "sealtrail"  # the Lease and the webhook certificate
     deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=payments" in args
@@ -185,7 +190,16 @@ def test_webhook_never_covers_the_operators_own_namespace() -> None:
         {"key": "sealtrail.dev/inject", "operator": "NotIn", "values": ["false"]}]
     assert {c["name"] for c in hook["matchConditions"]} == {"not-a-mirror-pod", "not-windows"}
     deployment = next(doc for doc in render() if doc["kind"] == "Deployment")
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    # Highly available: two replicas answer it, a rollout never takes the last one away, a
+    # drain evicts one at a time, and it is scheduled before the workloads that wait on it.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    (budget,) = [doc for doc in render() if doc["kind"] == "PodDisruptionBudget"]
+    assert budget["spec"]["minAvailable"] == 1
     assert "--webhook-configuration=audit-sealtrail" in (
         deployment["spec"]["template"]["spec"]["containers"][0]["args"])
 

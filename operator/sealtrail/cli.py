@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -80,7 +81,25 @@ def _add_operator_parser(commands: Any) -> None:
     operator.add_argument("--webhook-configuration", default="sealtrail",
                           help="MutatingWebhookConfiguration to write a self-made CA into")
     operator.add_argument("--no-webhook", action="store_true", help="no sidecar injection")
-    operator.add_argument("--liveness-port", type=int, default=8080)
+    operator.add_argument("--liveness-port", type=int, default=8080,
+                          help="serves /healthz, /readyz and /metrics")
+    operator.add_argument("--release-namespace",
+                          default=os.environ.get("POD_NAMESPACE", "sealtrail"),
+                          help="the operator's namespace (its Lease and webhook certificate)")
+    operator.add_argument("--release-name", default="sealtrail",
+                          help="prefix of the Lease and the webhook certificate's Secret")
+    operator.add_argument("--heartbeat-seconds", type=_positive_seconds, default=60.0,
+                          help="how often status is refreshed even when nothing changed")
+    operator.add_argument("--secret-refresh-seconds", type=_positive_seconds, default=10.0,
+                          help="how often the Secrets that resources name are re-read")
+    operator.add_argument("--lease-seconds", type=int, default=15,
+                          help="how long a leader's Lease lasts without renewal")
+    operator.add_argument("--webhook-cert-days", type=_positive_seconds, default=365.0,
+                          help="lifetime of the webhook's serving certificate")
+    operator.add_argument("--webhook-ca-days", type=_positive_seconds, default=5 * 365.0,
+                          help="lifetime of the webhook's CA")
+    operator.add_argument("--webhook-cert-check-seconds", type=_positive_seconds, default=60.0,
+                          help="how often replicas re-read (and the leader renews) it")
 
 
 def _positive_seconds(text: str) -> float:
@@ -485,10 +504,15 @@ def _operator(args: argparse.Namespace) -> int:
 
     webhook = None if args.no_webhook else WebhookConfig(
         port=args.webhook_port, hosts=tuple(args.webhook_hosts) or ("localhost",),
-        cert_dir=args.webhook_cert_dir, configuration=args.webhook_configuration or None)
+        cert_dir=args.webhook_cert_dir, configuration=args.webhook_configuration or None,
+        ca_days=args.webhook_ca_days, leaf_days=args.webhook_cert_days,
+        check_seconds=args.webhook_cert_check_seconds)
     return run_operator(OperatorConfig(
         namespaces=tuple(args.namespaces), poll_seconds=args.poll_seconds,
         policy_resync_seconds=args.policy_resync_seconds,
         default_image=args.default_image or DEFAULT_IMAGE,
-        webhook=webhook, liveness_port=args.liveness_port or None))
+        webhook=webhook, liveness_port=args.liveness_port or None,
+        release_namespace=args.release_namespace, release_name=args.release_name,
+        heartbeat_seconds=args.heartbeat_seconds,
+        secret_refresh_seconds=args.secret_refresh_seconds, lease_seconds=args.lease_seconds))
 

@@ -36,7 +36,7 @@ __all__ = [
 VARIABLES: Final = ("tenant:id", "event:type")
 #: The longest template a model or a custom resource takes (variables included). Far beyond any
 #: name a backend takes, it only bounds what a CRD's rules must read.
-TEMPLATE_MAX_LENGTH: Final = 2048
+TEMPLATE_MAX_LENGTH: Final = 1024
 
 
 class TemplateError(ValueError):

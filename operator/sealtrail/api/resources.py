@@ -221,7 +221,6 @@ class CollectorSettings(_Model):
         return value
 
 
-
 class AuditPolicySpec(_Model):
     """Which pods get a worker, how, and which of this namespace's exports rows go to."""
 
@@ -277,6 +276,9 @@ class AuditExportStatus(_Model):
     last_error: str | None = None
     #: `resourceVersion`s of the Secrets the export uses, as the workers report using them.
     credential_version: str | None = None
+    #: When the operator last looked (RFC 3339): refreshed at least every minute while an
+    #: operator runs, so an old heartbeat means this status is no longer being kept current.
+    heartbeat_time: str | None = None
 
 
 class CollectorStatus(_Model):
@@ -303,3 +305,5 @@ class AuditPolicyStatus(_Model):
     injected_pods: int = 0
     uninjected_pods: list[str] = Field(default_factory=list)
     collector: CollectorStatus | None = None
+    #: When the operator last looked (RFC 3339); see `AuditExportStatus.heartbeat_time`.
+    heartbeat_time: str | None = None

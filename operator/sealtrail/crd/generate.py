@@ -346,6 +346,9 @@ class CrdDefinition:
 _READY: Final = '.status.conditions[?(@.type=="Ready")]'
 _AGE: Final = Column("Age", ".metadata.creationTimestamp", "date",
                      "When the resource was created.")
+#: Shown as an age ("40s"): a heartbeat minutes old means no operator is keeping this current.
+_SEEN: Final = Column("Seen", ".status.heartbeatTime", "date",
+                      "When the operator last looked; old means the status is stale.")
 
 CRDS: Final = (
     CrdDefinition(
@@ -369,6 +372,7 @@ CRDS: Final = (
             Column("Lag", ".status.cursorLag", "integer",
                    "Rows the furthest-behind worker has yet to deliver."),
             Column("Workers", ".status.workers", "integer", "Workers that report this export."),
+            _SEEN,
             _AGE,
             Column("Reason", f"{_READY}.reason", "string",
                    "Why the export is or is not ready.", priority=1),
@@ -399,6 +403,7 @@ CRDS: Final = (
             Column("Exports", ".status.matchedExports", "string",
                    "The AuditExports the routes name that exist."),
             Column("Injected", ".status.injectedPods", "integer", "Pods running a worker."),
+            _SEEN,
             _AGE,
             Column("Ready", f"{_READY}.status", "string",
                    "Whether the policy is in force.", priority=1),

@@ -25,6 +25,10 @@ class WebhookConfig:
     cert_dir: Path | None = None
     #: The MutatingWebhookConfiguration whose `caBundle` a self-made CA is written into.
     configuration: str | None = "sealtrail"
+    #: The shared certificate's lifetimes and how often replicas re-read it (see certs.py).
+    ca_days: float = 5 * 365
+    leaf_days: float = 365
+    check_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -39,4 +43,12 @@ class OperatorConfig:
     #: Secrets (in each pod's namespace) to pull the worker image with, for every injected pod.
     worker_image_pull_secrets: tuple[str, ...] = ()
     webhook: WebhookConfig | None = field(default_factory=WebhookConfig)
+    #: `/healthz`, `/readyz` and `/metrics`.
     liveness_port: int | None = 8080
+    #: The operator's own namespace and the release's full name: the Lease and the webhook's
+    #: certificate Secret are `<release_name>-leader` and `<release_name>-webhook-tls` there.
+    release_namespace: str = "sealtrail"
+    release_name: str = "sealtrail"
+    heartbeat_seconds: float = 60.0
+    secret_refresh_seconds: float = 10.0
+    lease_seconds: int = 15

@@ -10,6 +10,7 @@ new `resourceVersion`, no watch event to wake anyone).
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from typing import Any, Final
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from sealtrail.api.resources import API_VERSION, GROUP, VERSION
 from sealtrail.operator.refs import ObjectRef
 
 __all__ = ["APPLIED_HASH", "Kube", "KubeError"]
@@ -32,7 +34,6 @@ APPLIED_HASH: Final = "sealtrail.dev/applied-hash"
 RECREATE_WAIT_SECONDS: Final = 30.0
 #: What the API says when a StatefulSet update touches a field it cannot update.
 _IMMUTABLE_STATEFULSET: Final = "updates to statefulset spec for fields other than"
-
 
 
 class KubeError(Exception):
@@ -56,6 +57,7 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api(self.api)
         self.apps = kubernetes.client.AppsV1Api(self.api)
         self.admission = kubernetes.client.AdmissionregistrationV1Api(self.api)
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
 
     def _calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any],
                                          Callable[..., Any], Callable[..., Any]]:
@@ -153,6 +155,76 @@ class Kube:
             except ApiException as error:
                 raise KubeError(f"cannot patch MutatingWebhookConfiguration {configuration}: "
                                 f"{error.reason}") from None
+        return True
+
+    # -- status and events (the leader's controller) ------------------------------------------
+
+    def patch_status(self, plural: str, namespace: str, name: str,
+                     changes: Mapping[str, Any]) -> bool:
+        """Merge `changes` into an object's status; False if the object is gone."""
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": dict(changes)})
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise KubeError(f"cannot write the status of {plural} {namespace}/{name}: "
+                            f"{error.reason}") from None
+        return True
+
+    def post_event(self, kind: str, namespace: str, name: str, uid: str, *, type_: str,
+                   reason: str, message: str) -> None:
+        """Post a core/v1 Event on one of our objects (best effort: a lost Event is logged)."""
+        now = dt.datetime.now(dt.UTC)
+        body = {
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {"apiVersion": API_VERSION, "kind": kind, "name": name,
+                               "namespace": namespace, "uid": uid},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": "sealtrail-operator"},
+            "reportingComponent": "sealtrail.dev/operator",
+        }
+        try:
+            self.core.create_namespaced_event(namespace, body)  # type: ignore[arg-type]
+        except ApiException as error:
+            log.warning("cannot post the %s event on %s %s/%s: %s", reason, kind, namespace,
+                        name, error.reason)
+
+    # -- Secrets: only ones our resources name, each read by name (never listed) -------------
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret by name, or None if it does not exist (or we may not read it)."""
+        try:
+            answer: Any = self.core.read_namespaced_secret(name, namespace,
+                                                           _preload_content=False)
+        except ApiException as error:
+            if error.status in {403, 404}:
+                return None
+            raise KubeError(f"cannot read Secret {namespace}/{name}: {error.reason}") from None
+        found: dict[str, Any] = json.loads(answer.data)
+        return found
+
+    def create_secret(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        """Create a Secret we own; False if one of that name exists already."""
+        try:
+            self.core.create_namespaced_secret(namespace, dict(body))  # type: ignore[arg-type]
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise KubeError(f"cannot create Secret {namespace}/{body['metadata']['name']}: "
+                            f"{error.reason}") from None
+        return True
+
+    def replace_secret(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        """Replace a Secret we own at the resourceVersion we read; False on a conflict."""
+        name = str(body["metadata"]["name"])
+        try:
+            self.core.replace_namespaced_secret(name, namespace, dict(body))  # type: ignore[arg-type]
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise KubeError(f"cannot replace Secret {namespace}/{name}: {error.reason}") from None
         return True
 
     # -- collector mode: fields that cannot be updated, and what the other mode left ---------
@@ -277,3 +349,19 @@ class Kube:
                 return False  # gone, or replaced by another object since we read it
             raise KubeError(f"cannot delete {ref}: {error.reason}") from None
         return True
+
+    def has_any(self, plural: str, namespaces: tuple[str, ...]) -> bool:
+        """Whether any of our objects of `plural` exists (in `namespaces`, or anywhere)."""
+        try:
+            if not namespaces:
+                found: Any = self.custom.list_cluster_custom_object(GROUP, VERSION, plural,
+                                                                    limit=1)
+                return bool(found.get("items"))
+            for namespace in namespaces:
+                found = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                                  plural, limit=1)
+                if found.get("items"):
+                    return True
+        except ApiException as error:
+            raise KubeError(f"cannot list {plural}: {error.reason}") from None
+        return False

@@ -20,6 +20,8 @@ from sealtrail.api.resources import API_VERSION, GROUP
 
 __all__ = [
     "ADMIN_PORT_NAME",
+    "ADMIN_SECRET",
+    "ADMIN_SECRET_KEY",
     "APP_NAME",
     "COLLECTOR_TLS_DIR",
     "COMPONENT_COLLECTOR",
@@ -34,6 +36,7 @@ __all__ = [
     "INGEST_PORT_NAME",
     "INJECTED_ANNOTATION",
     "INJECT_ANNOTATION",
+    "LEASE_NAME",
     "MANAGED_BY",
     "MANAGED_BY_LABEL",
     "NAME_LABEL",
@@ -53,6 +56,7 @@ __all__ = [
     "VOLUME_STORE",
     "VOLUME_TMP",
     "WEBHOOK_ID",
+    "WEBHOOK_TLS_SECRET",
     "WORKER_ARGS",
     "bounded",
     "collector_ca_name",
@@ -82,6 +86,16 @@ COMPONENT_LABEL: Final = "app.kubernetes.io/component"
 POLICY_LABEL: Final = f"{GROUP}/policy"
 
 APP_NAME: Final = "sealtrail"
+
+# --- Secrets and the Lease the operator owns --------------------------------------------------
+
+#: In each namespace with a policy: the workers' admin credential (made by the operator).
+ADMIN_SECRET: Final = "sealtrail-worker-admin"  # noqa: S105 - a name, not a secret
+ADMIN_SECRET_KEY: Final = "token"  # noqa: S105 - a key name
+#: In the operator's namespace, prefixed with the release's full name: the webhook's CA and
+#: serving certificate (shared by every replica), and the leader's Lease.
+WEBHOOK_TLS_SECRET: Final = "webhook-tls"  # noqa: S105 - a name, not a secret
+LEASE_NAME: Final = "leader"
 MANAGED_BY: Final = "sealtrail-operator"
 COMPONENT_COLLECTOR: Final = "collector"
 

@@ -1,83 +1,87 @@
 """Asking workers for their `/v1/status`: the one place the operator talks HTTP to workers.
 
-Every export's timer asks the workers of the policies that route to it. Answers are kept for
-a moment (`ttl_seconds`), so that ten exports served by the same pod cost one request, not ten,
-and requests to all pods go out concurrently. A worker that does not answer is reported with
-the reason, never dropped from the count.
+Each poll asks every worker once, however many exports it serves, with a bounded number of
+requests in flight and a short timeout, so a thousand pods (or a few blackholed ones behind a
+default-deny NetworkPolicy) cannot exhaust the client or hold the answers of the others. A
+worker that does not answer is reported with the reason, never dropped from the count. Each
+request carries the namespace's admin credential: workers answer nobody else.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
 
+from sealtrail.operator.facts import WorkerAddress
 from sealtrail.operator.status import WorkerReport
 
-__all__ = ["StatusPoller", "WorkerAddress"]
+__all__ = ["Answer", "StatusPoller", "report_for"]
 
+#: A worker's status document, or why there is none.
+Answer = dict[str, Any] | str
 
-@dataclass(frozen=True)
-class WorkerAddress:
-    """Where one worker's admin listener is."""
-
-    pod: str  # namespace/name, for messages
-    ip: str | None
-    port: int
+_STATUS_PATH = "/v1/status"
 
 
 class StatusPoller:
-    """Shared by all timers of one operator process (one HTTP client, one small cache)."""
+    """Shared by the controller of one operator process (one HTTP client)."""
 
-    def __init__(self, *, timeout_seconds: float = 2.0, ttl_seconds: float = 1.0) -> None:
+    def __init__(self, *, timeout_seconds: float = 2.0, concurrency: int = 64) -> None:
         """Make the client; close it with `aclose`."""
-        self._client = httpx.AsyncClient(timeout=timeout_seconds)
-        self._ttl = ttl_seconds
-        self._cache: dict[str, tuple[float, dict[str, Any] | str]] = {}
+        self._client = httpx.AsyncClient(
+            timeout=timeout_seconds,
+            limits=httpx.Limits(max_connections=concurrency,
+                                max_keepalive_connections=concurrency))
+        self._limit = asyncio.Semaphore(concurrency)
 
     async def aclose(self) -> None:
         """Close the HTTP client."""
         await self._client.aclose()
 
-    async def _status(self, url: str) -> dict[str, Any] | str:
-        """The worker's status document, or why there is none."""
-        cached = self._cache.get(url)
-        if cached is not None and time.monotonic() - cached[0] < self._ttl:
-            return cached[1]
-        result: dict[str, Any] | str
-        try:
-            answer = await self._client.get(url)
-            answer.raise_for_status()
-            document = answer.json()
-            result = document if isinstance(document, dict) else "not a status document"
-        except httpx.HTTPStatusError as error:
-            result = f"HTTP {error.response.status_code}"
-        except httpx.HTTPError as error:
-            result = type(error).__name__ + (f": {error}" if str(error) else "")
-        except ValueError:
-            result = "the answer is not JSON"
-        self._cache[url] = (time.monotonic(), result)
-        return result
+    async def _ask(self, worker: WorkerAddress, token: bytes | None) -> Answer:
+        if not worker.ip:
+            return "the pod has no IP yet"
+        host = f"[{worker.ip}]" if ":" in worker.ip else worker.ip
+        headers = {"Authorization": f"Bearer {token.decode()}"} if token else {}
+        async with self._limit:
+            try:
+                answer = await self._client.get(f"http://{host}:{worker.port}{_STATUS_PATH}",
+                                                headers=headers)
+                answer.raise_for_status()
+                document = answer.json()
+            except httpx.HTTPStatusError as error:
+                return f"HTTP {error.response.status_code}"
+            except httpx.HTTPError as error:
+                return type(error).__name__ + (f": {error}" if str(error) else "")
+            except ValueError:
+                return "the answer is not JSON"
+        return document if isinstance(document, dict) else "not a status document"
 
-    async def reports(self, workers: Sequence[WorkerAddress], export: str) -> list[WorkerReport]:
-        """One report per worker for the export named `export`."""
-        now = time.monotonic()  # forget answers past their time: pods come and go
-        self._cache = {url: entry for url, entry in self._cache.items()
-                       if now - entry[0] < self._ttl}
+    async def poll(self, workers: Iterable[WorkerAddress],
+                   token_of: Callable[[WorkerAddress], bytes | None]) -> dict[
+                       WorkerAddress, Answer]:
+        """Every worker's answer, each asked once."""
+        unique = sorted(set(workers), key=lambda worker: worker.pod)
+        answers = await asyncio.gather(*(self._ask(worker, token_of(worker))
+                                         for worker in unique))
+        return dict(zip(unique, answers, strict=True))
 
-        async def ask(worker: WorkerAddress) -> WorkerReport:
-            if not worker.ip:
-                return WorkerReport(worker.pod, reachable=False, error="the pod has no IP yet")
-            host = f"[{worker.ip}]" if ":" in worker.ip else worker.ip
-            found = await self._status(f"http://{host}:{worker.port}/v1/status")
-            if isinstance(found, str):
-                return WorkerReport(worker.pod, reachable=False, error=found)
-            entry = next((item for item in found.get("exports", [])
-                          if isinstance(item, dict) and item.get("name") == export), None)
-            return WorkerReport(worker.pod, reachable=True, export=entry)
 
-        return list(await asyncio.gather(*(ask(worker) for worker in workers)))
+def report_for(worker: WorkerAddress, answer: Answer | None, export: str) -> WorkerReport:
+    """What one worker's answer says about the export named `export`."""
+    if answer is None:
+        return WorkerReport(worker.pod, reachable=False, error="not polled yet")
+    if isinstance(answer, str):
+        return WorkerReport(worker.pod, reachable=False, error=answer)
+    entry = next((item for item in answer.get("exports", [])
+                  if isinstance(item, dict) and item.get("name") == export), None)
+    return WorkerReport(worker.pod, reachable=True, export=entry)
+
+
+def reports(workers: Iterable[WorkerAddress], answers: Mapping[WorkerAddress, Answer],
+            export: str) -> list[WorkerReport]:
+    """One report per worker for `export`."""
+    return [report_for(worker, answers.get(worker), export) for worker in workers]

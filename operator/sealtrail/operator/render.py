@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from sealtrail.api.errors import UNKNOWN_SETTING, field_errors
 from sealtrail.api.export import SecretKeySelector
 from sealtrail.api.resources import AuditExportSpec, AuditPolicySpec
+from sealtrail.api.worker_api import without_live_fields
 from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.operator import naming
 
@@ -44,10 +45,6 @@ __all__ = [
 #: Top-level keys of worker.yaml in reading order (as docs/worker-config.md shows them).
 _TOP_ORDER: Final = ("store", "checkpoints", "ingest", "admin", "nats", "drainTimeoutSeconds",
                      "routes", "exports")
-#: What a running worker takes from a changed config file without a restart (worker/core.py
-#: `reload` and worker/main.py): everything else counts towards the restart hash.
-_LIVE_TOP: Final = ("routes", "exports")
-_LIVE_INGEST: Final = ("tokens", "backpressure")
 _TLS_CA: Final = "ca.crt"
 _TLS_CERT: Final = "tls.crt"
 _TLS_KEY: Final = "tls.key"
@@ -266,9 +263,8 @@ def _document(data: dict[str, Any]) -> str:
 
 
 def _restart_hash(data: Mapping[str, Any]) -> str:
-    restart = {key: value for key, value in data.items() if key not in _LIVE_TOP}
-    restart["ingest"] = {key: value for key, value in data["ingest"].items()
-                         if key not in _LIVE_INGEST}
+    """A hash of what a running worker reads only at start (the contract's `LIVE_FIELDS`)."""
+    restart = without_live_fields(data)
     return naming.content_hash(json.dumps(restart, sort_keys=True, separators=(",", ":")))
 
 
@@ -329,7 +325,11 @@ def render_worker_config(policy: Policy, exports: Mapping[str, AuditExportSpec],
         "ingest": {"listen": f"{host}:{worker.port}", "processes": worker.processes,
                    "backpressure": worker.backpressure.model_dump(mode="json", by_alias=True),
                    "tokens": tokens, **_ingest_tls(spec.mode)},
-        "admin": {"listen": f"[::]:{worker.admin_port}"},
+        # The admin API (status, metrics, resume) answers only the namespace's admin
+        # credential, which the operator makes and holds (`apply.ensure_admin_secret`).
+        "admin": {"listen": f"[::]:{worker.admin_port}",
+                  "token": {"file": naming.secret_file(naming.ADMIN_SECRET,
+                                                       naming.ADMIN_SECRET_KEY)}},
         "drainTimeoutSeconds": worker.drain_timeout_seconds,
         "routes": routes,
         "exports": entries,
@@ -342,6 +342,8 @@ def render_worker_config(policy: Policy, exports: Mapping[str, AuditExportSpec],
         return RenderResult(None, matched, unknown, tuple(skipped), tuple(problems))
     data = config.model_dump(mode="json", by_alias=True, exclude_none=True)
     text = _document(data)
+    mounts.append(SecretMount(naming.ADMIN_SECRET, naming.secret_volume_name(naming.ADMIN_SECRET),
+                              naming.secret_mount_path(naming.ADMIN_SECRET)))
     unique = {mount.volume: mount for mount in mounts}
     rendered = RenderedConfig(
         policy=policy.name, namespace=policy.namespace, mode=spec.mode, config=config,

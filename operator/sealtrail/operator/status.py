@@ -8,20 +8,27 @@ unless their status flips (what `kubectl wait` and alerting rely on).
 
 from __future__ import annotations
 
-import hashlib
+import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal
+
+from sealtrail.operator import naming
+from sealtrail.operator.facts import CredentialFacts, PodFact, PolicyFact
+from sealtrail.operator.render import RenderResult
 
 __all__ = [
     "ConditionStatus",
-    "CredentialFacts",
+    "Event",
     "WorkerReport",
     "condition",
-    "credential_digest",
     "export_status",
     "merge_conditions",
+    "now",
+    "policy_status",
     "status_changes",
+    "transition_events",
+    "worth_writing",
 ]
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -29,14 +36,12 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 #: Longest `lastError` we copy into status (a SIEM's error body can be long).
 MAX_ERROR_CHARS: Final = 512
 
+_TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
 
-def credential_digest(value: str) -> str:
-    """The short digest a worker reports as `credential_version` for a secret value.
 
-    The worker hashes the value it read (stripped); the operator hashes the Secret's key the
-    same way, so the two can be matched without either side ever showing the secret.
-    """
-    return hashlib.sha256(value.strip().encode()).hexdigest()[:12]
+def now() -> str:
+    """The time as Kubernetes writes it (RFC 3339, UTC, seconds)."""
+    return dt.datetime.now(dt.UTC).strftime(_TIME_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -47,15 +52,6 @@ class WorkerReport:
     reachable: bool
     error: str | None = None  # why it could not be asked, when not reachable
     export: Mapping[str, Any] | None = None  # its entry in the worker's /v1/status
-
-
-@dataclass(frozen=True)
-class CredentialFacts:
-    """What the operator knows of the Secrets an export names."""
-
-    problems: tuple[str, ...] = ()  # e.g. 'Secret "hec" has no key "token"'
-    #: digest of a current Secret value -> "secret/key@resourceVersion"
-    versions: Mapping[str, str] = field(default_factory=dict)
 
 
 def condition(kind: str, status: ConditionStatus, reason: str, message: str, *,
@@ -163,8 +159,9 @@ def _delivering(pause_reason: str | None,
         first = reading.unreachable[0]
         return ("Delivering", "Unknown", "WorkersUnreachable",
                 _clip(f"no worker answered; {first.pod}: {first.error}"))
-    return ("Delivering", "True", "Delivering",
-            f"{len(reading.answered)} workers delivering, lag {max(reading.lags)} rows")
+    # The lag itself is in `cursorLag`: a message that changed with every poll would make
+    # every poll a status write.
+    return ("Delivering", "True", "Delivering", f"{len(reading.answered)} workers delivering")
 
 
 def _last_error(reading: _Reading) -> str | None:
@@ -221,3 +218,129 @@ def _credential_version(credentials: CredentialFacts,
 def status_changes(previous: Mapping[str, Any], fresh: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of `fresh` that differ from `previous`: write status only when it changed."""
     return {key: value for key, value in fresh.items() if previous.get(key) != value}
+
+
+def _lag_bucket(lag: Any) -> int | None:
+    """0, then one bucket per decimal digit: 1-9, 10-99, 100-999, ..."""
+    return None if lag is None else len(str(int(lag))) if int(lag) > 0 else 0
+
+
+def _essence(status: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a status a reader acts on: everything but the times and the exact lag."""
+    kept = {key: value for key, value in status.items()
+            if key not in {"heartbeatTime", "cursorLag"}}
+    kept["conditions"] = [{key: value for key, value in (item or {}).items()
+                           if key != "lastTransitionTime"}
+                          for item in status.get("conditions") or []]
+    kept["cursorLag"] = _lag_bucket(status.get("cursorLag"))
+    return kept
+
+
+def _age_seconds(stamp: Any, now: str) -> float | None:
+    try:
+        then = dt.datetime.strptime(str(stamp), _TIME_FORMAT).replace(tzinfo=dt.UTC)
+        current = dt.datetime.strptime(now, _TIME_FORMAT).replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+    return (current - then).total_seconds()
+
+
+def worth_writing(previous: Mapping[str, Any], fresh: Mapping[str, Any], *, now: str,
+                  heartbeat_seconds: float) -> dict[str, Any] | None:
+    """The status patch to write, or None when nothing a reader acts on has changed.
+
+    Writes are what an operator at scale pays for (each one is an etcd write and a watch event
+    to every watcher), so a poll that only moved the lag within its decade, or reworded an
+    error, writes nothing. The heartbeat is the exception: `heartbeatTime` is refreshed every
+    `heartbeat_seconds`, so a status whose heartbeat is old says the operator stopped looking
+    (the printer column and the alert read it; see docs/operations.md).
+    """
+    age = _age_seconds(previous.get("heartbeatTime"), now)
+    due = age is None or age >= heartbeat_seconds
+    if not due and _essence(previous) == _essence(fresh):
+        return None
+    changes = status_changes(previous, fresh)
+    changes["heartbeatTime"] = now
+    return changes
+
+
+# -- AuditPolicy ---------------------------------------------------------------------------------
+
+
+def policy_status(fact: PolicyFact, result: RenderResult | None, failure: str | None,
+                  pods: Sequence[PodFact], *, previous: Mapping[str, Any],
+                  now: str) -> dict[str, Any]:
+    """The whole status of an AuditPolicy, from its render, its apply and the namespace's pods.
+
+    `result` is None when the spec itself is invalid (`fact.problem` says why).
+    """
+    def cond(kind: str, status: ConditionStatus, reason: str, message: str) -> dict[str, Any]:
+        return condition(kind, status, reason, message, now=now, generation=fact.generation)
+
+    if fact.policy is None or result is None:
+        return {"observedGeneration": fact.generation, "conditions": merge_conditions(
+            previous.get("conditions") or [],
+            [cond("Ready", "False", "InvalidSpec", fact.problem or "invalid spec")])}
+    policy = fact.policy
+    problems = list(result.problems)
+    conditions = []
+    if result.rendered is None:
+        conditions.append(cond("Ready", "False", "RenderFailed", "; ".join(problems)))
+    elif failure is not None:
+        conditions.append(cond("Ready", "False", "ApplyFailed", failure))
+    else:
+        conditions.append(cond("Ready", "True", "Rendered",
+                               f"worker config in ConfigMap {naming.config_map_name(policy.name)}"
+                               if policy.spec.mode == "sidecar" else
+                               f"collector {naming.collector_name(policy.name)} applied"))
+    conditions.append(
+        cond("ExportsResolved", "False", "ExportsMissing", "; ".join(problems)) if problems
+        else cond("ExportsResolved", "True", "Resolved", "every export the routes name is used"))
+    label = naming.policy_label_value(policy.name)
+    injected = [pod.name for pod in pods if pod.has_worker
+                and pod.labels.get(naming.POLICY_LABEL) == label]
+    missing = sorted(pod.name for pod in pods if policy.spec.mode == "sidecar"
+                     and not pod.has_worker and not pod.opted_out
+                     and policy.spec.selector.matches(dict(pod.labels)))
+    return {
+        "observedGeneration": fact.generation,
+        "conditions": merge_conditions(previous.get("conditions") or [], conditions),
+        "configMap": naming.config_map_name(policy.name),
+        "matchedExports": list(result.matched_exports),
+        "unknownExports": list(result.unknown_exports),
+        "injectedPods": len(injected),
+        "uninjectedPods": missing[:50],
+    }
+
+
+# -- Events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the object."""
+
+    type: str
+    reason: str
+    message: str
+
+
+def _state(status: Mapping[str, Any], kind: str) -> str | None:
+    return next((str(c.get("status")) for c in status.get("conditions") or []
+                 if c.get("type") == kind), None)
+
+
+def transition_events(previous: Mapping[str, Any], fresh: Mapping[str, Any]) -> list[Event]:
+    """Events for pause, resume and credential failures, once per transition."""
+    events = []
+    before, after = _state(previous, "Paused"), _state(fresh, "Paused")
+    if after == "True" and before != "True":
+        events.append(Event("Warning", "Paused", str(fresh.get("pauseReason") or "paused")))
+    elif after == "False" and before == "True":
+        events.append(Event("Normal", "Resumed", "delivery resumed"))
+    if _state(fresh, "CredentialsValid") == "False" and _state(
+            previous, "CredentialsValid") != "False":
+        message = next((str(c.get("message")) for c in fresh.get("conditions") or []
+                        if c.get("type") == "CredentialsValid"), "")
+        events.append(Event("Warning", "CredentialsInvalid", message))
+    return events

@@ -1,0 +1,68 @@
+"""What the cluster holds, kept current by kopf's watches; events wake the controller.
+
+Index functions run on every event of every watched object, so they only parse. Terminal pods
+(a finished Job's, an evicted one) and pods being deleted are not indexed: they run no worker
+to poll and no app to count, and an IP they held may already be another pod's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from sealtrail.api.resources import GROUP, VERSION
+from sealtrail.operator import facts, naming
+from sealtrail.operator.handlers.runtime import Runtime
+
+__all__ = ["EXPORTS", "POLICIES", "register_indexes"]
+
+EXPORTS = (GROUP, VERSION, "auditexports")
+POLICIES = (GROUP, VERSION, "auditpolicies")
+
+
+def register_indexes(registry: kopf.OperatorRegistry) -> None:
+    """The four indexes, and the hooks that tell the controller a namespace changed."""
+
+    @kopf.index(*EXPORTS, id="exports_idx", registry=registry)
+    def exports_idx(*, namespace: str | None, name: str, body: kopf.Body,
+                    **_: Any) -> dict[str | None, facts.ExportFact]:
+        return {namespace: facts.export_fact(name, body)}
+
+    @kopf.index(*POLICIES, id="policies_idx", registry=registry)
+    def policies_idx(*, namespace: str | None, name: str, body: kopf.Body,
+                     **_: Any) -> dict[str | None, facts.PolicyFact]:
+        return {namespace: facts.policy_fact(name, body)}
+
+    @kopf.index("", "v1", "pods", labels={naming.POLICY_LABEL: kopf.PRESENT},
+                id="workers_idx", registry=registry)
+    def workers_idx(*, namespace: str | None, name: str, labels: Mapping[str, str],
+                    body: kopf.Body, **_: Any) -> dict[str | None, tuple[
+                        str, facts.WorkerAddress]] | None:
+        if facts.is_terminal(body):
+            return None
+        address = facts.worker_address(str(namespace), name, body)
+        return {namespace: (str(labels[naming.POLICY_LABEL]), address)}
+
+    @kopf.index("", "v1", "pods", id="pods_idx", registry=registry)
+    def pods_idx(*, namespace: str | None, name: str, body: kopf.Body,
+                 **_: Any) -> dict[str | None, facts.PodFact] | None:
+        if facts.is_terminal(body):
+            return None
+        return {namespace: facts.pod_fact(name, body)}
+
+    # Event hooks run only after kopf has listed every indexed kind (so the first one also
+    # says the indexes are complete); they write nothing to the object.
+
+    @kopf.on.event(*EXPORTS, id="export-event", registry=registry)
+    async def export_event(*, namespace: str | None, memo: Any, **_: Any) -> None:
+        runtime: Runtime = memo.runtime
+        runtime.indexed()
+        runtime.controller.changed(str(namespace))
+
+    @kopf.on.event(*POLICIES, id="policy-event", registry=registry)
+    async def policy_event(*, namespace: str | None, memo: Any, **_: Any) -> None:
+        runtime: Runtime = memo.runtime
+        runtime.indexed()
+        runtime.controller.changed(str(namespace))
