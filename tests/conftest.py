@@ -81,7 +81,8 @@ RELEASE_NAMESPACE = "sealtrail"
 #: What the tests install the chart with: the node runs any `sealtrail` image from the image
 #: built from the Dockerfile; short intervals keep the tests quick.
 RELEASE_VALUES = ("--set", "image.tag=test", "--set", "operator.pollSeconds=1",
-                  "--set", "operator.policyResyncSeconds=2")
+                  "--set", "operator.policyResyncSeconds=2",
+                  "--set", "operator.secretRefreshSeconds=1")
 
 
 _fresh_planes = itertools.count()

@@ -237,3 +237,29 @@ def test_the_real_api_server_accepts_every_rendered_object(
     assert done.returncode == 0, done.stderr
     applied = [line for line in done.stdout.splitlines() if line.endswith("(server dry run)")]
     assert len(applied) == len(kept), done.stdout
+
+
+def test_cert_manager_issues_from_a_ca_so_renewals_keep_the_trusted_bundle() -> None:
+    docs = render("webhook.certManager.enabled=true")
+    certificates = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Certificate"}
+    ca = certificates["audit-sealtrail-webhook-ca"]
+    assert ca["spec"]["isCA"] is True
+    serving = certificates["audit-sealtrail-webhook"]
+    issuers = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Issuer"}
+    issuer = issuers[serving["spec"]["issuerRef"]["name"]]
+    assert issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]  # not self-signed
+
+
+def test_watch_namespaces_narrow_the_webhook_too() -> None:
+    (config,) = [doc for doc in render("watchNamespaces={payments,billing}")
+                 if doc["kind"] == "MutatingWebhookConfiguration"]
+    assert {"key": "kubernetes.io/metadata.name", "operator": "In",
+            "values": ["payments", "billing"]} in (
+        config["webhooks"][0]["namespaceSelector"]["matchExpressions"])
+
+
+def test_worker_pull_secrets_reach_the_operator() -> None:
+    deployment = next(doc for doc in render("worker.imagePullSecrets={regcred}")
+                      if doc["kind"] == "Deployment")
+    assert "--worker-image-pull-secret=regcred" in (
+        deployment["spec"]["template"]["spec"]["containers"][0]["args"])

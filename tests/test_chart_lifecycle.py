@@ -6,16 +6,16 @@ operator go away. In order, as an operator of the cluster would do it:
 1. `helm install --wait`: the operator's pod (from the image) becomes Ready and publishes its
    webhook CA; a Deployment's pod gets the worker injected through the chart's Service; the
    app's events reach the SIEM.
-2. `helm upgrade` with a changed value: the operator's pod is replaced (Recreate) and the new
-   one serves the webhook: a new pod of the app is injected.
+2. `helm upgrade` with a changed value: both operator pods are replaced (a rolling update
+   that never leaves the webhook without a ready replica) and a new pod of the app is injected.
 3. An operator restart (`kubectl rollout restart`): the same.
-4. `helm uninstall`, then deleting the app's namespace and the operator's: both must finish.
-   They do not yet: the operator's finalizer stays on the AuditExport and AuditPolicy once no
-   operator runs to remove it. kopf adds it because of the per-object timers (the status poll
-   and the policy resync: kopf requires a finalizer for every timer and daemon), not for the
-   deletion handler, which is optional. Issue #13 (items 6 and 9: one shared poller instead of
-   per-object timers) fixes that; until then the test is a strict expected failure that shows
-   what holds them.
+4. High availability: pods are created continuously for a minute (a server-side dry run, so
+   admission runs in full and nothing is scheduled) while the leader is killed; every
+   admission succeeds with the worker injected, and the other replica takes the Lease and
+   reconciles.
+5. With the operator scaled to zero, a namespace that did not opt in creates pods at once.
+6. `helm uninstall`, then deleting the app's namespace and the operator's: both finish (the
+   operator puts no finalizer on anything).
 """
 
 from __future__ import annotations
@@ -82,13 +82,21 @@ def injected_and_ready(plane: ControlPlane, count: int) -> bool:
         for pod in pods)
 
 
-def operator_pod(plane: ControlPlane) -> str:
+def operator_pods(plane: ControlPlane) -> frozenset[str]:
+    """The operator's ready pods, when all of the chart's replicas (2) are, else none."""
     listing = json.loads(kubectl(plane, "get", "pods", "-n", RELEASE_NAMESPACE, "-o", "json"))
-    ready = [pod["metadata"]["name"] for pod in listing["items"]
-             if not pod["metadata"].get("deletionTimestamp") and any(
-                 c["type"] == "Ready" and c["status"] == "True"
-                 for c in pod.get("status", {}).get("conditions", []))]
-    return ready[0] if len(ready) == 1 else ""
+    pods = [pod for pod in listing["items"] if not pod["metadata"].get("deletionTimestamp")]
+    ready = frozenset(pod["metadata"]["name"] for pod in pods if any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in pod.get("status", {}).get("conditions", [])))
+    return ready if len(ready) == len(pods) == 2 else frozenset()
+
+
+def leader(plane: ControlPlane) -> str:
+    """The pod holding the Lease (its identity is `<pod>_<process suffix>`)."""
+    holder = kubectl(plane, "get", "lease", f"{RELEASE}-leader", "-n", RELEASE_NAMESPACE,
+                     "-o", "jsonpath={.spec.holderIdentity}", check=False)
+    return holder.rsplit("_", 1)[0] if "_" in holder else ""
 
 
 def test_install_upgrade_and_restart_keep_injecting(plane: ControlPlane) -> None:
@@ -104,7 +112,7 @@ def test_install_upgrade_and_restart_keep_injecting(plane: ControlPlane) -> None
 def _install_upgrade_restart(plane: ControlPlane, receiver: SplunkReceiver) -> None:
     # 1. Install and use.
     install_chart(plane)
-    first_operator = wait_until(lambda: operator_pod(plane), 60, "the operator pod", plane)
+    first_operators = wait_until(lambda: operator_pods(plane), 60, "the operator pods", plane)
     kubectl(plane, "create", "namespace", APP_NAMESPACE)
     kubectl(plane, "label", "namespace", APP_NAMESPACE, "sealtrail.dev/injection=enabled")
     kubectl(plane, "apply", "-n", APP_NAMESPACE, "-f", "-", stdin=yaml.safe_dump_all([
@@ -138,8 +146,8 @@ def _install_upgrade_restart(plane: ControlPlane, receiver: SplunkReceiver) -> N
     tool(plane, HELM, "upgrade", RELEASE, ROOT / "helm" / "sealtrail", "--namespace",
          RELEASE_NAMESPACE, "--reuse-values", "--set", "operator.pollSeconds=2", "--wait",
          "--timeout", "5m", timeout=330)
-    second_operator = wait_until(lambda: (name := operator_pod(plane)) != first_operator
-                                 and name, 90, "the upgraded operator pod", plane)
+    second_operators = wait_until(lambda: (names := operator_pods(plane)).isdisjoint(
+        first_operators) and names, 120, "the upgraded operator pods", plane)
     kubectl(plane, "scale", "-n", APP_NAMESPACE, "deployment/shop", "--replicas=2")
     wait_until(lambda: injected_and_ready(plane, 2), 120,
                "a pod created after the upgrade to be injected", plane)
@@ -148,12 +156,59 @@ def _install_upgrade_restart(plane: ControlPlane, receiver: SplunkReceiver) -> N
     kubectl(plane, "rollout", "restart", "-n", RELEASE_NAMESPACE, f"deployment/{RELEASE}")
     kubectl(plane, "rollout", "status", "-n", RELEASE_NAMESPACE, f"deployment/{RELEASE}",
             "--timeout=120s")
-    wait_until(lambda: (name := operator_pod(plane)) not in ("", second_operator) and name,
-               90, "the restarted operator pod", plane)
+    wait_until(lambda: (names := operator_pods(plane)).isdisjoint(second_operators) and names,
+               120, "the restarted operator pods", plane)
     kubectl(plane, "scale", "-n", APP_NAMESPACE, "deployment/shop", "--replicas=3")
     wait_until(lambda: injected_and_ready(plane, 3), 120,
                "a pod created after the restart to be injected", plane)
 
+
+def dry_run_pod(plane: ControlPlane, number: int) -> tuple[bool, str]:
+    """Create a pod as a server-side dry run: every admission step, nothing stored."""
+    pod = yaml.safe_dump({"apiVersion": "v1", "kind": "Pod",
+                          "metadata": {"name": f"probe-{number}", "labels": {"app": "shop"}},
+                          "spec": {"containers": [{"name": "app", "image": "a:1"}]}})
+    done = tool(plane, KUBECTL, "create", "--dry-run=server", "-o", "json", "-n",
+                APP_NAMESPACE, "-f", "-", stdin=pod, check=False)
+    if done.returncode != 0:
+        return False, done.stderr.strip()
+    created = json.loads(done.stdout)
+    injected = any(c["name"] == "sealtrail-worker"
+                   for c in created["spec"].get("initContainers", []))
+    return injected, "" if injected else "admitted without the worker"
+
+
+def test_two_replicas_admit_every_pod_while_the_leader_is_killed(plane: ControlPlane) -> None:
+    first = wait_until(lambda: leader(plane), 30, "a leader", plane)
+    assert first in wait_until(lambda: operator_pods(plane), 60, "two operators", plane)
+    failures: list[str] = []
+    started, number, killed = time.monotonic(), 0, False
+    while time.monotonic() - started < 60:
+        if not killed and time.monotonic() - started > 15:
+            kubectl(plane, "delete", "pod", first, "-n", RELEASE_NAMESPACE, "--grace-period=0",
+                    "--force")
+            killed = True
+        number += 1
+        ok, why = dry_run_pod(plane, number)
+        if not ok:
+            failures.append(f"pod {number} at {time.monotonic() - started:.1f} s: {why}")
+        time.sleep(0.2)
+    assert number > 60
+    assert not failures, "\n".join(failures)
+    second = wait_until(lambda: (name := leader(plane)) not in ("", first) and name, 45,
+                        "another replica to take the Lease", plane)
+    assert second != first
+    # The new leader reconciles: a pause set now shows in the export's status.
+    kubectl(plane, "patch", "auditexport", "hec", "-n", APP_NAMESPACE, "--type=merge", "-p",
+            '{"spec": {"paused": true}}')
+    try:
+        wait_until(lambda: json.loads(kubectl(plane, "get", "auditexport", "hec", "-n",
+                                              APP_NAMESPACE, "-o", "json"))
+                   .get("status", {}).get("pauseReason") == "spec.paused is true", 30,
+                   "the new leader to write the pause into status", plane)
+    finally:
+        kubectl(plane, "patch", "auditexport", "hec", "-n", APP_NAMESPACE, "--type=merge",
+                "-p", '{"spec": {"paused": false}}')
 
 
 def test_with_the_operator_down_only_opted_in_namespaces_wait_for_it(
@@ -181,13 +236,11 @@ def test_with_the_operator_down_only_opted_in_namespaces_wait_for_it(
         kubectl(plane, "apply", "-n", APP_NAMESPACE, "-f", "-", stdin=opted_out)
     finally:
         kubectl(plane, "scale", "-n", RELEASE_NAMESPACE, f"deployment/{RELEASE}",
-                "--replicas=1")
+                "--replicas=2")
         kubectl(plane, "rollout", "status", "-n", RELEASE_NAMESPACE, f"deployment/{RELEASE}",
                 "--timeout=120s")
 
 
-@pytest.mark.xfail(strict=True, reason="#13 item 6: the finalizer kopf adds for the "
-                   "per-object timers outlives helm uninstall and holds the namespace")
 def test_uninstall_then_deleting_the_namespaces_finishes(plane: ControlPlane) -> None:
     # 4. Uninstall, then delete the namespaces: both must go (in seconds, normally).
     tool(plane, HELM, "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait",

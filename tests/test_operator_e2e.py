@@ -129,7 +129,7 @@ def test_every_example_applies_and_reaches_ready(cluster: Cluster) -> None:
     assert "00000000-0000-0000-0000-000000000000" not in config  # a path, never the value
     table = cluster.kubectl("get", "auditexports", "-n", "ex-01").stdout
     assert table.split("\n")[0].split() == ["NAME", "BACKEND", "READY", "PAUSED", "LAG",
-                                            "WORKERS", "AGE"]
+                                            "WORKERS", "SEEN", "AGE"]
     assert "splunk" in table
 
 
@@ -334,8 +334,10 @@ def test_events_from_the_app_reach_the_siem_and_status_shows_delivery(
         assert status["workersUnreachable"] == 0
         table = cluster.kubectl("get", "aex", delivery.export, "-n", NAMESPACE).stdout
         assert table.split("\n")[0].split() == ["NAME", "BACKEND", "READY", "PAUSED", "LAG",
-                                                "WORKERS", "AGE"]
-        assert table.split("\n")[1].split()[1:6] == ["splunk", "True", "false", "0", "1"]
+                                                "WORKERS", "SEEN", "AGE"]
+        row = table.split("\n")[1].split()
+        assert row[1:6] == ["splunk", "True", "false", "0", "1"]
+        assert row[6].endswith("s"), row  # the operator looked seconds ago (a heartbeat)
     finally:
         cluster.kubectl("delete", "deployment", "app-writes", "-n", NAMESPACE, check=False)
         wait_until(lambda: not cluster.plane.pods_named(NAMESPACE, "app-writes-"), 60,
@@ -505,6 +507,37 @@ def test_the_charts_rbac_allowed_every_request_the_operator_made(cluster: Cluste
     refused = sorted({(e["verb"], e["requestURI"].split("?")[0], e["responseStatus"]["code"])
                       for e in made if e["responseStatus"]["code"] in (401, 403)})
     assert not refused, f"the chart's RBAC refused the operator: {refused}"
+
+
+def test_the_operator_reads_only_the_secrets_resources_name(cluster: Cluster) -> None:
+    """No list, no watch: a Secret that no AuditExport or AuditPolicy names never reaches it."""
+    namespace = "secrets-named"
+    cluster.kubectl("create", "namespace", namespace, check=False)
+    folder = ROOT / "examples" / "01-splunk"
+    for manifest in ("secret.yaml", "auditexport.yaml", "auditpolicy.yaml"):
+        cluster.kubectl("apply", "-n", namespace, "-f", str(folder / manifest))
+    cluster.kubectl("create", "secret", "generic", "decoy", "-n", namespace,
+                    "--from-literal=password=not-for-sealtrail")
+    operator = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}"
+
+    def reads() -> list[dict[str, Any]]:
+        return [event for event in cluster.plane.audit_events()
+                if event["user"]["username"] == operator and event["stage"] == "ResponseComplete"
+                and (event.get("objectRef") or {}).get("resource") == "secrets"]
+
+    def named_reads() -> int:
+        return sum(1 for event in reads() if event["objectRef"].get("namespace") == namespace
+                   and event["objectRef"].get("name") == "splunk-hec")
+
+    before = named_reads()
+    wait_until(lambda: named_reads() >= before + 3, 30,
+               "the operator to read the named Secret a few times", cluster)
+    seen = reads()
+    assert not [e for e in seen if e["verb"] in ("list", "watch")], "Secrets were listed"
+    read_here = {e["objectRef"].get("name") for e in seen
+                 if e["objectRef"].get("namespace") == namespace}
+    assert "decoy" not in read_here
+    assert read_here <= {"splunk-hec", "sealtrail-worker-admin"}, read_here
 
 
 def test_a_namespace_whose_quota_counts_limits_accepts_the_injected_pod(

@@ -83,6 +83,10 @@ def _add_operator_parser(commands: Any) -> None:
     operator.add_argument("--no-webhook", action="store_true", help="no sidecar injection")
     operator.add_argument("--liveness-port", type=int, default=8080,
                           help="serves /healthz, /readyz and /metrics")
+    operator.add_argument("--worker-image-pull-secret", action="append", default=[],
+                          dest="worker_image_pull_secrets",
+                          help="a Secret (in each pod's namespace) to pull the worker image "
+                               "with, for every injected pod (repeat)")
     operator.add_argument("--release-namespace",
                           default=os.environ.get("POD_NAMESPACE", "sealtrail"),
                           help="the operator's namespace (its Lease and webhook certificate)")
@@ -513,6 +517,7 @@ def _operator(args: argparse.Namespace) -> int:
         default_image=args.default_image or DEFAULT_IMAGE,
         webhook=webhook, liveness_port=args.liveness_port or None,
         release_namespace=args.release_namespace, release_name=args.release_name,
+        worker_image_pull_secrets=tuple(args.worker_image_pull_secrets),
         heartbeat_seconds=args.heartbeat_seconds,
         secret_refresh_seconds=args.secret_refresh_seconds, lease_seconds=args.lease_seconds))
 

@@ -237,19 +237,28 @@ class Controller:
         pods = [pod for pod in values_of(self._indexes.pods, namespace)
                 if isinstance(pod, PodFact)]
         for fact in self._indexes.policies_of(namespace):
-            result, failure = None, None
-            extra: dict[str, Any] = {}
-            if fact.policy is not None:
-                async with self._limit:
-                    result, failure, extra = await asyncio.to_thread(
-                        apply_policy, self._kube, facts, fact.policy,
-                        default_image=self._settings.default_image)
-                if failure is not None:
-                    log.error("auditpolicy %s/%s: %s", namespace, fact.name, failure)
-            previous = self._previous(POLICIES, namespace, fact.name, fact.status)
-            fresh = policy_status(fact, result, failure, pods, previous=previous, now=now())
-            fresh.update(extra)
-            await self._write(POLICIES, namespace, fact.name, previous, fresh)
+            try:
+                await self._policy(namespace, facts, fact, pods)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one object's bug must not stop the others
+                log.exception("auditpolicy %s/%s: reconciling failed", namespace, fact.name)
+
+    async def _policy(self, namespace: str, facts: NamespaceFacts, fact: PolicyFact,
+                      pods: list[PodFact]) -> None:
+        result, failure = None, None
+        extra: dict[str, Any] = {}
+        if fact.policy is not None:
+            async with self._limit:
+                result, failure, extra = await asyncio.to_thread(
+                    apply_policy, self._kube, facts, fact.policy,
+                    default_image=self._settings.default_image)
+            if failure is not None:
+                log.error("auditpolicy %s/%s: %s", namespace, fact.name, failure)
+        previous = self._previous(POLICIES, namespace, fact.name, fact.status)
+        fresh = policy_status(fact, result, failure, pods, previous=previous, now=now())
+        fresh.update(extra)
+        await self._write(POLICIES, namespace, fact.name, previous, fresh)
 
     # -- exports ------------------------------------------------------------------------------
 
@@ -267,15 +276,25 @@ class Controller:
             facts = self._facts(namespace)
             workers = self._workers(namespace)
             for fact in self._indexes.exports_of(namespace):
-                found = workers_of_export(facts, workers, fact.name)
-                previous = self._previous(EXPORTS, namespace, fact.name, fact.status)
-                fresh = export_status(
-                    backend=fact.backend, spec_problem=fact.problem, spec_paused=fact.paused,
-                    credentials=credential_facts(fact, facts),
-                    reports=reports(found, self._answers, fact.name), previous=previous,
-                    generation=fact.generation, now=now())
-                if await self._write(EXPORTS, namespace, fact.name, previous, fresh):
-                    await self._post_events(namespace, fact, previous, fresh)
+                try:
+                    await self._export(namespace, facts, workers, fact)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # one object's bug must not stop the others
+                    log.exception("auditexport %s/%s: reconciling failed", namespace,
+                                  fact.name)
+
+    async def _export(self, namespace: str, facts: NamespaceFacts,
+                      workers: Mapping[str, list[WorkerAddress]], fact: ExportFact) -> None:
+        found = workers_of_export(facts, workers, fact.name)
+        previous = self._previous(EXPORTS, namespace, fact.name, fact.status)
+        fresh = export_status(
+            backend=fact.backend, spec_problem=fact.problem, spec_paused=fact.paused,
+            credentials=credential_facts(fact, facts),
+            reports=reports(found, self._answers, fact.name), previous=previous,
+            generation=fact.generation, now=now())
+        if await self._write(EXPORTS, namespace, fact.name, previous, fresh):
+            await self._post_events(namespace, fact, previous, fresh)
 
     async def _post_events(self, namespace: str, fact: ExportFact, previous: Mapping[str, Any],
                            fresh: Mapping[str, Any]) -> None:

@@ -196,8 +196,8 @@ class Kube:
     def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A Secret by name, or None if it does not exist (or we may not read it)."""
         try:
-            answer: Any = self.core.read_namespaced_secret(name, namespace,
-                                                           _preload_content=False)
+            answer: Any = self.core.read_namespaced_secret(
+                name, namespace, _preload_content=False, _request_timeout=5)
         except ApiException as error:
             if error.status in {403, 404}:
                 return None

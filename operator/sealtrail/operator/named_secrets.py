@@ -86,6 +86,24 @@ class NamedSecrets:
             else:
                 self._keys[namespace] = base64.b64decode(value).strip()
 
+    async def ensure(self, namespace: str, names: set[str]) -> bool:
+        """Read now those of `names` not known yet (a resource just named them): any found.
+
+        The periodic refresh would see them within seconds; a pod admitted in between would
+        get a worker without the export whose Secret was not read yet.
+        """
+        missing = names - set(self._facts.get(namespace, {}))
+        if not missing:
+            return False
+        if namespace not in self._keys:
+            await self._read_keys({namespace})
+        found = await asyncio.gather(*(self._read(namespace, name) for name in sorted(missing)))
+        known = self._facts.setdefault(namespace, {})
+        for fact in found:
+            if fact is not None:
+                known[fact.name] = fact
+        return any(fact is not None for fact in found)
+
     async def refresh(self, wanted: Mapping[str, set[str]]) -> set[str]:
         """Read every Secret in `wanted` (namespace -> names); the namespaces that changed."""
         await self._read_keys(set(wanted))

@@ -38,7 +38,7 @@ async def serve_probes(host: str | None, port: int, ready: Callable[[], str | No
     app = web.Application()
     app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz),
                     web.get("/metrics", scrape)])
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -155,10 +155,13 @@ def _delivering(pause_reason: str | None,
                       f"{(first.export or {}).get('last_error')}"))
     if not reading.reports:
         return ("Delivering", "Unknown", "NoWorkers", "no worker routes rows to this export yet")
-    if not reading.answered:
+    if not reading.answered and reading.unreachable:
         first = reading.unreachable[0]
         return ("Delivering", "Unknown", "WorkersUnreachable",
                 _clip(f"no worker answered; {first.pod}: {first.error}"))
+    if not reading.answered:  # they answered, but none has this export in its config yet
+        return ("Delivering", "Unknown", "NotLoaded",
+                "the workers have not loaded this export yet")
     # The lag itself is in `cursorLag`: a message that changed with every poll would make
     # every poll a status write.
     return ("Delivering", "True", "Delivering", f"{len(reading.answered)} workers delivering")
@@ -227,8 +230,8 @@ def _lag_bucket(lag: Any) -> int | None:
 
 def _essence(status: Mapping[str, Any]) -> dict[str, Any]:
     """What of a status a reader acts on: everything but the times and the exact lag."""
-    kept = {key: value for key, value in status.items()
-            if key not in {"heartbeatTime", "cursorLag"}}
+    kept = {key: value for key, value in status.items()  # absent and null are the same
+            if key not in {"heartbeatTime", "cursorLag"} and value is not None}
     kept["conditions"] = [{key: value for key, value in (item or {}).items()
                            if key != "lastTransitionTime"}
                           for item in status.get("conditions") or []]

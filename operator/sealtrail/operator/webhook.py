@@ -66,6 +66,7 @@ class WebhookCertificates:
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self._served: bytes | None = None
         self._published: bytes | None = None
+        self._checked_leading = False  # whether the last check ran as the leader
         self._directory = Path(tempfile.mkdtemp(prefix="sealtrail-webhook-"))
 
     @property
@@ -136,8 +137,9 @@ class WebhookCertificates:
     async def load(self) -> None:
         """Serve a certificate, making the shared one first if no replica has (start-up)."""
         while True:
+            self._checked_leading = self._leadership.leading
             try:
-                await asyncio.to_thread(self._check, leading=self._leadership.leading)
+                await asyncio.to_thread(self._check, leading=self._checked_leading)
             except (KubeError, OSError, ValueError) as error:
                 log.error("cannot load the webhook certificate: %s", error)  # noqa: TRY400
                 await asyncio.sleep(2.0)
@@ -147,9 +149,11 @@ class WebhookCertificates:
     async def run(self) -> None:
         """Forever: check every `check_seconds`, or at once when leadership changes."""
         while True:
-            await self._leadership.wait_changed(timeout=self._settings.check_seconds)
+            if self._leadership.leading == self._checked_leading:  # else: changed meanwhile
+                await self._leadership.wait_changed(timeout=self._settings.check_seconds)
+            self._checked_leading = self._leadership.leading
             try:
-                await asyncio.to_thread(self._check, leading=self._leadership.leading)
+                await asyncio.to_thread(self._check, leading=self._checked_leading)
             except (KubeError, OSError, ValueError) as error:
                 log.error("webhook certificate check failed: %s", error)  # noqa: TRY400
 

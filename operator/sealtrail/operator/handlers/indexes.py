@@ -57,12 +57,17 @@ def register_indexes(registry: kopf.OperatorRegistry) -> None:
 
     @kopf.on.event(*EXPORTS, id="export-event", registry=registry)
     async def export_event(*, namespace: str | None, memo: Any, **_: Any) -> None:
-        runtime: Runtime = memo.runtime
-        runtime.indexed()
-        runtime.controller.changed(str(namespace))
+        await _changed(memo.runtime, str(namespace))
 
     @kopf.on.event(*POLICIES, id="policy-event", registry=registry)
     async def policy_event(*, namespace: str | None, memo: Any, **_: Any) -> None:
-        runtime: Runtime = memo.runtime
-        runtime.indexed()
-        runtime.controller.changed(str(namespace))
+        await _changed(memo.runtime, str(namespace))
+
+
+async def _changed(runtime: Runtime, namespace: str) -> None:
+    """A namespace's export or policy changed: read any Secret it newly names, wake the leader."""
+    runtime.indexed()
+    indexes = runtime.indexes
+    named = facts.secrets_named(indexes.exports_of(namespace), indexes.policies_of(namespace))
+    await runtime.secrets.ensure(namespace, named)
+    runtime.controller.changed(namespace)

@@ -19,7 +19,7 @@ import kopf
 from sealtrail.operator import naming
 from sealtrail.operator.admission import decide
 from sealtrail.operator.config import OperatorConfig
-from sealtrail.operator.facts import namespace_facts
+from sealtrail.operator.facts import namespace_facts, secrets_named
 from sealtrail.operator.handlers.runtime import Runtime
 
 __all__ = ["register_injection"]
@@ -49,12 +49,16 @@ def register_injection(registry: kopf.OperatorRegistry, config: OperatorConfig) 
             return
         try:
             indexes = runtime.indexes
-            facts = namespace_facts(pod_namespace, indexes.exports_of(pod_namespace),
-                                    indexes.policies_of(pod_namespace),
+            exports, policies = (indexes.exports_of(pod_namespace),
+                                 indexes.policies_of(pod_namespace))
+            if policies:  # a Secret named a moment ago may not have been read yet
+                await runtime.secrets.ensure(pod_namespace, secrets_named(exports, policies))
+            facts = namespace_facts(pod_namespace, exports, policies,
                                     runtime.secrets.of(pod_namespace))
             admission = decide(dict(body), pod_namespace, policies=facts.valid_policies,
                                exports=facts.valid_exports, secret_keys=facts.secret_keys,
-                               default_image=config.default_image)
+                               default_image=config.default_image,
+                               default_pull_secrets=config.worker_image_pull_secrets)
         except Exception as error:  # a bug here must never refuse someone's pod
             log.exception("admission of a pod in %s failed; admitted unchanged", pod_namespace)
             warnings.append(FAILED.format(error=type(error).__name__))

@@ -136,6 +136,9 @@ def register_runtime(registry: kopf.OperatorRegistry, config: OperatorConfig) ->
     @kopf.on.startup(id="configure", registry=registry)
     async def configure(*, settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -> None:
         settings.posting.level = logging.INFO
+        # Every event hook's success and every poll would be a line: keep warnings and errors.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         # No handler needs a finalizer; naming ours lets kopf remove it from objects an
         # earlier version left it on.
         settings.persistence.finalizer = f"{GROUP}/operator"
