@@ -94,7 +94,7 @@ def _add_operator_parser(commands: Any) -> None:
                           help="prefix of the Lease and the webhook certificate's Secret")
     operator.add_argument("--heartbeat-seconds", type=_positive_seconds, default=60.0,
                           help="how often status is refreshed even when nothing changed")
-    operator.add_argument("--secret-refresh-seconds", type=_positive_seconds, default=10.0,
+    operator.add_argument("--secret-refresh-seconds", type=_positive_seconds, default=30.0,
                           help="how often the Secrets that resources name are re-read")
     operator.add_argument("--lease-seconds", type=int, default=15,
                           help="how long a leader's Lease lasts without renewal")

@@ -35,18 +35,20 @@ log = logging.getLogger("sealtrail.operator")
 __all__ = ["apply_policy", "ensure_admin_secret"]
 
 
-def apply_policy(kube: Kube, facts: NamespaceFacts, policy: Policy, *,
-                 default_image: str) -> tuple[RenderResult, str | None, dict[str, Any]]:
+def apply_policy(kube: Kube, facts: NamespaceFacts, policy: Policy, *, default_image: str,
+                 clean_up: bool = True) -> tuple[RenderResult, str | None, dict[str, Any]]:
     """Render and apply one policy's objects.
 
-    Returns the render result, any apply failure, and what a collector adds to the status.
+    `clean_up` also removes what the other mode left (needed once per spec change, not on
+    every resync). Returns the render result, any apply failure, and what a collector adds to
+    the status.
     """
     result = render_worker_config(policy, facts.valid_exports, facts.secret_keys)
     extra: dict[str, Any] = {}
     if result.rendered is None:
         return result, None, extra
     try:
-        for ref in stale_objects(policy):  # what the other mode left behind (never claims)
+        for ref in stale_objects(policy) if clean_up else ():  # never volume claims
             kube.delete_owned(ref, policy.uid)
         if policy.spec.mode == "collector":
             extra["collector"] = _apply_collector(kube, policy, result.rendered, default_image)

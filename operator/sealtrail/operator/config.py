@@ -50,5 +50,5 @@ class OperatorConfig:
     release_namespace: str = "sealtrail"
     release_name: str = "sealtrail"
     heartbeat_seconds: float = 60.0
-    secret_refresh_seconds: float = 10.0
+    secret_refresh_seconds: float = 30.0
     lease_seconds: int = 15

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import random
 import time
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +70,7 @@ class ControllerSettings:
     poll_seconds: float = 5.0
     resync_seconds: float = 30.0
     heartbeat_seconds: float = 60.0
-    secret_refresh_seconds: float = 10.0
+    secret_refresh_seconds: float = 30.0
     default_image: str = "sealtrail/sealtrail:0.1.0"
     #: API writes in flight at once (each is a thread running the blocking client).
     concurrency: int = 8
@@ -123,6 +124,8 @@ class Controller:
         #: What we last wrote, by (plural, namespace, name): the index catches up a moment later.
         self._written: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._limit = asyncio.Semaphore(settings.concurrency)
+        #: The generation of each policy whose other mode's objects were cleaned up.
+        self._cleaned: dict[tuple[str, str], int | None] = {}
         self.rounds = 0
 
     # -- signals from the handlers ------------------------------------------------------------
@@ -140,6 +143,7 @@ class Controller:
             self._metrics.leader.set(1 if self._leadership.leading else 0)
             if not self._leadership.leading:
                 self._written.clear()
+                self._cleaned.clear()
                 self._answers.clear()
                 await self._leadership.wait_changed(timeout=5.0)
                 continue
@@ -205,8 +209,11 @@ class Controller:
 
     async def _write(self, plural: str, namespace: str, name: str,
                      previous: Mapping[str, Any], fresh: Mapping[str, Any]) -> bool:
+        # Each object's heartbeat falls due at its own point of the interval (from its name),
+        # so a thousand exports written together once do not stay in step for ever.
+        spread = 0.75 + 0.5 * (zlib.crc32(f"{namespace}/{name}".encode()) % 1000) / 1000
         patch = worth_writing(previous, fresh, now=now(),
-                              heartbeat_seconds=self._settings.heartbeat_seconds)
+                              heartbeat_seconds=self._settings.heartbeat_seconds * spread)
         if patch is None:
             return False
         async with self._limit:
@@ -249,11 +256,15 @@ class Controller:
         result, failure = None, None
         extra: dict[str, Any] = {}
         if fact.policy is not None:
+            key = (namespace, fact.name)
+            clean_up = key not in self._cleaned or self._cleaned[key] != fact.generation
             async with self._limit:
                 result, failure, extra = await asyncio.to_thread(
                     apply_policy, self._kube, facts, fact.policy,
-                    default_image=self._settings.default_image)
-            if failure is not None:
+                    default_image=self._settings.default_image, clean_up=clean_up)
+            if failure is None:
+                self._cleaned[key] = fact.generation
+            else:
                 log.error("auditpolicy %s/%s: %s", namespace, fact.name, failure)
         previous = self._previous(POLICIES, namespace, fact.name, fact.status)
         fresh = policy_status(fact, result, failure, pods, previous=previous, now=now())
@@ -275,14 +286,18 @@ class Controller:
         for namespace in sorted(namespaces):
             facts = self._facts(namespace)
             workers = self._workers(namespace)
-            for fact in self._indexes.exports_of(namespace):
-                try:
-                    await self._export(namespace, facts, workers, fact)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # one object's bug must not stop the others
-                    log.exception("auditexport %s/%s: reconciling failed", namespace,
-                                  fact.name)
+            await asyncio.gather(*(self._export_safely(namespace, facts, workers, fact)
+                                   for fact in self._indexes.exports_of(namespace)))
+
+    async def _export_safely(self, namespace: str, facts: NamespaceFacts,
+                             workers: Mapping[str, list[WorkerAddress]],
+                             fact: ExportFact) -> None:
+        try:
+            await self._export(namespace, facts, workers, fact)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one object's bug must not stop the others
+            log.exception("auditexport %s/%s: reconciling failed", namespace, fact.name)
 
     async def _export(self, namespace: str, facts: NamespaceFacts,
                       workers: Mapping[str, list[WorkerAddress]], fact: ExportFact) -> None:

@@ -56,17 +56,32 @@ def register_indexes(registry: kopf.OperatorRegistry) -> None:
     # says the indexes are complete); they write nothing to the object.
 
     @kopf.on.event(*EXPORTS, id="export-event", registry=registry)
-    async def export_event(*, namespace: str | None, memo: Any, **_: Any) -> None:
-        await _changed(memo.runtime, str(namespace))
+    async def export_event(*, namespace: str | None, name: str, type: str | None,  # noqa: A002 - kopf's name
+                           body: kopf.Body, memo: Any, **_: Any) -> None:
+        await _changed(memo.runtime, "auditexport", str(namespace), name, type, body)
 
     @kopf.on.event(*POLICIES, id="policy-event", registry=registry)
-    async def policy_event(*, namespace: str | None, memo: Any, **_: Any) -> None:
-        await _changed(memo.runtime, str(namespace))
+    async def policy_event(*, namespace: str | None, name: str, type: str | None,  # noqa: A002 - kopf's name
+                           body: kopf.Body, memo: Any, **_: Any) -> None:
+        await _changed(memo.runtime, "auditpolicy", str(namespace), name, type, body)
 
 
-async def _changed(runtime: Runtime, namespace: str) -> None:
-    """A namespace's export or policy changed: read any Secret it newly names, wake the leader."""
+async def _changed(runtime: Runtime, kind: str, namespace: str, name: str,  # noqa: PLR0917 - what an event is
+                   event: str | None, body: kopf.Body) -> None:
+    """An export or policy changed: read any Secret it newly names, wake the leader.
+
+    A change that leaves `metadata.generation` alone is a status write (often the leader's own)
+    or a label: nothing to render, so it wakes nobody.
+    """
     runtime.indexed()
+    key = (kind, namespace, name)
+    generation = body.get("metadata", {}).get("generation")
+    if event == "DELETED":
+        runtime.generations.pop(key, None)
+    elif event == "MODIFIED" and runtime.generations.get(key) == generation:
+        return
+    else:
+        runtime.generations[key] = generation
     indexes = runtime.indexes
     named = facts.secrets_named(indexes.exports_of(namespace), indexes.policies_of(namespace))
     await runtime.secrets.ensure(namespace, named)

@@ -54,6 +54,8 @@ class Runtime:
     #: True once kopf has listed everything (or there was nothing to list at start).
     listed: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: The generation each export and policy last woke the controller with.
+    generations: dict[tuple[str, str, str], Any] = field(default_factory=dict)
     probes: web.AppRunner | None = None
 
     def indexed(self) -> None:
@@ -157,7 +159,7 @@ def register_runtime(registry: kopf.OperatorRegistry, config: OperatorConfig) ->
     @kopf.on.cleanup(id="close", registry=registry)
     async def close(*, memo: Any, **_: Any) -> None:
         runtime: Runtime = memo.runtime
-        runtime.leadership.stop()
+        await asyncio.to_thread(runtime.leadership.stop)
         for task in runtime.tasks:
             task.cancel()
         await asyncio.gather(*runtime.tasks, return_exceptions=True)
