@@ -21,6 +21,7 @@ real authorizer; the API server's audit log shows none of its requests refused.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -263,3 +264,14 @@ def test_worker_pull_secrets_reach_the_operator() -> None:
                       if doc["kind"] == "Deployment")
     assert "--worker-image-pull-secret=regcred" in (
         deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def test_prometheus_scrapes_workers_with_a_metrics_only_credential() -> None:
+    docs = render("monitoring.podMonitor.enabled=true")
+    (monitor,) = [doc for doc in docs if doc["kind"] == "PodMonitor"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["authorization"]["credentials"] == {"name": "audit-sealtrail-metrics-token",
+                                                        "key": "token"}
+    (secret,) = [doc for doc in docs if doc["kind"] == "Secret"
+                 and doc["metadata"]["name"] == "audit-sealtrail-metrics-token"]
+    assert len(base64.b64decode(secret["data"]["token"])) == 40

@@ -803,6 +803,7 @@ def test_admin_listener_serves_status_and_metrics_but_never_audit_data(tmp_path:
 
 ADMIN_TOKEN = "st-adm-Vq3nX8pL2kR7wT5y"  # noqa: S105 - a test token
 ADMIN_TOKEN_NEW = "st-adm-Jd6hB1sM9fQ4zC0u"  # noqa: S105 - a test token
+METRICS_TOKEN = "st-met-Yw2eR5tU8iO1pA4s"  # noqa: S105 - a test token
 #: What only the admin token opens on the admin listener (method, path).
 ADMIN_ROUTES = (("GET", STATUS_PATH), ("GET", METRICS_PATH), ("POST", resume_path("siem")))
 
@@ -817,6 +818,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, 
     """
     directory = tmp_path_factory.mktemp("guarded-worker")
     (directory / "admin-token").write_text(ADMIN_TOKEN + "\n", encoding="utf-8")
+    (directory / "metrics-token").write_text(METRICS_TOKEN + "\n", encoding="utf-8")
     (directory / "webhook-secret").write_text(WEBHOOK_SECRET + "\n", encoding="utf-8")
     generate_keypair(directory / "signing.key")
     export = {**_webhook_export(directory / "webhook-secret"), "paused": False}
@@ -825,7 +827,9 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, 
                         checkpoints={"signingKey": {"file": str(directory / "signing.key")},
                                      "everyRows": 1},
                         admin={"listen": f"127.0.0.1:{admin_port}",
-                               "token": {"file": str(directory / "admin-token")}}) as running:
+                               "token": {"file": str(directory / "admin-token")},
+                               "metricsToken": {"file": str(directory / "metrics-token")}},
+                        ) as running:
         with running.client() as client:
             client.post("/v1/events", json=_event(tenant_id="acme")).raise_for_status()
         yield running, f"http://127.0.0.1:{admin_port}", directory / "admin-token"
@@ -870,6 +874,17 @@ def test_admin_routes_answer_the_admin_token(guarded: tuple[Worker, str, Path]) 
             assert "sealtrail_audit_ingested_events_total" in client.get(METRICS_PATH).text
             assert client.post(resume_path("siem")).json() == {"resumed": "siem"}
             problem(client.post(resume_path("nope")), 404)
+
+
+def test_the_metrics_token_opens_metrics_and_nothing_else(
+        guarded: tuple[Worker, str, Path]) -> None:
+    """What Prometheus holds lets it scrape, never read status or resume an export."""
+    worker, admin_url, _ = guarded
+    with httpx.Client(base_url=admin_url, headers=_bearer(METRICS_TOKEN), timeout=30) as client:
+        assert "sealtrail_audit_ingested_events_total" in client.get(METRICS_PATH).text
+        _refused(client.get(STATUS_PATH), "the bearer token is not valid")
+        _refused(client.post(resume_path("siem")), "the bearer token is not valid")
+    assert METRICS_TOKEN not in worker.log()
 
 
 def test_probes_stay_open_and_the_admin_token_opens_no_audit_data(

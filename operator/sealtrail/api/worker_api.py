@@ -164,6 +164,7 @@ class WorkerStatus(_Document):
 #: ingest process), the NATS source (replaced) and the admin token's reference (its file is
 #: followed anyway). A change anywhere else takes effect at the next start.
 LIVE_FIELDS: Final[frozenset[tuple[str, ...]]] = frozenset({
+    ("admin", "metricsToken"),
     ("routes",),
     ("exports",),
     ("nats",),

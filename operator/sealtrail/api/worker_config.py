@@ -151,6 +151,9 @@ class AdminSpec(_Model):
 
     listen: ListenAddress | None = None
     token: CredentialRef | None = None
+    #: A second credential that opens `GET /metrics` and nothing else: the one a Prometheus
+    #: scrape config holds (so a monitoring system never holds the admin token).
+    metrics_token: CredentialRef | None = None
 
 
 class WorkerConfig(ExportsConfig):
@@ -168,6 +171,7 @@ class WorkerConfig(ExportsConfig):
         """A worker reads files and env vars; Secret references are the operator's to mount."""
         named: list[tuple[tuple[str | int, ...], CredentialRef | None]] = [
             (("checkpoints", "signingKey"), self.checkpoints.signing_key)]
+        named.append((("admin", "metricsToken"), self.admin.metrics_token))
         named += [(("ingest", "tokens", number, "token"), item.token)
                   for number, item in enumerate(self.ingest.tokens)]
         named.append((("admin", "token"), self.admin.token))

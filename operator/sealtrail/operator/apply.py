@@ -92,7 +92,8 @@ def _apply_collector(kube: Kube, policy: Policy, rendered: RenderedConfig,
     return collector_status(policy, ips)
 
 
-def ensure_admin_secret(kube: Kube, namespace: str, policies: Sequence[Policy]) -> None:
+def ensure_admin_secret(kube: Kube, namespace: str, policies: Sequence[Policy],
+                        metrics_token: str | None = None) -> None:
     """The namespace's worker admin credential: made once, owned by its policies.
 
     Workers require it on their admin API (status, metrics, resume), and key the credential
@@ -100,6 +101,9 @@ def ensure_admin_secret(kube: Kube, namespace: str, policies: Sequence[Policy]) 
     created with a random value when missing and kept as it is afterwards (a new value would
     lock the operator out of workers still holding the old one until their files update),
     except that its owners follow the namespace's policies, so it goes when they all do.
+    Beside it, `metrics-token` follows `metrics_token` (the chart's, which its PodMonitor
+    scrapes with), or is random when there is none (then nobody scrapes without the admin
+    token).
     """
     if not policies:
         return
@@ -107,6 +111,8 @@ def ensure_admin_secret(kube: Kube, namespace: str, policies: Sequence[Policy]) 
     owners = [naming.owner_reference(policy.name, policy.uid)
               | {"controller": False, "blockOwnerDeletion": False} for policy in policies]
     current = kube.read_secret(namespace, naming.ADMIN_SECRET)
+    scrape = base64.b64encode(
+        (metrics_token or secrets.token_urlsafe(32)).encode()).decode()
     if current is None:
         token = base64.b64encode(secrets.token_urlsafe(32).encode()).decode()
         kube.create_secret(namespace, {
@@ -115,10 +121,15 @@ def ensure_admin_secret(kube: Kube, namespace: str, policies: Sequence[Policy]) 
                          "labels": {naming.NAME_LABEL: naming.APP_NAME,
                                     naming.MANAGED_BY_LABEL: naming.MANAGED_BY},
                          "ownerReferences": owners},
-            "data": {naming.ADMIN_SECRET_KEY: token},
+            "data": {naming.ADMIN_SECRET_KEY: token, naming.METRICS_TOKEN_KEY: scrape},
         })
         return
     had = {ref.get("uid") for ref in current["metadata"].get("ownerReferences") or []}
-    if had != {owner["uid"] for owner in owners}:
+    data = current.setdefault("data", {})
+    stale_scrape = (data.get(naming.METRICS_TOKEN_KEY) is None
+                    or (metrics_token is not None and data[naming.METRICS_TOKEN_KEY] != scrape))
+    if had != {owner["uid"] for owner in owners} or stale_scrape:
         current["metadata"]["ownerReferences"] = owners
+        if stale_scrape:
+            data[naming.METRICS_TOKEN_KEY] = scrape
         kube.replace_secret(namespace, current)

@@ -20,6 +20,7 @@ one per poll.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import random
@@ -74,6 +75,8 @@ class ControllerSettings:
     default_image: str = "sealtrail/sealtrail:0.1.0"
     #: API writes in flight at once (each is a thread running the blocking client).
     concurrency: int = 8
+    #: (namespace, name) of the Secret whose `token` workers take for `/metrics`; None: none.
+    metrics_secret: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class Controller:
         self._limit = asyncio.Semaphore(settings.concurrency)
         #: The generation of each policy whose other mode's objects were cleaned up.
         self._cleaned: dict[tuple[str, str], int | None] = {}
+        self._metrics_token: str | None = None
         self.rounds = 0
 
     # -- signals from the handlers ------------------------------------------------------------
@@ -165,6 +169,7 @@ class Controller:
             if current >= next_resync:
                 namespaces = self._indexes.namespaces() | self._take_dirty()
                 next_resync = current + self._jittered(self._settings.resync_seconds)
+                self._metrics_token = await self._read_metrics_token()
                 await self._reconcile_policies(namespaces)
             elif self._dirty:
                 dirty = self._take_dirty()
@@ -182,6 +187,18 @@ class Controller:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), pause)
+
+    async def _read_metrics_token(self) -> str | None:
+        if self._settings.metrics_secret is None:
+            return None
+        namespace, name = self._settings.metrics_secret
+        try:
+            body = await asyncio.to_thread(self._kube.read_secret, namespace, name)
+        except KubeError as error:
+            log.warning("%s", error)
+            return self._metrics_token
+        value = ((body or {}).get("data") or {}).get("token")
+        return base64.b64decode(value).decode().strip() if value else None
 
     def _take_dirty(self) -> set[str]:
         taken, self._dirty = self._dirty, set()
@@ -238,7 +255,8 @@ class Controller:
         valid = facts.valid_policies
         async with self._limit:
             try:
-                await asyncio.to_thread(ensure_admin_secret, self._kube, namespace, valid)
+                await asyncio.to_thread(ensure_admin_secret, self._kube, namespace, valid,
+                                        self._metrics_token)
             except KubeError as error:
                 log.error("%s", error)  # noqa: TRY400 - the reason is the message
         pods = [pod for pod in values_of(self._indexes.pods, namespace)

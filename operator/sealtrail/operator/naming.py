@@ -39,6 +39,8 @@ __all__ = [
     "LEASE_NAME",
     "MANAGED_BY",
     "MANAGED_BY_LABEL",
+    "METRICS_TOKEN_KEY",
+    "METRICS_TOKEN_SECRET",
     "NAME_LABEL",
     "OWNER_API_VERSION",
     "OWNER_KIND",
@@ -92,6 +94,10 @@ APP_NAME: Final = "sealtrail"
 #: In each namespace with a policy: the workers' admin credential (made by the operator).
 ADMIN_SECRET: Final = "sealtrail-worker-admin"  # noqa: S105 - a name, not a secret
 ADMIN_SECRET_KEY: Final = "token"  # noqa: S105 - a key name
+#: In the same Secret: the credential that opens the workers' `/metrics` only, copied from the
+#: chart's `<release>-metrics-token` (the one its PodMonitor scrapes with).
+METRICS_TOKEN_KEY: Final = "metrics-token"  # noqa: S105 - a key name
+METRICS_TOKEN_SECRET: Final = "metrics-token"  # noqa: S105 - a name, not a secret
 #: In the operator's namespace, prefixed with the release's full name: the webhook's CA and
 #: serving certificate (shared by every replica), and the leader's Lease.
 WEBHOOK_TLS_SECRET: Final = "webhook-tls"  # noqa: S105 - a name, not a secret

@@ -186,6 +186,8 @@ class WorkerCore(IngestCore):
         self._tasks: list[asyncio.Task[None]] = []
         #: The admin credential (`admin.token`), followed as its file changes; None: no auth.
         self.admin_token: Credential | None = _credential(config.admin.token)
+        #: `admin.metricsToken`: opens `/metrics` only.
+        self.metrics_token: Credential | None = _credential(config.admin.metrics_token)
         self._own_key = secrets.token_bytes(_OWN_KEY_BYTES)
 
     def digest_key(self) -> bytes:
@@ -336,6 +338,10 @@ class WorkerCore(IngestCore):
             self.admin_token = _credential(config.admin.token)
             changes.append("admin token " + ("removed: the admin API is open"
                                              if config.admin.token is None else "replaced"))
+        if config.admin.metrics_token != self.config.admin.metrics_token:
+            self.metrics_token = _credential(config.admin.metrics_token)
+            changes.append("metrics token " + ("removed" if config.admin.metrics_token is None
+                                               else "replaced"))
         self.config = config
         return changes
 

@@ -114,8 +114,8 @@ def _same_secret(expected: str, given: str) -> bool:
         hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest())
 
 
-def _tenants_allowed(request: web.Request, *,
-                     admin: bool = False) -> list[str] | web.Response | None:
+def _tenants_allowed(request: web.Request, *, admin: bool = False,
+                     metrics: bool = False) -> list[str] | web.Response | None:
     """The tenant globs the caller may act for; None when no token is asked for here.
 
     With `admin` (status, metrics, resume) the admin token is taken too, as bound to no
@@ -125,6 +125,7 @@ def _tenants_allowed(request: web.Request, *,
     """
     tokens: list[tuple[Credential, list[str]]] = request.app[TOKENS]
     admin_token = request.app[CORE].admin_token if admin else None
+    metrics_token = request.app[CORE].metrics_token if metrics and admin_token else None
     if not tokens and admin_token is None:
         return None
     given = _presented(request)
@@ -135,6 +136,8 @@ def _tenants_allowed(request: web.Request, *,
         return _problem(401, f"a bearer token is required{wanted}", headers=_CHALLENGE)
     unreadable = False
     candidates = [(admin_token, ["*"])] if admin_token is not None else []
+    if metrics_token is not None:  # opens /metrics, which holds no tenant's data
+        candidates.append((metrics_token, ["*"]))
     for credential, tenants in [*candidates, *tokens]:
         try:
             expected = credential.value()
@@ -427,8 +430,8 @@ async def resume_export(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    """`GET /metrics`: Prometheus text format."""
-    refused = _tenants_allowed(request, admin=True)
+    """`GET /metrics`: Prometheus text format (the admin token or `admin.metricsToken`)."""
+    refused = _tenants_allowed(request, admin=True, metrics=True)
     if isinstance(refused, web.Response):
         return refused
     return web.Response(body=generate_latest(request.app[CORE].registry),

@@ -102,7 +102,9 @@ async def _start(config: OperatorConfig, indexes: Indexes) -> Runtime:
         poll_seconds=config.poll_seconds, resync_seconds=config.policy_resync_seconds,
         heartbeat_seconds=config.heartbeat_seconds,
         secret_refresh_seconds=config.secret_refresh_seconds,
-        default_image=config.default_image), metrics)
+        default_image=config.default_image,
+        metrics_secret=(config.release_namespace,
+                        f"{config.release_name}-{naming.METRICS_TOKEN_SECRET}")), metrics)
     runtime = Runtime(config, kube, indexes, leadership, secrets, poller, controller, metrics,
                       _webhook_certificates(config, kube, leadership))
     try:
