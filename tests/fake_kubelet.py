@@ -319,10 +319,16 @@ class FakeKubelet:
             raise OSError(f"no address left in {self.subnet} for {meta['name']}")
         pod = RunningPod(meta["namespace"], meta["name"], meta["uid"],
                          self._free_addresses.pop(0), root, body)
+        fs_group = (spec.get("securityContext") or {}).get("fsGroup")
         for volume in spec.get("volumes", []):
             directory = root / "volumes" / volume["name"]
             directory.mkdir(parents=True)
             directory.chmod(0o777 if "emptyDir" in volume else 0o755)
+            if fs_group is not None and "persistentVolumeClaim" in volume:
+                # The kubelet's volume ownership management: the group, group-writable,
+                # setgid (a claim is written by the pod's fsGroup, whatever its uid).
+                os.chown(directory, 0, int(fs_group))
+                directory.chmod(0o2775)
             pod.volumes[volume["name"]] = directory
         _pod_network(pod)
         pod.containers = [

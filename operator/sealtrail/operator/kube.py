@@ -33,11 +33,26 @@ APPLIED_HASH: Final = "sealtrail.dev/applied-hash"
 #: How long `apply_recreating` waits for the object it deleted to be gone.
 RECREATE_WAIT_SECONDS: Final = 30.0
 #: What the API says when a StatefulSet update touches a field it cannot update.
-_IMMUTABLE_STATEFULSET: Final = "updates to statefulset spec for fields other than"
+#: How the API server refuses a StatefulSet change it cannot make in place: older releases
+#: name the fields it may update; 1.37 names the field it may not (`volumeClaimTemplates`,
+#: `selector`) with "field is immutable".
+_IMMUTABLE_STATEFULSET: Final = ("updates to statefulset spec for fields other than",
+                                 "field is immutable")
 
 
 class KubeError(Exception):
     """A Kubernetes API call failed; the message names the object, never a secret."""
+
+
+def _why(error: ApiException, kind: str) -> str:
+    """The API server's own message (what field, what rule), except about a Secret's contents."""
+    if kind == "Secret":
+        return ""
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        return ""
+    return f" ({str(message)[:400]})" if message else ""
 
 
 def _hash(obj: Mapping[str, Any]) -> str:
@@ -118,7 +133,8 @@ class Kube:
                         desired["spec"][key] = existing["spec"][key]
             replace(name, namespace, desired)
         except ApiException as error:
-            raise KubeError(f"cannot apply {kind} {namespace}/{name}: {error.reason}") from None
+            raise KubeError(f"cannot apply {kind} {namespace}/{name}: {error.reason}"
+                            f"{_why(error, kind)}") from None
         return "replaced"
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
@@ -296,7 +312,7 @@ class Kube:
                 desired, dry_run="All")
         except ApiException as error:
             return (error.status == HTTPStatus.UNPROCESSABLE_ENTITY
-                    and _IMMUTABLE_STATEFULSET in str(error.body))
+                    and any(text in str(error.body) for text in _IMMUTABLE_STATEFULSET))
         return False
 
     def _delete_and_wait(self, kind: str, current: Mapping[str, Any], *, propagation: str,

@@ -224,12 +224,12 @@ def status_changes(previous: Mapping[str, Any], fresh: Mapping[str, Any]) -> dic
 
 
 def _lag_bucket(lag: Any) -> int | None:
-    """0, then one bucket per decimal digit: 1-9, 10-99, 100-999, ..."""
-    return None if lag is None else len(str(int(lag))) if int(lag) > 0 else 0
+    """0, 1, 2-3, 4-7, 8-15, ...: a lag that halves or doubles is news, one that wobbles is not."""
+    return None if lag is None else max(0, int(lag)).bit_length()
 
 
 def _essence(status: Mapping[str, Any]) -> dict[str, Any]:
-    """What of a status a reader acts on: everything but the times and the exact lag."""
+    """What of a status a reader acts on: all but the times and the lag within its power of 2."""
     kept = {key: value for key, value in status.items()  # absent and null are the same
             if key not in {"heartbeatTime", "cursorLag"} and value is not None}
     kept["conditions"] = [{key: value for key, value in (item or {}).items()
@@ -253,7 +253,7 @@ def worth_writing(previous: Mapping[str, Any], fresh: Mapping[str, Any], *, now:
     """The status patch to write, or None when nothing a reader acts on has changed.
 
     Writes are what an operator at scale pays for (each one is an etcd write and a watch event
-    to every watcher), so a poll that only moved the lag within its decade, or reworded an
+    to every watcher), so a poll that moved the lag by less than a doubling or a halving, or reworded an
     error, writes nothing. The heartbeat is the exception: `heartbeatTime` is refreshed every
     `heartbeat_seconds`, so a status whose heartbeat is old says the operator stopped looking
     (the printer column and the alert read it; see docs/operations.md).
