@@ -253,10 +253,10 @@ def worth_writing(previous: Mapping[str, Any], fresh: Mapping[str, Any], *, now:
     """The status patch to write, or None when nothing a reader acts on has changed.
 
     Writes are what an operator at scale pays for (each one is an etcd write and a watch event
-    to every watcher), so a poll that moved the lag by less than a doubling or a halving, or reworded an
-    error, writes nothing. The heartbeat is the exception: `heartbeatTime` is refreshed every
-    `heartbeat_seconds`, so a status whose heartbeat is old says the operator stopped looking
-    (the printer column and the alert read it; see docs/operations.md).
+    to every watcher), so a poll that moved the lag by less than a doubling or a halving, or
+    reworded an error, writes nothing. The heartbeat is the exception: `heartbeatTime` is
+    refreshed every `heartbeat_seconds`, so a status whose heartbeat is old says the operator
+    stopped looking (the SEEN printer column shows its age).
     """
     age = _age_seconds(previous.get("heartbeatTime"), now)
     due = age is None or age >= heartbeat_seconds
