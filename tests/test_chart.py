@@ -116,7 +116,8 @@ def test_the_charts_crds_equal_crds_folder() -> None:
 
 def test_monitoring_objects_have_their_shape() -> None:
     docs = render_file(CHART / "ci" / "monitoring-values.yaml")
-    (monitor,) = [doc for doc in docs if doc["kind"] == "PodMonitor"]
+    (monitor,) = [doc for doc in docs if doc["kind"] == "PodMonitor"
+                  and doc["metadata"]["name"].endswith("-workers")]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["selector"]["matchExpressions"] == [
         {"key": "sealtrail.dev/policy", "operator": "Exists"}]
@@ -268,10 +269,35 @@ def test_worker_pull_secrets_reach_the_operator() -> None:
 
 def test_prometheus_scrapes_workers_with_a_metrics_only_credential() -> None:
     docs = render("monitoring.podMonitor.enabled=true")
-    (monitor,) = [doc for doc in docs if doc["kind"] == "PodMonitor"]
+    (monitor,) = [doc for doc in docs if doc["kind"] == "PodMonitor"
+                  and doc["metadata"]["name"].endswith("-workers")]
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["authorization"]["credentials"] == {"name": "audit-sealtrail-metrics-token",
                                                         "key": "token"}
     (secret,) = [doc for doc in docs if doc["kind"] == "Secret"
                  and doc["metadata"]["name"] == "audit-sealtrail-metrics-token"]
     assert len(base64.b64decode(secret["data"]["token"])) == 40
+
+
+def test_prometheus_scrapes_the_operator_on_its_probe_port() -> None:
+    docs = render("monitoring.podMonitor.enabled=true", "monitoring.podMonitor.labels.team=audit")
+    (monitor,) = [doc for doc in docs if doc["kind"] == "PodMonitor"
+                  and doc["metadata"]["name"] == "audit-sealtrail-operator"]
+    assert monitor["metadata"]["namespace"] == "sealtrail"
+    assert monitor["metadata"]["labels"]["team"] == "audit"  # Prometheus's podMonitorSelector
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == {"matchNames": ["sealtrail"]}
+    (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]
+    assert spec["selector"] == {"matchLabels": deployment["spec"]["selector"]["matchLabels"]}
+    assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("healthz", "/metrics")
+    assert "authorization" not in endpoint  # the probe port's /metrics is open
+    (container,) = pod["spec"]["containers"]
+    assert {"name": "healthz", "containerPort": 8080} in container["ports"]
+    assert "--liveness-port=8080" in container["args"]  # where the operator serves /metrics
+    # The fixed job label the operator's alerts select on (files/alerts.yaml).
+    assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": "sealtrail-operator"}]
+    assert "sealtrail.dev/policy" not in pod["metadata"]["labels"]  # not the workers' monitor's
+    assert not [doc for doc in render() if doc["kind"] == "PodMonitor"]  # off by default

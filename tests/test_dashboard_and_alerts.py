@@ -1,4 +1,4 @@
-"""The Grafana dashboard and the Prometheus alerts the chart ships, against a real worker.
+"""The chart's Grafana dashboard and Prometheus alerts, against a real worker and the operator.
 
 What is checked:
 
@@ -15,18 +15,24 @@ What is checked:
   real worker exports: the worker (`tests.worker_process`) runs with an export delivering to a
   loopback Splunk HEC receiver, one to a port nothing listens on and one whose rows the
   receiver refuses for good, so that each labelled series exists; `/metrics` is parsed with
-  prometheus_client's parser. `up` and the target labels (job, namespace, pod, ...) are
-  Prometheus's own;
+  prometheus_client's parser. An alert expression may also name what the operator exports:
+  its probe port (`sealtrail.operator.probes.serve_probes`, the code the operator serves its
+  `/metrics` with, on a fresh `OperatorMetrics`) is scraped the same way. `up` and the target
+  labels (job, namespace, pod, ...) are Prometheus's own; a label value in an `=~` alternation
+  (`outcome=~"error|not_ready"`) must exist like one after `=`;
 * `metric_names`, the small PromQL tokenizer that finds metric names, is tested on its own and
   agrees with promql-parser's syntax tree on every expression shipped;
-* each alert has `for`, a severity, summary, description and runbook; with `promtool` (skipped
-  when it is not installed: Debian's `prometheus` package has it) the rule file checks, and
-  `promtool test rules` shows each alert firing on the series it is about and staying quiet on
-  healthy ones (an interval at its maximum under plain steady load, a paused export's lag).
+* each alert has `for`, a severity, summary, description and a runbook, a heading that exists in
+  docs/operations.md; with `promtool` (skipped when it is not installed: Debian's `prometheus`
+  package has it) the rule file checks, and `promtool test rules` shows each alert firing on the
+  series it is about and staying quiet on healthy ones (an interval at its maximum under plain
+  steady load, a paused export's lag, a Lease handover, a new operator replica whose counters
+  start at 0, a worker's `up` for the operator's alert).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -49,11 +55,15 @@ from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models import prometheus as grafana_prometheus
 from grafana_foundation_sdk.models import units as grafana_units
 from grafana_foundation_sdk.models.dashboard import Dashboard, Panel, RowPanel
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from sealtrail.demo import sample_events
+from sealtrail.operator.metrics import ADMISSION_OUTCOMES, OperatorMetrics
+from sealtrail.operator.probes import serve_probes
 
 from .receivers.splunk import SplunkReceiver
+from .test_docs_and_image import anchors
 from .worker_process import ROOT, running_worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -61,6 +71,7 @@ pytestmark = pytest.mark.timeout(60)
 DASHBOARD = ROOT / "helm" / "sealtrail" / "files" / "dashboard.json"
 DASHBOARD_DOCS = ROOT / "docs" / "grafana-dashboard.json"
 ALERTS = ROOT / "helm" / "sealtrail" / "files" / "alerts.yaml"
+OPERATIONS = ROOT / "docs" / "operations.md"
 HEC_TOKEN = "0b6e2f4a-93c1-4d57-8e2a-7f1c5d3b9a60"  # noqa: S105 - the test receiver's
 
 # Labels Prometheus adds to every scraped series (a PodMonitor/ServiceMonitor's target labels).
@@ -390,6 +401,16 @@ class Exported:
                         exported.values[name, label].add(value)
         return exported
 
+    def merged(self, other: Exported) -> Exported:
+        """What either of two processes exports."""
+        both = Exported(names=self.names | other.names)
+        for source in (self, other):
+            for name, labels in source.labels.items():
+                both.labels[name] |= labels
+            for key, values in source.values.items():
+                both.values[key] |= values
+        return both
+
 
 def _scrape(client: httpx.Client) -> str:
     answer = client.get("/metrics")
@@ -440,12 +461,36 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     return Exported.parse(text)
 
 
-def _check_against_worker(where: str, expr: str, exported: Exported, *,
-                          by_export: bool = False) -> None:
+async def _scrape_operator_probes() -> str:
+    """The operator's /metrics as its probe port serves it, before any admission or round."""
+    metrics = OperatorMetrics(CollectorRegistry())
+    runner = await serve_probes("127.0.0.1", 0, lambda: None, metrics)
+    try:
+        host, port = runner.addresses[0][:2]
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+            answer = await client.get("/metrics")
+    finally:
+        await runner.cleanup()
+    assert answer.status_code == 200
+    return answer.text
+
+
+@pytest.fixture(scope="module")
+def operator_exported() -> Exported:
+    """The operator's /metrics: every series exists from the start (outcomes at 0)."""
+    return Exported.parse(asyncio.run(_scrape_operator_probes()))
+
+
+# A label value in an alternation such as `outcome=~"error|not_ready"`, checked like `=`.
+_ALTERNATION = re.compile(r"\w+(?:\|\w+)*")
+
+
+def _check_against(where: str, expr: str, exported: Exported, *,
+                   by_export: bool = False) -> None:
     selectors, modifier_labels = _selectors(as_promql(expr))
     names = metric_names(expr)
     unknown = names - exported.names - PROMETHEUS_SERIES
-    assert not unknown, f"{where} names metrics the worker does not export: {sorted(unknown)}"
+    assert not unknown, f"{where} names metrics nothing exports: {sorted(unknown)}"
     known_labels = set(TARGET_LABELS)
     for name in names:
         known_labels |= exported.labels.get(name, set())
@@ -457,6 +502,11 @@ def _check_against_worker(where: str, expr: str, exported: Exported, *,
                                       promql_parser.MatchOp.NotEqual):
                 assert matcher.value in exported.values[selector.name, matcher.name], (
                     f"{where}: {selector.name} never has {matcher.name}={matcher.value!r}")
+            if (own and matcher.op == promql_parser.MatchOp.Re
+                    and _ALTERNATION.fullmatch(matcher.value)):
+                for value in matcher.value.split("|"):
+                    assert value in exported.values[selector.name, matcher.name], (
+                        f"{where}: {selector.name} never has {matcher.name}={value!r}")
         if by_export and "export" in exported.labels.get(selector.name, set()):
             assert "export" in {matcher.name for matcher in selector.matchers.matchers}, (
                 f"{where}: {selector.name} is not filtered by the $export variable")
@@ -472,13 +522,13 @@ ALERT_EXPRS = _alert_exprs()
                          ids=[where for where, _ in DASHBOARD_QUERIES])
 def test_every_panel_query_names_what_the_worker_exports(where: str, expr: str,
                                                          exported: Exported) -> None:
-    _check_against_worker(where, expr, exported, by_export=True)
+    _check_against(where, expr, exported, by_export=True)
 
 
 @pytest.mark.parametrize(("where", "expr"), ALERT_EXPRS, ids=[where for where, _ in ALERT_EXPRS])
-def test_every_alert_expression_names_what_the_worker_exports(where: str, expr: str,
-                                                              exported: Exported) -> None:
-    _check_against_worker(where, expr, exported)
+def test_every_alert_expression_names_what_the_worker_or_the_operator_exports(
+        where: str, expr: str, exported: Exported, operator_exported: Exported) -> None:
+    _check_against(where, expr, exported.merged(operator_exported))
 
 
 def test_the_worker_exports_the_metrics_the_docs_promise(exported: Exported) -> None:
@@ -493,6 +543,14 @@ def test_the_worker_exports_the_metrics_the_docs_promise(exported: Exported) -> 
         assert name in exported.names, name
 
 
+def test_the_operator_exports_the_metrics_its_alerts_use(operator_exported: Exported) -> None:
+    assert {"sealtrail_operator_leader", "sealtrail_operator_admissions_total",
+            "sealtrail_operator_ready"} <= operator_exported.names
+    # Made at 0 when the operator starts, so an alert's increase() sees the first admission.
+    assert operator_exported.values["sealtrail_operator_admissions_total", "outcome"] == set(
+        ADMISSION_OUTCOMES)
+
+
 # -- the alerts -------------------------------------------------------------------------------
 
 REQUIRED_ALERTS = {
@@ -503,6 +561,9 @@ REQUIRED_ALERTS = {
     "SealtrailExportCursorLagHigh": {"sealtrail_audit_last_seq",
                                      "sealtrail_audit_export_last_seq"},
     "SealtrailWorkerUnreachable": {"up"},
+    "SealtrailOperatorNoLeader": {"sealtrail_operator_leader"},
+    "SealtrailPodsAdmittedWithoutWorker": {"sealtrail_operator_admissions_total"},
+    "SealtrailOperatorUnreachable": {"up"},
 }
 
 
@@ -526,6 +587,16 @@ def test_every_alert_is_complete() -> None:
     assert "10000" in by_name["SealtrailExportCursorLagHigh"]["expr"]
     assert 'retryable="false"' in by_name["SealtrailExportNonRetryableFailure"]["expr"]
     assert 'job="sealtrail-worker"' in by_name["SealtrailWorkerUnreachable"]["expr"]
+    assert 'job="sealtrail-operator"' in by_name["SealtrailOperatorUnreachable"]["expr"]
+    assert 'job="sealtrail-operator"' in by_name["SealtrailOperatorNoLeader"]["expr"]
+    assert 'outcome=~"error|not_ready"' in by_name["SealtrailPodsAdmittedWithoutWorker"]["expr"]
+
+
+def test_every_runbook_is_a_heading_in_operations() -> None:
+    headings = anchors(OPERATIONS)
+    for rule in _alert_rules():
+        anchor = rule["annotations"]["runbook_url"].partition("#")[2]
+        assert anchor in headings, f"{rule['alert']}: no heading #{anchor} in {OPERATIONS.name}"
 
 
 # -- the alerts in Prometheus's own rule engine (promtool) -----------------------------------
@@ -569,6 +640,19 @@ FAILURES = "sealtrail_audit_export_failures_total"
 INTERVAL = "sealtrail_audit_batch_interval_ms"
 INTERVAL_MAX = "sealtrail_audit_batch_interval_max_ms"
 PAUSED = "sealtrail_audit_export_paused"
+LEADER = "sealtrail_operator_leader"
+ADMISSIONS = "sealtrail_operator_admissions_total"
+
+
+def _operator_target(replica: str) -> dict[str, str]:
+    """The target labels of operator replica `a`, `b`, ... (the chart's operator PodMonitor's)."""
+    return {"job": "sealtrail-operator", "namespace": "sealtrail", "pod": f"sealtrail-{replica}",
+            "instance": f"10.0.1.{ord(replica) - ord('a') + 1}:8080"}
+
+
+def _operator_series(name: str, values: str, replica: str, **labels: str) -> dict[str, str]:
+    return _series(name, values, **_operator_target(replica), **labels)
+
 
 # alert: (input series, [(minute, exports or pods expected firing)]): each in its own test
 # group, so that one scenario's series never set off another's alert.
@@ -617,6 +701,41 @@ SCENARIOS: dict[str, tuple[list[dict[str, str]], list[tuple[int, list[dict[str, 
          _series(PAUSED, "0x10", export="far"), _series(PAUSED, "0x10", export="near"),
          _series(PAUSED, "1x10", export="held")],
         [(4, []), (6, [_firing("warning", export="far")])],
+    ),
+    "SealtrailOperatorNoLeader": (
+        # a leads until 5m; b takes over at 8m (a 2-minute handover: quiet) and leads until 12m;
+        # nobody leads from 13m to 20m; b again from 21m; then both replicas are gone.
+        [_operator_series(LEADER, "1x5 0x20", "a"),
+         _operator_series(LEADER, "0x7 1x4 0x7 1x6", "b")],
+        [(11, []), (16, []),
+         (19, [{"exp_labels": {"job": "sealtrail-operator", "namespace": "sealtrail",
+                               "severity": "warning"}}]),
+         (30, []), (35, []),  # gone: the last samples stay visible for 5 minutes
+         (42, [{"exp_labels": {"job": "sealtrail-operator", "severity": "warning"}}])],
+    ),
+    "SealtrailPodsAdmittedWithoutWorker": (
+        # a: an error at 11m; b: a replica first scraped at 15m, its not_ready admissions (made
+        # while it started) already counted; its other outcomes start at 0, as they do.
+        [_operator_series(ADMISSIONS, "0x10 1x20", "a", outcome="error"),
+         _operator_series(ADMISSIONS, "0x30", "a", outcome="not_ready"),
+         _operator_series(ADMISSIONS, "0+4x30", "a", outcome="injected"),
+         _operator_series(ADMISSIONS, "0+1x30", "a", outcome="refused"),
+         _operator_series(ADMISSIONS, "_x15 2x15", "b", outcome="not_ready"),
+         _operator_series(ADMISSIONS, "_x15 0x15", "b", outcome="error"),
+         _operator_series(ADMISSIONS, "_x15 0+3x15", "b", outcome="injected")],
+        [(5, []),
+         (12, [{"exp_labels": {**_operator_target("a"), "outcome": "error",
+                               "severity": "warning"}}]),
+         (18, [{"exp_labels": {**_operator_target("a"), "outcome": "error",
+                               "severity": "warning"}},
+               {"exp_labels": {**_operator_target("b"), "outcome": "not_ready",
+                               "severity": "warning"}}]),
+         (29, [])],
+    ),
+    "SealtrailOperatorUnreachable": (
+        [_operator_series("up", "0x10", "a"), _operator_series("up", "1x10", "b"),
+         _series("up", "0x10", pod="shop-1")],  # a worker: its own alert
+        [(4, []), (6, [{"exp_labels": {**_operator_target("a"), "severity": "critical"}}])],
     ),
 }
 
