@@ -927,8 +927,8 @@ def test_names_and_columns_are_as_designed() -> None:
         return [column["name"] for column in spec["versions"][0]["additionalPrinterColumns"]
                 if not column.get("priority")]
 
-    assert columns(export) == ["Backend", "Ready", "Paused", "Lag", "Workers", "Age"]
-    assert columns(policy) == ["Mode", "Exports", "Injected", "Age"]
+    assert columns(export) == ["Backend", "Ready", "Paused", "Lag", "Workers", "Seen", "Age"]
+    assert columns(policy) == ["Mode", "Exports", "Injected", "Seen", "Age"]
 
 
 # --- The real API server's verdict ---------------------------------------------------------------

@@ -123,7 +123,8 @@ def prose(path: Path) -> list[str]:
             inside = not inside
             continue
         if not inside:
-            kept.append(re.sub(r"`[^`]*`", "", line))
+            # A code span opens and closes with the same run of backticks (``a`b`` is one).
+            kept.append(re.sub(r"(`+)(?:(?!\1).)+?\1", "", line))
     return kept
 
 
