@@ -45,6 +45,8 @@ class NamedSecrets:
         self._key_secret = key_secret
         self._keys: dict[str, bytes] = {}
         self._facts: dict[str, dict[str, SecretFact]] = {}
+        self._reading: dict[tuple[str, str], asyncio.Future[bool]] = {}
+        self._keying: dict[str, asyncio.Future[None]] = {}
         self._limit = asyncio.Semaphore(concurrency)
         self.refreshed = False  # True after the first complete refresh
 
@@ -95,14 +97,34 @@ class NamedSecrets:
         missing = names - set(self._facts.get(namespace, {}))
         if not missing:
             return False
-        if namespace not in self._keys:
-            await self._read_keys({namespace})
-        found = await asyncio.gather(*(self._read(namespace, name) for name in sorted(missing)))
-        known = self._facts.setdefault(namespace, {})
-        for fact in found:
+        # One read per Secret however many ask at once (at start-up, every export's event
+        # asks for its namespace's Secrets while the first reads are still in flight).
+        reads = []
+        for name in sorted(missing):
+            key = (namespace, name)
+            if key not in self._reading:
+                self._reading[key] = asyncio.ensure_future(self._read_into(namespace, name))
+            reads.append(self._reading[key])
+        found = await asyncio.gather(*reads)
+        return any(found)
+
+    async def _read_into(self, namespace: str, name: str) -> bool:
+        try:
+            if namespace not in self._keys:
+                if namespace not in self._keying:
+                    self._keying[namespace] = asyncio.ensure_future(
+                        self._read_keys({namespace}))
+                keying = self._keying[namespace]
+                try:
+                    await keying
+                finally:
+                    self._keying.pop(namespace, None)
+            fact = await self._read(namespace, name)
             if fact is not None:
-                known[fact.name] = fact
-        return any(fact is not None for fact in found)
+                self._facts.setdefault(namespace, {})[name] = fact
+            return fact is not None
+        finally:
+            del self._reading[(namespace, name)]
 
     async def refresh(self, wanted: Mapping[str, set[str]]) -> set[str]:
         """Read every Secret in `wanted` (namespace -> names); the namespaces that changed."""

@@ -82,7 +82,9 @@ async def _changed(runtime: Runtime, kind: str, namespace: str, name: str,  # no
         return
     else:
         runtime.generations[key] = generation
-    indexes = runtime.indexes
-    named = facts.secrets_named(indexes.exports_of(namespace), indexes.policies_of(namespace))
-    await runtime.secrets.ensure(namespace, named)
+    if event != "DELETED":  # read what this object newly names (the others are known)
+        named = (facts.secrets_named([facts.export_fact(name, body)], [])
+                 if kind == "auditexport" else
+                 facts.secrets_named([], [facts.policy_fact(name, body)]))
+        await runtime.secrets.ensure(namespace, named)
     runtime.controller.changed(namespace)
