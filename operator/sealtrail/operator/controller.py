@@ -257,17 +257,23 @@ class Controller:
             try:
                 await asyncio.to_thread(ensure_admin_secret, self._kube, namespace, valid,
                                         self._metrics_token)
+                if valid and self._secrets.key(namespace) is None:
+                    await self._secrets.read_key(namespace)  # poll with it from this round
             except KubeError as error:
                 log.error("%s", error)  # noqa: TRY400 - the reason is the message
         pods = [pod for pod in values_of(self._indexes.pods, namespace)
                 if isinstance(pod, PodFact)]
-        for fact in self._indexes.policies_of(namespace):
-            try:
-                await self._policy(namespace, facts, fact, pods)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # one object's bug must not stop the others
-                log.exception("auditpolicy %s/%s: reconciling failed", namespace, fact.name)
+        await asyncio.gather(*(self._policy_safely(namespace, facts, fact, pods)
+                               for fact in self._indexes.policies_of(namespace)))
+
+    async def _policy_safely(self, namespace: str, facts: NamespaceFacts, fact: PolicyFact,
+                             pods: list[PodFact]) -> None:
+        try:
+            await self._policy(namespace, facts, fact, pods)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one object's bug must not stop the others
+            log.exception("auditpolicy %s/%s: reconciling failed", namespace, fact.name)
 
     async def _policy(self, namespace: str, facts: NamespaceFacts, fact: PolicyFact,
                       pods: list[PodFact]) -> None:

@@ -73,6 +73,11 @@ class NamedSecrets:
         """The namespace's admin credential, once its Secret exists."""
         return self._keys.get(namespace)
 
+    async def read_key(self, namespace: str) -> bytes | None:
+        """Read the namespace's admin credential now (the leader has just made it)."""
+        await self._read_keys({namespace})
+        return self._keys.get(namespace)
+
     async def _read_keys(self, namespaces: set[str]) -> None:
         name, item = self._key_secret
         for namespace in namespaces:
