@@ -321,7 +321,7 @@ def operator_argv(metrics_port: int) -> list[str]:
     """The operator with the chart's intervals, no webhook, its Lease in the bench namespace."""
     return [sys.executable, "-m", "sealtrail", "operator", "--no-webhook",
             "--poll-seconds", "5", "--policy-resync-seconds", "30", "--heartbeat-seconds", "60",
-            "--secret-refresh-seconds", "10", "--release-namespace", NAMESPACE,
+            "--secret-refresh-seconds", "30", "--release-namespace", NAMESPACE,
             "--release-name", "sealtrail", "--liveness-port", str(metrics_port)]
 
 
