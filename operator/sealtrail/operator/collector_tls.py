@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sealtrail.operator import naming
+from sealtrail.operator.certs import general_names
 from sealtrail.operator.collector import ingest_url, serving_hosts
 from sealtrail.operator.render import Policy
 
@@ -115,16 +116,6 @@ def _make_ca(policy: Policy, now: dt.datetime) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
 
 
-def _general_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    return names
-
-
 def _issue(ca_pem: bytes, ca_key_pem: bytes, hosts: Sequence[str],
            now: dt.datetime) -> tuple[bytes, bytes]:
     ca = x509.load_pem_x509_certificate(ca_pem)
@@ -139,7 +130,7 @@ def _issue(ca_pem: bytes, ca_key_pem: bytes, hosts: Sequence[str],
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(min(now + _SERVING_VALID, ca.not_valid_after_utc))
-        .add_extension(x509.SubjectAlternativeName(_general_names(hosts)), critical=False)
+        .add_extension(x509.SubjectAlternativeName(general_names(hosts)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False,
                                      content_commitment=False, data_encipherment=False,
