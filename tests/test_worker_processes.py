@@ -19,6 +19,7 @@ relies on, and is checked here:
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -211,22 +212,50 @@ def test_backpressure_refuses_on_every_connection(tmp_path: Path) -> None:
                 "hecUrl": "http://127.0.0.1:9", "token": {"file": str(tmp_path / "hec-token")}},
                 "retry": {"initialBackoffMs": 50, "maxBackoffMs": 500}}]) as worker:
         post_on_fresh_connections(worker, [events(100, seed) for seed in range(3)])
-        stored = worker.row_count()
+
+        def paused_total() -> float:
+            with worker.client() as client:
+                text = client.get("/metrics").text
+            found = re.search(r"^sealtrail_audit_backpressure_paused_total ([0-9.e+]+)$", text,
+                              re.MULTILINE)
+            return float(found.group(1)) if found else 0.0
+
+        refusing_rounds = [0]
+
+        def every_connection_refuses() -> bool:
+            # Each process learns the other's lag at its next report round (every 100 ms);
+            # on a loaded machine that can take longer. The kernel spreads new connections
+            # over the two processes unevenly, so ask until three rounds of ten new
+            # connections in a row were all refused.
+            codes = set()
+            for seed in range(10):
+                with worker.client() as client:
+                    codes.add(client.post("/v1/events", json=events(1, 100 + seed))
+                              .status_code)
+            refusing_rounds[0] = refusing_rounds[0] + 1 if codes == {429} else 0
+            return refusing_rounds[0] >= 3
+
+        wait_for(every_connection_refuses, 20, "both processes to refuse")
+        # The second process hands its counts over every 100 ms: let the probes' refusals
+        # settle before counting from here.
+        settled = [paused_total()]
+
+        def counter_settled() -> bool:
+            time.sleep(0.3)
+            settled.append(paused_total())
+            return settled[-1] == settled[-2]
+
+        wait_for(counter_settled, 10, "the refusal counter to settle")
+        stored, refusals = worker.row_count(), settled[-1]
 
         def refused(answer: httpx.Response) -> None:
             assert answer.status_code == 429, answer.text
             assert answer.headers["Retry-After"] == "1"
 
-        time.sleep(0.5)  # one report round: the other process learns the lag
         post_on_fresh_connections(worker, [events(10, seed) for seed in range(12)], refused)
         assert worker.row_count() == stored  # refused means not stored, on both processes
-
-        def counted() -> str:
-            with worker.client() as client:
-                return client.get("/metrics").text
-
-        wait_for(lambda: "sealtrail_audit_backpressure_paused_total 12.0" in counted(), 5,
-                 "both processes' refusals to be counted: " + counted()[-400:])
+        wait_for(lambda: paused_total() == refusals + 12, 5,
+                 "both processes' refusals to be counted")
 
 
 def test_a_killed_ingest_process_is_replaced_and_nothing_acknowledged_is_lost(
