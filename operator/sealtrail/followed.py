@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, Generic, TypeVar
 
-__all__ = ["CHECK_SECONDS", "FollowedFiles"]
+__all__ = ["CHECK_SECONDS", "FollowedFiles", "refusal_reason"]
 
 #: How often, at most, one set of files is looked at for a change.
 CHECK_SECONDS: Final = 1.0
@@ -134,3 +135,20 @@ class FollowedFiles(Generic[T]):
                 content = f"unreadable: {error.errno}".encode()
             digest.update(len(content).to_bytes(8, "big") + content)
         return digest.digest()
+
+
+_SSL_REASONS: Final = {
+    "KEY_VALUES_MISMATCH": "the key does not belong to the certificate",
+    "NO_CERTIFICATE_OR_CRL_FOUND": "no certificate in it",
+    "NO_START_LINE": "not PEM",
+}
+
+
+def refusal_reason(error: Exception) -> str:
+    """Why a certificate or key file was refused, in words that never quote the file."""
+    if isinstance(error, ssl.SSLError):
+        reason = error.reason or ""
+        return _SSL_REASONS.get(reason, f"not usable PEM ({reason or 'unreadable'})")
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return type(error).__name__

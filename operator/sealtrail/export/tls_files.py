@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 from sealtrail.api.export import TLSSpec
-from sealtrail.followed import CHECK_SECONDS, FollowedFiles
+from sealtrail.followed import CHECK_SECONDS, FollowedFiles, refusal_reason
 
 __all__ = ["TLS_CHECK_SECONDS", "FollowedTls", "TlsFileError", "client_context"]
 
@@ -24,10 +24,6 @@ log = logging.getLogger("sealtrail.export")
 #: How often, at most, one TLS setting's files are looked at for a change.
 TLS_CHECK_SECONDS: Final = CHECK_SECONDS
 
-_SSL_REASONS: Final = {
-    "KEY_VALUES_MISMATCH": "the key does not belong to the certificate",
-    "NO_CERTIFICATE_OR_CRL_FOUND": "no certificate in it",
-}
 
 T = TypeVar("T")
 
@@ -74,21 +70,13 @@ def client_context(tls: TLSSpec) -> ssl.SSLContext:
         try:
             context = ssl.create_default_context(cafile=tls.ca_file)
         except (OSError, ValueError) as error:
-            raise TlsFileError(f"CA file {tls.ca_file}: {_reason(error)}") from None
+            raise TlsFileError(f"CA file {tls.ca_file}: {refusal_reason(error)}") from None
     if tls.cert_file is not None:
         try:
             context.load_cert_chain(tls.cert_file, tls.key_file)
         except (OSError, ValueError) as error:
             raise TlsFileError(f"client certificate {tls.cert_file} with key {tls.key_file}: "
-                               f"{_reason(error)}") from None
+                               f"{refusal_reason(error)}") from None
     return context
 
 
-def _reason(error: Exception) -> str:
-    """Why a file was refused, in words that never quote the file."""
-    if isinstance(error, ssl.SSLError):
-        reason = error.reason or ""
-        return _SSL_REASONS.get(reason, f"not usable PEM ({reason or 'unreadable'})")
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return type(error).__name__

@@ -130,7 +130,6 @@ class Controller:
         #: The generation of each policy whose other mode's objects were cleaned up.
         self._cleaned: dict[tuple[str, str], int | None] = {}
         self._metrics_token: str | None = None
-        self.rounds = 0
 
     # -- signals from the handlers ------------------------------------------------------------
 
@@ -179,7 +178,6 @@ class Controller:
                 await self._poll()
                 next_poll = current + self._jittered(self._settings.poll_seconds)
                 await self._reconcile_exports(self._indexes.namespaces())
-            self.rounds += 1
             self._metrics.rounds.inc()
             pause = max(0.0, min(next_resync, next_poll) - time.monotonic())
             self._wake.clear()

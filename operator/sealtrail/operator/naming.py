@@ -16,6 +16,7 @@ import hashlib
 import re
 from typing import Final
 
+from sealtrail.api import worker_api
 from sealtrail.api.resources import API_VERSION, GROUP
 
 __all__ = [
@@ -129,9 +130,9 @@ OWNER_KIND: Final = "AuditPolicy"
 CONTAINER_NAME: Final = "sealtrail-worker"
 INGEST_PORT_NAME: Final = "st-ingest"
 ADMIN_PORT_NAME: Final = "st-admin"
-#: The worker's probes, served on the admin port.
-READY_PATH: Final = "/readyz"
-HEALTH_PATH: Final = "/healthz"
+#: The worker's probes, served on the admin port (the contract's own names).
+READY_PATH: Final = worker_api.READY_PATH
+HEALTH_PATH: Final = worker_api.HEALTH_PATH
 #: The environment variable that tells application containers where their worker listens.
 ENV_URL: Final = "SEALTRAIL_URL"
 #: The worker's user and group (distroless "nonroot"); also the collector's fsGroup.

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from sealtrail.api.worker_api import STATUS_PATH
 from sealtrail.operator.facts import WorkerAddress
 from sealtrail.operator.status import WorkerReport
 
@@ -23,7 +24,6 @@ __all__ = ["Answer", "StatusPoller", "report_for"]
 #: A worker's status document, or why there is none.
 Answer = dict[str, Any] | str
 
-_STATUS_PATH = "/v1/status"
 
 
 class StatusPoller:
@@ -48,7 +48,7 @@ class StatusPoller:
         headers = {"Authorization": f"Bearer {token.decode()}"} if token else {}
         async with self._limit:
             try:
-                answer = await self._client.get(f"http://{host}:{worker.port}{_STATUS_PATH}",
+                answer = await self._client.get(f"http://{host}:{worker.port}{STATUS_PATH}",
                                                 headers=headers)
                 answer.raise_for_status()
                 document = answer.json()

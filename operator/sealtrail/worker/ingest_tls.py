@@ -17,21 +17,14 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
 
 from sealtrail.api.configfile import ConfigFileError
 from sealtrail.api.worker_config import IngestTlsSpec, WorkerConfig
-from sealtrail.followed import CHECK_SECONDS, FollowedFiles
+from sealtrail.followed import CHECK_SECONDS, FollowedFiles, refusal_reason
 
 __all__ = ["IngestTls", "IngestTlsError", "listening_context", "server_context"]
 
 log = logging.getLogger("sealtrail.worker")
-
-_SSL_REASONS: Final = {
-    "KEY_VALUES_MISMATCH": "the key does not belong to the certificate",
-    "NO_CERTIFICATE_OR_CRL_FOUND": "no certificate in it",
-    "NO_START_LINE": "not PEM",
-}
 
 
 class IngestTlsError(Exception):
@@ -46,17 +39,8 @@ def server_context(spec: IngestTlsSpec) -> ssl.SSLContext:
         context.load_cert_chain(spec.cert_file, spec.key_file)
     except (OSError, ValueError) as error:
         raise IngestTlsError(f"ingest certificate {spec.cert_file} with key {spec.key_file}: "
-                             f"{_reason(error)}") from None
+                             f"{refusal_reason(error)}") from None
     return context
-
-
-def _reason(error: Exception) -> str:
-    if isinstance(error, ssl.SSLError):
-        reason = error.reason or ""
-        return _SSL_REASONS.get(reason, f"not usable PEM ({reason or 'unreadable'})")
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return type(error).__name__
 
 
 class IngestTls:
