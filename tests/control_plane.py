@@ -189,6 +189,13 @@ class ControlPlane:
         path = self.node_directory / "pods.json"
         return dict(json.loads(path.read_text())) if path.exists() else {}
 
+    def node_events(self) -> list[dict[str, Any]]:
+        """What the node did to pods: `terminating`, `sigterm` (per container), `evicted`."""
+        path = self.node_directory / "events.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
     def container_log(self, namespace: str, pod: str, container: str) -> str:
         """A container's output as the node kept it (there is no kubelet API for logs here)."""
         found = self.pods().get(f"{namespace}/{pod}")

@@ -25,9 +25,16 @@ container engine here, so this plays the scheduler and the kubelet for one Node:
 * **Lifecycle.** Init containers run in order (a sidecar, `restartPolicy: Always`, is started
   and waited for by its startup probe, then left running); then the app containers. Readiness
   probes (httpGet) decide `Ready`; a container that exits is restarted with a growing back-off
-  (`restartCount`). Deletion follows the kubelet's order: preStop hooks and SIGTERM to the app
-  containers, then the sidecars in reverse order with the grace that is left, SIGKILL at the
-  deadline, then the pod object is removed (`gracePeriodSeconds: 0`).
+  (`restartCount`). Deletion follows the kubelet's order (kuberuntime's `killContainer` with
+  its termination ordering): every container's preStop hook (`sleep` or `httpGet`) starts at
+  once, sidecars' included; an app container then gets SIGTERM; a sidecar waits for its turn
+  (every app container, and every sidecar declared after it, exited) and then gets SIGTERM;
+  each is SIGKILLed when the pod's grace, counted from the start, is spent (but never sooner
+  than 2 s after its SIGTERM); then the pod object is removed (`gracePeriodSeconds: 0`).
+* **Eviction.** An `emptyDir` with a `sizeLimit` is measured as the kubelet's eviction manager
+  does (the blocks its files take); past the limit the whole pod is evicted at once: every
+  container SIGKILLed, no preStop, no grace, the pod `Failed` with reason `Evicted` and the
+  kubelet's message, never restarted. Its controller makes a new pod; the volume's data is gone.
 """
 
 from __future__ import annotations
@@ -107,6 +114,7 @@ class RunningPod:
     volumes: dict[str, Path] = field(default_factory=dict)  # volume name -> its directory
     reported: str = ""
     terminating: bool = False
+    evicted: str | None = None  # the eviction message, once evicted
 
     @property
     def netns(self) -> str:
@@ -273,8 +281,12 @@ class FakeKubelet:
             pod = self._admit(body)
             self.pods[key] = pod
         pod.body = body
+        if pod.evicted is not None:
+            return  # stays Failed until its object is removed
         if meta.get("deletionTimestamp"):
             self._begin_termination(pod)
+            return
+        if self._over_size_limit(pod):
             return
         self._project(pod)
         self._advance(pod)
@@ -564,6 +576,55 @@ class FakeKubelet:
         answer.raise_for_status()
         return str(answer.json()["status"]["token"])
 
+    def _event(self, what: str, pod: RunningPod, **details: str) -> None:
+        """Append what the node did to `events.jsonl`, for tests in other processes."""
+        line = json.dumps({"event": what, "pod": f"{pod.namespace}/{pod.name}", "uid": pod.uid,
+                           "time": time.time(), **details}, sort_keys=True)
+        with self._lock, (self.directory / "events.jsonl").open("a") as out:
+            out.write(line + "\n")
+
+    # -- eviction --------------------------------------------------------------------------
+
+    def _over_size_limit(self, pod: RunningPod) -> bool:
+        """Evict the pod if an `emptyDir` holds more than its `sizeLimit`; True if it did.
+
+        The eviction manager's `emptyDirLimitEviction`, with its message.
+        """
+        for volume in pod.body["spec"].get("volumes", []):
+            limit = (volume.get("emptyDir") or {}).get("sizeLimit")
+            if limit is None or volume["name"] not in pod.volumes:
+                continue
+            used = _du(pod.volumes[volume["name"]])
+            if used > _quantity(limit):
+                name = volume["name"]
+                self._evict(pod, f'Usage of EmptyDir volume "{name}" exceeds the limit '
+                                 f'"{limit}". ')
+                return True
+        return False
+
+    def _evict(self, pod: RunningPod, message: str) -> None:
+        pod.evicted = message
+        pod.terminating = True
+        self._event("evicted", pod, message=message.strip())
+        for container in pod.containers:
+            _signal(container.process, signal.SIGKILL)
+        for container in pod.containers:
+            _wait_all([container.process], time.monotonic() + 10)
+            container.ready = False
+        now = _now()
+        body = {"status": {
+            "phase": "Failed", "reason": "Evicted", "message": message,
+            "conditions": [
+                {"type": "Ready", "status": "False", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "False", "lastTransitionTime": now},
+                {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+                 "message": message, "lastTransitionTime": now}]}}
+        answer = self.api.patch(
+            f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status", json=body,
+            headers={"Content-Type": "application/merge-patch+json"})
+        if answer.status_code not in (200, 404):
+            self.errors.append(f"evicting {pod.namespace}/{pod.name}: {answer.status_code}")
+
     # -- termination -----------------------------------------------------------------------
 
     def _begin_termination(self, pod: RunningPod) -> None:
@@ -598,19 +659,25 @@ class FakeKubelet:
                     self.pods.pop(key, None)
 
     def _finish(self, pod: RunningPod, grace: float) -> None:
-        """The kubelet's order: app containers (preStop first), then sidecars in reverse."""
-        deadline = time.monotonic() + grace
+        """Stop every container as the kubelet's `killContainer` does, then free the network.
+
+        One thread per container, all starting now: its preStop hook; a sidecar then waits for
+        its turn; SIGTERM; SIGKILL when the pod's grace (from now) is spent, or 2 s after the
+        SIGTERM if that is later. `grace` 0 (a forced deletion): SIGKILL at once.
+        """
+        start = time.monotonic()
+        self._event("terminating", pod, grace=str(grace))
         apps = [c for c in pod.containers if not c.init]
-        for container in apps:
-            hook = (container.spec.get("lifecycle") or {}).get("preStop") or {}
-            if "sleep" in hook:
-                time.sleep(min(float(hook["sleep"]["seconds"]),
-                               max(0.0, deadline - time.monotonic())))
-            _signal(container.process, signal.SIGTERM)
-        _wait_all([c.process for c in apps], deadline)
-        for container in reversed([c for c in pod.containers if c.sidecar]):
-            _signal(container.process, signal.SIGTERM)
-            _wait_all([container.process], deadline)
+        sidecars = [c for c in pod.containers if c.sidecar]
+        if grace > 0:
+            threads = [threading.Thread(target=self._stop_container,
+                                        args=(pod, c, start + grace, apps, sidecars),
+                                        daemon=True, name=f"stop-{pod.name}-{c.name}")
+                       for c in [*apps, *sidecars]]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(grace + 15)
         for container in pod.containers:
             _signal(container.process, signal.SIGKILL)
             _wait_all([container.process], time.monotonic() + 10)
@@ -619,6 +686,39 @@ class FakeKubelet:
         if deleted.returncode == 0:
             with self._lock:
                 self._free_addresses.append(pod.ip)
+
+    def _stop_container(self, pod: RunningPod, container: RunningContainer, deadline: float,
+                        apps: list[RunningContainer], sidecars: list[RunningContainer]) -> None:
+        self._pre_stop(pod, container, deadline)
+        if container.sidecar:
+            # Its turn: every app container gone, and every sidecar declared after it.
+            later = sidecars[sidecars.index(container) + 1:]
+            _wait_all([c.process for c in [*apps, *later]], deadline)
+        _signal(container.process, signal.SIGTERM)
+        self._event("sigterm", pod, container=container.name)
+        _wait_all([container.process], max(deadline, time.monotonic() + _MINIMUM_GRACE))
+        _signal(container.process, signal.SIGKILL)
+
+    def _pre_stop(self, pod: RunningPod, container: RunningContainer, deadline: float) -> None:
+        """Run the container's preStop hook, if any, within what is left of the grace."""
+        hook = (container.spec.get("lifecycle") or {}).get("preStop") or {}
+        left = deadline - time.monotonic()
+        if left <= 0 or container.process is None:
+            return
+        if "sleep" in hook:
+            time.sleep(min(float(hook["sleep"]["seconds"]), left))
+        elif "httpGet" in hook:
+            get = hook["httpGet"]
+            port = get["port"]
+            if isinstance(port, str):
+                port = pod.port(port, container.name)
+            try:
+                httpx.get(f"http://{pod.ip}:{port}{get.get('path', '/')}", timeout=left)
+            except httpx.HTTPError as error:
+                self.errors.append(f"preStop of {pod.name}/{container.name}: {error}")
+        elif hook:
+            self.errors.append(f"preStop of {pod.name}/{container.name}: only sleep and "
+                               "httpGet hooks run on this node")
 
 
 def main() -> int:
@@ -666,6 +766,31 @@ def _pod_network(pod: RunningPod) -> None:
         if done.returncode != 0:
             raise OSError(f"pod network for {pod.namespace}/{pod.name}: {' '.join(step)}: "
                           f"{done.stderr.strip()}")
+
+
+#: The kubelet's `minimumGracePeriodInSeconds`: what a container gets after its SIGTERM even
+#: when the pod's grace is spent.
+_MINIMUM_GRACE = 2.0
+_SUFFIXES = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+             "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+
+
+def _quantity(value: str) -> float:
+    """A Kubernetes quantity of bytes (`16Mi`, `1G`, `500000`)."""
+    match = re.fullmatch(r"([0-9.]+)([KMGT]i?|k)?", str(value))
+    if match is None:
+        raise ValueError(f"not a quantity of bytes: {value!r}")
+    return float(match.group(1)) * _SUFFIXES[match.group(2) or ""]
+
+
+def _du(directory: Path) -> int:
+    """Bytes the files under `directory` take (allocated blocks), as the kubelet measures."""
+    total = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512  # noqa: PTH118
+    return total
 
 
 def _signal(process: Process | None, signum: int) -> None:

@@ -114,10 +114,12 @@ class ExportReport(_Document):
 
 
 class BackpressureReport(_Document):
-    """The ingest gate: open, slowing or closed, by the lag of the unpaused exports."""
+    """The ingest gate: open, slowing or closed (by export lag and by store bytes)."""
 
     state: Literal["open", "slowing", "closed"]
     lag_rows: int
+    store_used_bytes: int | None = None
+    store_limit_bytes: int | None = None
 
 
 class CheckpointReport(_Document):

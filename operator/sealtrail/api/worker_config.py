@@ -18,6 +18,8 @@ __all__ = [
     "AdminSpec",
     "BackpressureSpec",
     "CheckpointSpec",
+    "HandoffAcceptSpec",
+    "HandoffSpec",
     "IdempotencySpec",
     "IngestSpec",
     "IngestTlsSpec",
@@ -49,6 +51,12 @@ class StoreSpec(_Model):
     default_tenant: Annotated[
         str, Field(pattern=r"^(_system|[A-Za-z0-9][A-Za-z0-9_.-]{0,62})$")
     ] = "default"
+    #: Bytes the store's directory may hold (the volume's `sizeLimit`, which the operator
+    #: renders here); unset: only the filesystem's free space bounds it. Ingest slows and then
+    #: refuses before the limit (`ingest.backpressure.storeHighFraction`), never past it.
+    budget_bytes: Annotated[int, Field(ge=1024 * 1024)] | None = None
+    #: Free space the store leaves on its filesystem, budget or not.
+    reserve_free_bytes: Annotated[int, Field(ge=0)] = 32 * 1024 * 1024
 
 
 class CheckpointSpec(_Model):
@@ -81,11 +89,19 @@ class BackpressureSpec(_Model):
     slowdown_ms: Annotated[int, Field(ge=0, le=10_000)] = 50
     retry_after_seconds: Annotated[int, Field(ge=1, le=3600)] = 5
     block_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    #: The byte side: ingest refuses once the store's directory holds this fraction of its
+    #: limit (`store.budgetBytes`, or what the filesystem can give), slows from 80 % of it,
+    #: and opens again below `storeLowFraction`. The gap up to 1.0 is what keeps the volume
+    #: from ever passing its `sizeLimit` (which evicts the whole pod).
+    store_high_fraction: Annotated[float, Field(gt=0, le=0.95)] = 0.85
+    store_low_fraction: Annotated[float, Field(ge=0, lt=0.95)] = 0.7
 
     @model_validator(mode="after")
     def _ordered(self) -> BackpressureSpec:
         if self.low_watermark_rows >= self.high_watermark_rows:
             raise ValueError("lowWatermarkRows must be below highWatermarkRows")
+        if self.store_low_fraction >= self.store_high_fraction:
+            raise ValueError("storeLowFraction must be below storeHighFraction")
         return self
 
 
@@ -156,6 +172,54 @@ class AdminSpec(_Model):
     metrics_token: CredentialRef | None = None
 
 
+class HandoffAcceptSpec(_Model):
+    """Take rows other workers hand off at shutdown (`POST /v1/handoff`): a collector's part.
+
+    Rows arrive sealed, exactly as their own store holds them; each is checked (hash, canonical
+    bytes, links within its chain) and kept in a store of their own (`storePath`), from which
+    this worker's exports deliver them beside its own rows.
+    """
+
+    #: Bearer tokens a sender may present (each sidecar's `handoff.token`); any one opens
+    #: `POST /v1/handoff` and nothing else.
+    tokens: Annotated[list[CredentialRef], Field(min_length=1)]
+    #: The SQLite file of handed-off rows; default: beside the worker's store,
+    #: `<store.path>.handoff`.
+    store_path: Annotated[str, Field(min_length=1)] | None = None
+    #: Rows one request may carry (a body is bounded by `ingest.maxBodyBytes` too).
+    max_rows_per_request: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+
+
+class HandoffSpec(_Model):
+    """Where undelivered rows go when the drain at shutdown cannot deliver them in time.
+
+    A sidecar's store is an `emptyDir`, which dies with its pod: rows its exports have not
+    delivered by the end of `drainTimeoutSeconds` would go with it. With `url`, the worker
+    posts them to a collector (`POST <url>/v1/handoff`) while there is still time, and the
+    collector's exports deliver them. `accept` makes this worker such a collector.
+    """
+
+    #: The collector's base URL (scheme, host, port; `/v1/handoff` is appended unless given).
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")] | None = None
+    #: The bearer token the collector accepts (one of its `handoff.accept.tokens`).
+    token: CredentialRef | None = None
+    #: The CA of the collector's certificate (without it, the system's CAs).
+    ca_file: Annotated[str, Field(min_length=1)] | None = None
+    #: Rows per request (fewer when rows are large, or when the collector says 413).
+    batch_rows: Annotated[int, Field(ge=1, le=100_000)] = 2_000
+    #: The most one request may take (never more than the time left before the deadline).
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    accept: HandoffAcceptSpec | None = None
+
+    @model_validator(mode="after")
+    def _url_with_token(self) -> HandoffSpec:
+        if (self.url is None) != (self.token is None):
+            raise ValueError("url and token go together: give both to hand off, or neither")
+        if self.ca_file is not None and self.url is None:
+            raise ValueError("caFile is for the collector at url; give url and token too")
+        return self
+
+
 class WorkerConfig(ExportsConfig):
     """The whole worker config file."""
 
@@ -165,6 +229,8 @@ class WorkerConfig(ExportsConfig):
     admin: AdminSpec = Field(default_factory=AdminSpec)
     nats: NatsSpec | None = None
     drain_timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 20.0
+    #: Hand undelivered rows to a collector at shutdown, and/or accept them as one.
+    handoff: HandoffSpec | None = None
 
     @model_validator(mode="after")
     def _files_not_secrets(self) -> WorkerConfig:
@@ -175,6 +241,11 @@ class WorkerConfig(ExportsConfig):
         named += [(("ingest", "tokens", number, "token"), item.token)
                   for number, item in enumerate(self.ingest.tokens)]
         named.append((("admin", "token"), self.admin.token))
+        if self.handoff is not None:
+            named.append((("handoff", "token"), self.handoff.token))
+            if self.handoff.accept is not None:
+                named += [(("handoff", "accept", "tokens", number), ref)
+                          for number, ref in enumerate(self.handoff.accept.tokens)]
         for number, export in enumerate(self.exports):
             named += [(("exports", number, *path), ref) for path, ref in export.credentials()]
             if export.tls.secret_name is not None:

@@ -45,6 +45,7 @@ from sealtrail.export.credentials import Credential, CredentialError
 from sealtrail.export.engine import ExportEngine
 from sealtrail.export.loop import ExportLoop
 from sealtrail.worker.backpressure import Backpressure
+from sealtrail.worker.store_budget import StoreBudget
 
 __all__ = ["FOLLOW_SECONDS", "IngestCore", "WorkerCore", "tokens_of"]
 
@@ -130,7 +131,10 @@ class IngestCore:
         self.store = ChainStore(config.store.path, synchronous=config.store.synchronous,
                                 default_tenant=config.store.default_tenant, checkpoints=policy)
         self.last_seq = self.store.last_seq()
-        self.backpressure = Backpressure(config.ingest.backpressure, lag, registry)
+        store_dir = Path(config.store.path).resolve().parent
+        self.budget = StoreBudget(store_dir, config.store.budget_bytes,
+                                  config.store.reserve_free_bytes)
+        self.backpressure = Backpressure(config.ingest.backpressure, lag, registry, self.budget)
         self.ingested = Counter("sealtrail_audit_ingested_events_total",
                                 "Events stored through the worker.", registry=registry)
         #: The ingest tokens, shared by every HTTP app of this process; a config change
@@ -144,9 +148,12 @@ class IngestCore:
         # Concurrency comes from more processes, not from threads fighting over one GIL.
         self.cpu = asyncio.Lock()
 
-    async def append(self, events: Sequence[Event]) -> list[Stored]:
-        """Pass back-pressure, store the batch in one transaction, say so."""
-        await self.backpressure.admit()
+    async def append(self, events: Sequence[Event], size_hint: int = 0) -> list[Stored]:
+        """Pass back-pressure, store the batch in one transaction, say so.
+
+        `size_hint`: the bytes the events came in (a request body), for the byte budget.
+        """
+        await self.backpressure.admit(size_hint)
         async with self.cpu:
             self.follow_signing_key()
             stored = await asyncio.to_thread(self.store.append, list(events))
@@ -355,6 +362,7 @@ class WorkerCore(IngestCore):
         """Delivery truth per export and chain state per tenant (never a secret)."""
         now = time.time()
         self.backpressure.update()
+        usage = self.backpressure.usage
         key = self.digest_key()
         exports = [self._export_report(loop, key, now) for loop in self.engine.loops.values()]
         checkpoints = {cp.tenant_id: cp for cp in self.store.latest_checkpoints()}
@@ -371,8 +379,10 @@ class WorkerCore(IngestCore):
             store_id=self.store.store_id,
             last_seq=self.last_seq,
             ready=self.ready,
-            backpressure=BackpressureReport(state=self.backpressure.state.value,
-                                            lag_rows=self.lag()),
+            backpressure=BackpressureReport(
+                state=self.backpressure.state.value, lag_rows=self.lag(),
+                store_used_bytes=None if usage is None else usage.used,
+                store_limit_bytes=None if usage is None else usage.limit),
             background_errors={name: error for name, error in self.background_errors.items()
                                if error is not None},
             exports=exports,

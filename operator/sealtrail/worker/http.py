@@ -262,7 +262,7 @@ async def _store(request: web.Request, events: list[Event]) -> web.Response:
         return _problem(503, "the worker is shutting down; nothing was stored",
                         headers={"Retry-After": "5"})
     try:
-        stored = await core.append(events)
+        stored = await core.append(events, request.content_length or 0)
     except RefusedError as refused:
         return _problem(429, str(refused),
                         headers={"Retry-After": str(refused.retry_after_seconds)})
