@@ -468,6 +468,7 @@ def test_patch_paths_create_missing_arrays_and_append_to_existing_ones() -> None
         ("add", "/spec/containers/0/env"),
         ("add", "/spec/initContainers"),
         ("add", "/spec/volumes"),
+        ("add", "/spec/terminationGracePeriodSeconds"),
     ]
     extras = [(op["op"], op["path"]) for op in _plan("payments-with-extras").patch]
     assert extras[:6] == [
@@ -501,13 +502,21 @@ def test_labels_annotations_and_grace_period() -> None:
         "team": "payments", "sealtrail.dev/injected": "true",
         "sealtrail.dev/config-hash": rendered("checkpoints").config_hash,
         "sealtrail.dev/restart-hash": rendered("checkpoints").restart_hash}
-    assert plan.pod["spec"]["terminationGracePeriodSeconds"] == 55  # drain 45 + 10
+    # The app's own 5 s, then the worker's drain of 45 s, then 5 s to exit: the kubelet
+    # stops the sidecar only after the app, from one grace period.
+    assert plan.pod["spec"]["terminationGracePeriodSeconds"] == 55
     assert {"op": "replace", "path": "/spec/terminationGracePeriodSeconds",
             "value": 55} in plan.patch
-    # Unset means Kubernetes' 30 s, which covers the default drain of 20 s plus 10.
-    assert "terminationGracePeriodSeconds" not in _plan("payments-7c9f8-").pod["spec"]
+    worker = plan.pod["spec"]["initContainers"][0]
+    assert worker["lifecycle"] == {"preStop": {"httpGet": {
+        "path": "/v1/lifecycle/pre-stop?grace=55", "port": "st-admin"}}}
+    # Unset means Kubernetes' 30 s for the app: 30 + the default drain of 20 + 5.
+    plain = _plan("payments-7c9f8-").pod["spec"]
+    assert plain["terminationGracePeriodSeconds"] == 55
+    assert plain["initContainers"][0]["lifecycle"]["preStop"]["httpGet"]["path"].endswith(
+        "grace=55")
     assert _plan("payments-7c9f8-", "checkpoints").pod["spec"][
-        "terminationGracePeriodSeconds"] == 55
+        "terminationGracePeriodSeconds"] == 80
 
 
 def test_an_injected_pod_gets_no_patch_and_injection_is_idempotent() -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "HEALTH_PATH",
     "LIVE_FIELDS",
     "METRICS_PATH",
+    "PRE_STOP_PATH",
     "READY_PATH",
     "RESUME_PATH",
     "STATUS_PATH",
@@ -53,6 +54,9 @@ RESUME_PATH: Final = "/v1/exports/{name}/resume"
 READY_PATH: Final = "/readyz"
 #: 200 while the process answers.
 HEALTH_PATH: Final = "/healthz"
+#: The worker's preStop hook (`httpGet`, unauthenticated): `?grace=N`, the pod's grace in
+#: seconds, starts the worker's termination clock (worker/termination.py).
+PRE_STOP_PATH: Final = "/v1/lifecycle/pre-stop"
 #: The realm of the `WWW-Authenticate: Bearer` challenge on a 401.
 ADMIN_REALM: Final = "sealtrail"
 

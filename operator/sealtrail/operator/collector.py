@@ -33,10 +33,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from sealtrail.operator import naming
-from sealtrail.operator.inject import worker_container, worker_volumes
+from sealtrail.operator.inject import (
+    GRACE_MARGIN_SECONDS,
+    pre_stop_hook,
+    worker_container,
+    worker_volumes,
+)
 from sealtrail.operator.refs import ObjectRef
 from sealtrail.operator.render import Policy, RenderedConfig, config_map
 
@@ -49,9 +54,6 @@ __all__ = [
     "serving_hosts",
     "stale_objects",
 ]
-
-_GRACE_MARGIN_SECONDS: Final = 10
-
 
 @dataclass(frozen=True, slots=True)
 class CollectorPlan:
@@ -87,6 +89,8 @@ def _stateful_set(policy: Policy, rendered: RenderedConfig, default_image: str) 
         claim["storageClassName"] = settings.storage_class_name
     pod_labels = naming.managed_labels(policy.name) | naming.collector_labels(policy.name)
     container = worker_container(policy, rendered, default_image=default_image, sidecar=False)
+    grace = worker.drain_timeout_seconds + GRACE_MARGIN_SECONDS  # the worker is all it runs
+    container["lifecycle"] = pre_stop_hook(grace)
     container["volumeMounts"].append({"name": naming.VOLUME_COLLECTOR_TLS,
                                       "mountPath": naming.COLLECTOR_TLS_DIR, "readOnly": True})
     metadata = _metadata(policy, name)
@@ -120,8 +124,7 @@ def _stateful_set(policy: Policy, rendered: RenderedConfig, default_image: str) 
                         "fsGroupChangePolicy": "OnRootMismatch",
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "terminationGracePeriodSeconds":
-                        worker.drain_timeout_seconds + _GRACE_MARGIN_SECONDS,
+                    "terminationGracePeriodSeconds": grace,
                     "containers": [container],
                     "volumes": [*worker_volumes(policy, rendered, store=False), {
                         "name": naming.VOLUME_COLLECTOR_TLS,

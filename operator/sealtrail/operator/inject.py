@@ -38,10 +38,12 @@ from typing import Any, Final, Literal
 from kubernetes.utils import parse_quantity
 
 from sealtrail.api.resources import WorkerSettings
+from sealtrail.api.worker_api import PRE_STOP_PATH
 from sealtrail.operator import naming
 from sealtrail.operator.render import Policy, RenderedConfig
 
 __all__ = [
+    "GRACE_MARGIN_SECONDS",
     "Outcome",
     "SidecarPlan",
     "has_worker",
@@ -49,14 +51,16 @@ __all__ = [
     "opted_out",
     "plan_reinvocation",
     "plan_sidecar",
+    "pod_grace_seconds",
+    "pre_stop_hook",
     "worker_container",
     "worker_volumes",
 ]
 
 #: What Kubernetes uses when a pod sets no `terminationGracePeriodSeconds`.
 _DEFAULT_GRACE_SECONDS: Final = 30
-#: Time beyond the worker's drain for the kubelet to stop the app first and the worker last.
-_GRACE_MARGIN_SECONDS: Final = 10
+#: Time beyond the worker's drain for it to persist cursors and exit before the SIGKILL.
+GRACE_MARGIN_SECONDS: Final = 5
 
 #: The env an identity webhook gives the app that the worker copies (IRSA, then Pod Identity).
 AWS_IDENTITY_ENV: Final = (
@@ -396,6 +400,8 @@ def plan_sidecar(pod: Mapping[str, Any], policy: Policy, rendered: RenderedConfi
     if env:
         worker["env"] = env
     worker["volumeMounts"] += mounts
+    worker["lifecycle"] = pre_stop_hook(pod_grace_seconds(
+        spec.get("terminationGracePeriodSeconds"), policy.spec.worker.drain_timeout_seconds))
     if isinstance(spec.get("initContainers"), list):
         ops.append({"op": "add", "path": "/spec/initContainers/0", "value": worker})
     else:
@@ -403,11 +409,34 @@ def plan_sidecar(pod: Mapping[str, Any], policy: Policy, rendered: RenderedConfi
     ops += _list_ops(("spec", "volumes"), spec.get("volumes"), volumes)
     ops += _pull_secret_ops(spec, policy, default_pull_secrets)
     grace = spec.get("terminationGracePeriodSeconds")
-    needed = policy.spec.worker.drain_timeout_seconds + _GRACE_MARGIN_SECONDS
-    if (_DEFAULT_GRACE_SECONDS if grace is None else grace) < needed:
-        ops.append({"op": "add" if grace is None else "replace",
-                    "path": "/spec/terminationGracePeriodSeconds", "value": needed})
+    total = pod_grace_seconds(grace, policy.spec.worker.drain_timeout_seconds)
+    ops.append({"op": "add" if grace is None else "replace",
+                "path": "/spec/terminationGracePeriodSeconds", "value": total})
     return SidecarPlan("injected", ops, _apply(pod, ops))
+
+
+def pod_grace_seconds(app_grace: object, drain_seconds: int) -> int:
+    """The grace an injected pod needs: the app's own, then the worker's drain after it.
+
+    The kubelet counts one grace period for the whole pod and stops a native sidecar only
+    after the app's containers have exited, so the worker's drain must be added to what the
+    app was given (Kubernetes' 30 s if it set nothing), not share it: otherwise a slow app
+    shutdown eats the drain. A grace that is not a whole number (the API server would have
+    refused the pod) counts as the default.
+    """
+    own = app_grace if isinstance(app_grace, int) and app_grace >= 0 else _DEFAULT_GRACE_SECONDS
+    return own + drain_seconds + GRACE_MARGIN_SECONDS
+
+
+def pre_stop_hook(grace_seconds: int) -> dict[str, Any]:
+    """The worker's preStop hook: tells it the pod began stopping, with how much grace.
+
+    The kubelet runs every container's preStop at the start of termination, a sidecar's too,
+    so this starts the worker's clock while the app is still shutting down
+    (worker/termination.py).
+    """
+    return {"preStop": {"httpGet": {"path": f"{PRE_STOP_PATH}?grace={grace_seconds}",
+                                    "port": naming.ADMIN_PORT_NAME}}}
 
 
 def new_pod_reasons(pod: Mapping[str, Any], rendered: RenderedConfig) -> list[str]:

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from sealtrail.api.errors import UNKNOWN_SETTING, field_errors
 from sealtrail.api.export import SecretKeySelector
-from sealtrail.api.resources import AuditExportSpec, AuditPolicySpec
+from sealtrail.api.resources import AuditExportSpec, AuditPolicySpec, quantity
 from sealtrail.api.worker_api import without_live_fields
 from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.operator import naming
@@ -320,7 +320,8 @@ def render_worker_config(policy: Policy, exports: Mapping[str, AuditExportSpec],
     host = "[::]" if spec.mode == "collector" else "127.0.0.1"
     raw = {
         "store": {"path": naming.STORE_PATH, "synchronous": worker.synchronous,
-                  "defaultTenant": spec.default_tenant.replace("${namespace}", policy.namespace)},
+                  "defaultTenant": spec.default_tenant.replace("${namespace}", policy.namespace),
+                  "budgetBytes": store_budget_bytes(spec)},
         "checkpoints": checkpoints,
         "ingest": {"listen": f"{host}:{worker.port}", "processes": worker.processes,
                    "backpressure": worker.backpressure.model_dump(mode="json", by_alias=True),
@@ -352,6 +353,18 @@ def render_worker_config(policy: Policy, exports: Mapping[str, AuditExportSpec],
         text=text, config_hash=naming.content_hash(text), restart_hash=_restart_hash(data),
         mounts=tuple(unique[volume] for volume in sorted(unique)))
     return RenderResult(rendered, matched, unknown, tuple(skipped), tuple(problems))
+
+
+def store_budget_bytes(spec: AuditPolicySpec) -> int:
+    """What the worker's store may hold: all of its volume, which the worker keeps below.
+
+    A sidecar's store is an `emptyDir` whose `sizeLimit` is `worker.storeSize`: past it the
+    kubelet evicts the pod. A collector's is its volume claim (`collector.storageSize`), where
+    the filesystem's own free space also bounds it. The worker's back-pressure refuses ingest
+    at `storeHighFraction` of this, so the limit itself is never reached.
+    """
+    size = spec.collector.storage_size if spec.mode == "collector" else spec.worker.store_size
+    return int(quantity(size))
 
 
 def config_map(policy: Policy, rendered: RenderedConfig) -> dict[str, Any]:

@@ -39,13 +39,16 @@ from sealtrail.api.worker_api import (
     credential_digest,
 )
 from sealtrail.api.worker_config import WorkerConfig
-from sealtrail.chain.keys import ReloadingSigner
-from sealtrail.chain.store import ChainStore, CheckpointPolicy, Stored
+from sealtrail.chain.keys import KeyFileError, ReloadingSigner
+from sealtrail.chain.store import ChainStore, CheckpointPolicy, Stored, StoreError
 from sealtrail.export.credentials import Credential, CredentialError
 from sealtrail.export.engine import ExportEngine
 from sealtrail.export.loop import ExportLoop
 from sealtrail.worker.backpressure import Backpressure
+from sealtrail.worker.handoff import HandoffSender
+from sealtrail.worker.handoff_receiver import HandoffReceiver
 from sealtrail.worker.store_budget import StoreBudget
+from sealtrail.worker.termination import TerminationClock
 
 __all__ = ["FOLLOW_SECONDS", "IngestCore", "WorkerCore", "tokens_of"]
 
@@ -61,6 +64,9 @@ RESTART_MAX_SECONDS = 30.0
 STORED_AT_MARKS = 4096
 #: Bytes of the random digest key of a worker without an admin token.
 _OWN_KEY_BYTES: Final = 32
+#: How long the exports may finish a request in flight when the drain moves on to a handoff
+#: (at most; never more than a fifth of the time left): the handoff needs the rest.
+HANDOFF_STOP_GRACE_SECONDS: Final = 1.0
 
 
 class StoredAt:
@@ -187,6 +193,14 @@ class WorkerCore(IngestCore):
         super().__init__(config, registry, self.lag)
         self.engine = ExportEngine(self.store, config, registry)
         self.engine.on_advance = self._exports_moved
+        #: Hands what the drain cannot deliver to a collector (`handoff.url`), and counts
+        #: what is abandoned either way.
+        self.handoff_sender = HandoffSender(config.handoff, self.store, registry)
+        #: Rows other workers handed off to this one (`handoff.accept`), and their exports.
+        self.handoff_receiver: HandoffReceiver | None = None
+        if config.handoff is not None and config.handoff.accept is not None:
+            self.handoff_receiver = HandoffReceiver(config, config.handoff.accept, registry,
+                                                    self.engine)
         self.stored_at = StoredAt(self.last_seq, time.time())
         #: The last failure of each background task, for status (None: running fine).
         self.background_errors: dict[str, str | None] = {}
@@ -196,6 +210,8 @@ class WorkerCore(IngestCore):
         #: `admin.metricsToken`: opens `/metrics` only.
         self.metrics_token: Credential | None = _credential(config.admin.metrics_token)
         self._own_key = secrets.token_bytes(_OWN_KEY_BYTES)
+        #: When the pod began stopping (its preStop hook), for the drain's deadline.
+        self.termination = TerminationClock()
 
     def digest_key(self) -> bytes:
         """What `credential_version` digests are keyed with: the admin token as it is now.
@@ -215,6 +231,8 @@ class WorkerCore(IngestCore):
     def start(self) -> None:
         """Start the exports, the checkpoint timer, and the watch for other writers."""
         self.engine.start()
+        if self.handoff_receiver is not None:
+            self.handoff_receiver.start()
         if self.store.checkpoint_policy is not None:
             self._background("checkpoint-timer", self._checkpoints)
         self._background("store-follower", self._follow_store)
@@ -300,30 +318,102 @@ class WorkerCore(IngestCore):
             await asyncio.sleep(every)
 
     async def drain_and_stop(self, timeout_seconds: float) -> bool:
-        """Stop taking work, let exports catch up until the deadline, stop. True if drained.
+        """Stop taking work, vouch for the last rows, deliver or hand them off; stop.
 
-        What is left at the deadline stays in the store, and each export resumes after its
-        durable cursor on the next start: a backlog is delayed, never lost.
+        In order, all within `timeout_seconds`:
+
+        1. Every tenant whose chain moved since its last checkpoint gets one now, signed with
+           the current key, so that the last rows leave covered by a signature.
+        2. The exports deliver until every unpaused one has caught up, or until no more than
+           the handoff reserve is left (`worker.handoff.reserve_seconds`, recomputed as the
+           backlog shrinks; no reserve without `handoff.url`).
+        3. With `handoff.url`, whatever some export (paused or not) has not delivered is posted
+           to the collector, and recorded as safe once it has committed it.
+        4. What is left is abandoned: logged per export at ERROR and counted. It stays in the
+           store and each export resumes after its durable cursor on the next start, which
+           saves it only if the store outlives the pod.
+
+        True when nothing was abandoned.
         """
+        clock = asyncio.get_running_loop()
+        deadline = clock.time() + timeout_seconds
         self.ready = False
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._sign_final_checkpoints()
+        target = await asyncio.to_thread(self.store.last_seq)
+        held = 0 if self.handoff_receiver is None else \
+            await asyncio.to_thread(self.handoff_receiver.store.last_seq)
+        sender = self.handoff_sender
         # The running loops deliver; wake them so none waits out its interval, and watch
         # every unpaused cursor reach the last stored row.
-        target = await asyncio.to_thread(self.store.last_seq)
-        deadline = asyncio.get_running_loop().time() + timeout_seconds
         while True:
-            behind = [loop for loop in self.engine.loops.values()
-                      if not loop.paused and loop.cursor < target]
-            if not behind or asyncio.get_running_loop().time() >= deadline:
+            backlog = target - min((loop.cursor for loop in self.engine.loops.values()),
+                                   default=target)
+            reserve = sender.reserve_seconds(backlog, timeout_seconds)
+            if not self._behind(target, held) or clock.time() >= deadline - reserve:
                 break
             self.engine.notify()
+            if self.handoff_receiver is not None:
+                self.handoff_receiver.engine.notify()
             await asyncio.sleep(0.05)
-        await self.engine.stop(grace_seconds=5.0)
+        abandoned = await self._stop_receiver(held)
+        if sender.configured and self._min_cursor() < target:
+            await self.engine.stop(grace_seconds=max(0.0, min(
+                HANDOFF_STOP_GRACE_SECONDS, (deadline - clock.time()) / 5)))
+            safe = await sender.hand_off(self._min_cursor(), target, deadline)
+        else:
+            await self.engine.stop(grace_seconds=5.0)
+            safe = await asyncio.to_thread(sender.safe_through) if sender.configured else 0
+        abandoned += sender.abandon(
+            {loop.label: target - max(loop.cursor, safe) for loop in self.engine.loops.values()},
+            f"the store {self.store.path}")
         self.store.close()
-        return not behind
+        return abandoned == 0
+
+    async def _sign_final_checkpoints(self) -> None:
+        """Sign the head of every tenant that moved since its last checkpoint (if a key is set).
+
+        The checkpoint timer signs by time and row count; between two of its rounds a chain's
+        last rows are vouched for by nothing. At shutdown they are about to leave (delivered or
+        handed off) and the store may go with the pod, so they are signed first: a SIEM can
+        then tell the chain's true end from a cut one.
+        """
+        if self.signing_key is None:
+            return
+        try:
+            signer = self.signing_key.current()
+            made = await asyncio.to_thread(self.store.checkpoint, signer)
+        except (KeyFileError, StoreError) as error:
+            log.error("cannot sign the final checkpoints (%s); the last rows leave without one",  # noqa: TRY400 - no traceback wanted
+                      error)
+            return
+        if made:
+            self.last_seq = await asyncio.to_thread(self.store.last_seq)
+            self._stored(self.last_seq)
+            self.engine.notify(self.last_seq)
+            log.info("signed final checkpoints for %d tenants (key %s)", len(made),
+                     signer.key_id)
+
+    def _behind(self, target: int, held: int) -> bool:
+        """True while an unpaused export (of own or handed-off rows) has rows to deliver."""
+        if any(not loop.paused and loop.cursor < target for loop in self.engine.loops.values()):
+            return True
+        receiver = self.handoff_receiver
+        return receiver is not None and any(
+            not loop.paused and loop.cursor < held for loop in receiver.engine.loops.values())
+
+    async def _stop_receiver(self, held: int) -> int:
+        """Stop delivering handed-off rows; count what is left of them (abandoned here too)."""
+        receiver = self.handoff_receiver
+        if receiver is None:
+            return 0
+        await receiver.stop(grace_seconds=5.0)
+        return self.handoff_sender.abandon(
+            {loop.label: held - loop.cursor for loop in receiver.engine.loops.values()},
+            f"the handoff store {receiver.store.path}")
 
     # -- ingest --------------------------------------------------------------------------
 
@@ -340,6 +430,8 @@ class WorkerCore(IngestCore):
     async def reload(self, config: WorkerConfig) -> list[str]:
         """Apply a new config's exports and routes live (store settings need a restart)."""
         changes = await self.engine.apply_config(config)
+        if self.handoff_receiver is not None:
+            changes += await self.handoff_receiver.reload(config)
         self.backpressure.spec = config.ingest.backpressure
         if config.admin.token != self.config.admin.token:
             self.admin_token = _credential(config.admin.token)

@@ -36,6 +36,7 @@ from sealtrail.api.worker_api import (
     ADMIN_REALM,
     HEALTH_PATH,
     METRICS_PATH,
+    PRE_STOP_PATH,
     READY_PATH,
     RESUME_PATH,
     STATUS_PATH,
@@ -47,6 +48,7 @@ from sealtrail.worker.backpressure import RefusedError
 from sealtrail.worker.core import IngestCore, WorkerCore, tokens_of
 from sealtrail.worker.idempotency import Conflict, IdempotencyKeys, InFlight, Replay
 from sealtrail.worker.k8s_audit import K8sAuditError, map_event_list
+from sealtrail.worker.termination import MAX_GRACE_SECONDS
 
 __all__ = [
     "CORE",
@@ -451,6 +453,28 @@ async def readyz(request: web.Request) -> web.Response:
     return _json(200, {"ready": True})
 
 
+async def pre_stop(request: web.Request) -> web.Response:
+    """`GET /v1/lifecycle/pre-stop?grace=N`: the kubelet began stopping the pod, N s of grace.
+
+    The kubelet's preStop `httpGet` hook, which carries no credentials; why that is safe enough
+    is in worker/termination.py. The exports are woken at once: the application is shutting
+    down, and every second of its shutdown is one the backlog can use.
+    """
+    core = request.app[CORE]
+    raw = request.query.get("grace", "")
+    try:
+        grace = int(raw)
+    except ValueError:
+        grace = -1
+    if not 0 < grace <= MAX_GRACE_SECONDS:
+        return _problem(400, f"grace must be a whole number of seconds, 1 to "
+                             f"{MAX_GRACE_SECONDS}; got {raw[:20]!r}")
+    if core.termination.begin(grace):
+        log.info("the pod began stopping: %d s of grace from now", grace)
+        core.engine.notify()
+    return _json(200, {"grace_seconds": core.termination.grace_seconds})
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
@@ -506,6 +530,7 @@ def build_admin_app(core: WorkerCore) -> web.Application:
     app[CORE] = core
     app[TOKENS] = []  # ingest tokens are for audit data, which is not served here
     app.router.add_get(HEALTH_PATH, healthz)
+    app.router.add_get(PRE_STOP_PATH, pre_stop)
     _admin_routes(app)
     return app
 

@@ -4,7 +4,9 @@ Start-up validates the whole config (every problem listed by path) before openin
 While running, the config file and every credential file are watched: a change (as the kubelet
 makes it, by swapping a symlink) is applied live, with no restart; a bad new config is logged
 and the running one kept. SIGTERM stops accepting, lets exports catch up until
-`drainTimeoutSeconds`, persists cursors and exits 0; a backlog left then stays on disk.
+`drainTimeoutSeconds`, persists cursors and exits 0; a backlog left then stays on disk. In a
+pod the drain ends when the pod's grace does, counted from its preStop hook
+(worker/termination.py), not a fixed time after SIGTERM.
 """
 
 from __future__ import annotations
@@ -96,17 +98,19 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     watcher = asyncio.create_task(watch_config(config_path, apply), name="config-watch")
     watcher.add_done_callback(_report_failure)
     await stop.wait()
-    log.info("stopping: no new requests; draining exports for up to %ss",
-             core.config.drain_timeout_seconds)
+    drain_seconds, why = core.termination.time_left(core.config.drain_timeout_seconds)
+    deadline = loop.time() + drain_seconds
+    log.info("stopping: no new requests; draining exports for up to %.1f s (%s)",
+             drain_seconds, why)
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
     await nats.stop()  # its last batch is committed and acked while the store is open
     if others is not None:
-        await others.stop(core.config.drain_timeout_seconds + 5)
+        await others.stop(max(1.0, deadline - loop.time()))
     core.ready = False  # requests still in flight finish; new ones get 503
     await site.stop()
-    drained = await core.drain_and_stop(core.config.drain_timeout_seconds)
+    drained = await core.drain_and_stop(max(0.0, deadline - loop.time()))
     await runner.cleanup()
     if admin is not None:
         await admin.cleanup()
