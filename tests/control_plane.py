@@ -190,7 +190,10 @@ class ControlPlane:
         return dict(json.loads(path.read_text())) if path.exists() else {}
 
     def node_events(self) -> list[dict[str, Any]]:
-        """What the node did to pods: `terminating`, `sigterm` (per container), `evicted`."""
+        """What the node did to pods: `terminating`, `sigterm`, `sigkill`, `evicted`.
+
+        `sigkill` is a container still running when its grace was spent.
+        """
         path = self.node_directory / "events.jsonl"
         if not path.exists():
             return []

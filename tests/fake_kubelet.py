@@ -697,6 +697,8 @@ class FakeKubelet:
         _signal(container.process, signal.SIGTERM)
         self._event("sigterm", pod, container=container.name)
         _wait_all([container.process], max(deadline, time.monotonic() + _MINIMUM_GRACE))
+        if container.process is not None and container.process.poll() is None:
+            self._event("sigkill", pod, container=container.name)
         _signal(container.process, signal.SIGKILL)
 
     def _pre_stop(self, pod: RunningPod, container: RunningContainer, deadline: float) -> None:

@@ -1,0 +1,212 @@
+"""On the real control plane: nothing acknowledged is lost in a pod's life (issue #14).
+
+Runs with the chart installed on the real API server (`sealtrail_release`; see
+tests/test_operator_e2e.py for the harness), inside `scripts/netns.sh` after
+`scripts/build_image.sh`. The node (tests/fake_kubelet.py) enforces an `emptyDir`'s
+`sizeLimit` as the kubelet does (the whole pod evicted at once) and stops pods in the kubelet's
+order (every preStop at once, the app, then the sidecar with what is left). What it shows:
+
+* the node really evicts a pod whose `emptyDir` passes its `sizeLimit` (the control);
+* a SIEM down long enough to fill a sidecar's store under steady load: the app gets 429s naming
+  the store, the pod is never evicted, and every acknowledged row arrives after recovery;
+* a deleted pod's worker drains for what the pod's grace leaves after the app's shutdown (its
+  preStop hook started the clock), longer than its own `drainTimeoutSeconds` when the app was
+  quick, and exits before the node's SIGKILL.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from .control_plane import GATEWAY, ControlPlane
+from .receivers.splunk import SplunkReceiver
+from .test_operator_e2e import Cluster, conditions, wait_until
+
+pytestmark = [pytest.mark.timeout(400)]
+
+NAMESPACE = "lifecycle"
+
+
+@pytest.fixture(scope="module")
+def cluster(sealtrail_release: ControlPlane) -> Cluster:
+    harness = Cluster(sealtrail_release)
+    harness.kubectl("create", "namespace", NAMESPACE, check=False)
+    harness.kubectl("label", "namespace", NAMESPACE, "sealtrail.dev/injection=enabled",
+                    "--overwrite")
+    return harness
+
+
+def _export_and_policy(cluster: Cluster, name: str, url: str, token: str,
+                       worker: dict[str, Any]) -> None:
+    cluster.apply(yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-token"},
+         "data": {"token": base64.b64encode(token.encode()).decode()}},
+        {"apiVersion": "sealtrail.dev/v1alpha1", "kind": "AuditExport",
+         "metadata": {"name": f"{name}-hec"},
+         "spec": {"splunk": {"hecUrl": url, "token": {"secretKeyRef": {
+             "name": f"{name}-token", "key": "token"}}},
+             "batch": {"intervalMs": 100, "maxIntervalMs": 500},
+             "retry": {"initialBackoffMs": 100, "maxBackoffMs": 500}}},
+        {"apiVersion": "sealtrail.dev/v1alpha1", "kind": "AuditPolicy",
+         "metadata": {"name": name},
+         "spec": {"selector": {"matchLabels": {"app": name}},
+                  "routes": [{"exports": [f"{name}-hec"]}], "worker": worker}},
+    ]), namespace=NAMESPACE)
+    wait_until(lambda: conditions(cluster.get("auditpolicy", name, NAMESPACE))
+               .get("Ready", {}).get("status") == "True", 30, f"policy {name}", cluster)
+
+
+def _deployment(cluster: Cluster, name: str, pod_spec: dict[str, Any]) -> None:
+    cluster.apply(yaml.safe_dump({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec}},
+    }), namespace=NAMESPACE)
+
+
+def _ready_pod(cluster: Cluster, name: str, timeout: float = 90) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        listing = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"app={name}",
+                                  "-o", "json").stdout
+        pods = [pod for pod in yaml.safe_load(listing)["items"]
+                if not pod["metadata"].get("deletionTimestamp")
+                and conditions(pod).get("Ready", {}).get("status") == "True"]
+        return pods[0] if pods else None
+    return dict(wait_until(ready, timeout, f"a ready pod of {name}", cluster))
+
+
+def _emit(pod: dict[str, Any], count: int, seed: int) -> dict[str, Any]:
+    """The app writes `count` events through its sidecar; the worker's answer."""
+    emit = f"http://{pod['status']['podIP']}:8080/emit"
+    for _ in range(100):
+        try:
+            answer = httpx.post(emit, json={"count": count, "seed": seed}, timeout=40)
+        except httpx.ConnectError:
+            time.sleep(0.2)  # the app may be Ready a moment before it listens
+            continue
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+    raise AssertionError(f"the app at {emit} never answered")
+
+
+def _cleanup(cluster: Cluster, name: str) -> None:
+    cluster.kubectl("delete", "deployment", name, "-n", NAMESPACE, "--wait=false", check=False)
+    wait_until(lambda: not cluster.plane.pods_named(NAMESPACE, f"{name}-"), 90,
+               f"the pods of {name} to stop", cluster)
+
+
+def test_the_node_evicts_a_pod_whose_empty_dir_passes_its_size_limit(cluster: Cluster) -> None:
+    """The control: without it, "never evicted" below would prove nothing."""
+    cluster.apply(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fills-scratch"},
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1",
+                                 "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
+                 "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "1Mi"}}]}}),
+        namespace=NAMESPACE)
+    key = f"{NAMESPACE}/fills-scratch"
+    found = wait_until(lambda: cluster.plane.pods().get(key), 60, "the pod on the node", cluster)
+    (Path(found["root"]) / "volumes" / "scratch" / "blob").write_bytes(b"x" * (2 * 1024 * 1024))
+    pod = wait_until(lambda: (p := cluster.get("pod", "fills-scratch", NAMESPACE))["status"]
+                     .get("reason") == "Evicted" and p, 30, "the eviction", cluster)
+    assert pod["status"]["phase"] == "Failed"
+    assert 'Usage of EmptyDir volume "scratch" exceeds the limit "1Mi"' in (
+        pod["status"]["message"])
+    assert any(event["event"] == "evicted" and event["uid"] == pod["metadata"]["uid"]
+               for event in cluster.plane.node_events())
+    cluster.kubectl("delete", "pod", "fills-scratch", "-n", NAMESPACE, "--wait=false")
+
+
+def test_a_siem_outage_fills_the_store_budget_and_the_pod_is_never_evicted(
+        cluster: Cluster) -> None:
+    name = "budget"
+    token = str(uuid.uuid4())
+    receiver = SplunkReceiver(token)
+    receiver.host = GATEWAY
+    receiver.start()
+    try:
+        _export_and_policy(cluster, name, receiver.url, token,
+                           {"storeSize": "16Mi", "backpressure": {"retryAfterSeconds": 1}})
+        _deployment(cluster, name, {"containers": [{"name": "app",
+                                                    "image": "registry.invalid/app:1"}]})
+        pod = _ready_pod(cluster, name)
+        uid = pod["metadata"]["uid"]
+        receiver.stop()  # the SIEM goes down; the app keeps writing
+        acknowledged: dict[tuple[str, int], str] = {}
+        refusals: list[str] = []
+        for seed in range(400):
+            answer = _emit(pod, 200, seed)
+            if answer["status"] == 200:
+                for row in answer["body"]["events"]:
+                    acknowledged[(row["tenant_id"], row["tenant_seq"])] = row["record_hash"]
+                continue
+            assert answer["status"] == 429, answer
+            refusals.append(answer["body"]["error"])
+            if len(refusals) >= 10:
+                break
+        assert len(refusals) >= 10, f"never refused after {len(acknowledged)} rows"
+        assert all("the store holds" in reason for reason in refusals), refusals[:3]
+        assert len(acknowledged) >= 8000  # most of the 16 MiB budget was used
+        time.sleep(2)  # the node measures every sync: give an eviction time to show
+        assert not [e for e in cluster.plane.node_events()
+                    if e["event"] == "evicted" and e["uid"] == uid]
+        now = cluster.get("pod", pod["metadata"]["name"], NAMESPACE)
+        assert now["metadata"]["uid"] == uid
+        assert now["status"]["phase"] == "Running"
+        (worker,) = [s for s in now["status"]["initContainerStatuses"]
+                     if s["name"] == "sealtrail-worker"]
+        assert worker["restartCount"] == 0
+
+        receiver.start()  # recovery: every acknowledged row arrives
+        def delivered() -> bool:
+            got = {(e.fields["tenant_id"], e.fields["tenant_seq"]): e.fields["record_hash"]
+                   for e in receiver.events}
+            return all(got.get(key) == digest for key, digest in acknowledged.items())
+        wait_until(delivered, 120, f"the {len(acknowledged)} acknowledged rows to arrive",
+                   cluster)
+    finally:
+        _cleanup(cluster, name)
+        receiver.stop()
+
+
+def test_a_deleted_pods_worker_drains_for_the_grace_the_app_left(cluster: Cluster) -> None:
+    name = "grace"
+    _export_and_policy(cluster, name, f"http://{GATEWAY}:9", "unused",  # a SIEM never up
+                       {"drainTimeoutSeconds": 6})
+    # The app's own grace is 4 s and its preStop takes 3: the pod gets 4 + 6 + 5 = 15 s.
+    _deployment(cluster, name, {
+        "terminationGracePeriodSeconds": 4,
+        "containers": [{"name": "app", "image": "registry.invalid/app:1",
+                        "lifecycle": {"preStop": {"sleep": {"seconds": 3}}}}]})
+    pod = _ready_pod(cluster, name)
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 15
+    assert _emit(pod, 50, 1)["status"] == 200  # a backlog the drain cannot deliver
+    uid, pod_name = pod["metadata"]["uid"], pod["metadata"]["name"]
+    root = Path(cluster.plane.pods()[f"{NAMESPACE}/{pod_name}"]["root"])
+    try:
+        cluster.kubectl("delete", "pod", pod_name, "-n", NAMESPACE, "--wait=false")
+        wait_until(lambda: f"{NAMESPACE}/{pod_name}" not in cluster.plane.pods(), 60,
+                   "the pod to stop", cluster)
+        events = [e for e in cluster.plane.node_events() if e["uid"] == uid]
+        began = next(e["time"] for e in events if e["event"] == "terminating")
+        sigterm = {e["container"]: e["time"] for e in events if e["event"] == "sigterm"}
+        assert 2.5 <= sigterm["app"] - began <= 5  # after its 3 s preStop
+        assert sigterm["sealtrail-worker"] >= sigterm["app"]  # only once the app has exited
+        assert not [e for e in events if e["event"] == "sigkill"], events
+        log = (root / "logs" / "sealtrail-worker.log").read_text()
+        drain = next(line for line in log.splitlines() if "draining exports for up to" in line)
+        assert "the pod's grace: 15 s" in drain, drain
+        seconds = float(drain.split("for up to ")[1].split(" s")[0])
+        # 15 s from the preStop call, less the app's ~3-4 s, less 2 s to exit: more than the
+        # worker's own drainTimeoutSeconds of 6, because the app left time unused.
+        assert 7 <= seconds <= 11, drain
+        assert "stopped;" in log  # it finished its drain and exited by itself
+    finally:
+        _cleanup(cluster, name)
