@@ -666,6 +666,18 @@ SCENARIOS: dict[str, tuple[list[dict[str, str]], list[tuple[int, list[dict[str, 
          _series("sealtrail_audit_backpressure_paused_total", "7x15", pod="shop-2")],
         [(4, []), (8, [_firing("critical", pod="shop-1")])],
     ),
+    "SealtrailStoreNearLimit": (
+        [_series("sealtrail_audit_store_used_bytes", "0+10x20", pod="shop-1"),  # 10 MiB/min
+         _series("sealtrail_audit_store_limit_bytes", "100x20", pod="shop-1"),
+         _series("sealtrail_audit_store_used_bytes", "60x20", pod="shop-2"),
+         _series("sealtrail_audit_store_limit_bytes", "100x20", pod="shop-2")],
+        [(12, []), (19, [_firing("warning", pod="shop-1")])],  # over 70 % from minute 8
+    ),
+    "SealtrailStoreFull": (
+        [_series("sealtrail_audit_store_full", "0x3 1x10", pod="shop-1"),
+         _series("sealtrail_audit_store_full", "0x3 1 0x10", pod="shop-2")],  # a blip
+        [(4, []), (7, [_firing("critical", pod="shop-1")])],
+    ),
     "SealtrailExportNonRetryableFailure": (
         [_series(FAILURES, "_x19 1x30", export="new", retryable="false"),  # first at 20m
          _series(FAILURES, "1x30 2x10", export="grows", retryable="false"),  # again at 31m

@@ -519,6 +519,26 @@ def test_labels_annotations_and_grace_period() -> None:
         "terminationGracePeriodSeconds"] == 80
 
 
+def test_handoff_mounts_the_token_and_an_optional_ca_and_a_collector_accepts_its_token(
+        ) -> None:
+    sidecar = rendered("checkpoints").config.handoff
+    assert sidecar is not None and sidecar.accept is None
+    assert sidecar.url == "https://sealtrail-collector-apiserver.payments.svc:8470"
+    assert sidecar.token is not None
+    assert sidecar.token.file == "/etc/sealtrail/secrets/collector-token/token"
+    assert sidecar.ca_file == "/etc/sealtrail/configmaps/sealtrail-collector-apiserver-ca/ca.crt"
+    volumes = {v["name"]: v for v in _plan("payments-7c9f8-", "checkpoints").pod["spec"]["volumes"]}
+    # Someone else's ConfigMap: optional, so a missing one never holds the pod back.
+    assert volumes["st-cm-sealtrail-collector-apiserver-ca"]["configMap"] == {
+        "name": "sealtrail-collector-apiserver-ca", "optional": True}
+    assert volumes["st-secret-collector-token"]["secret"] == {"secretName": "collector-token"}
+    collector = rendered("apiserver").config.handoff
+    assert collector is not None and collector.url is None and collector.accept is not None
+    assert [t.file for t in collector.accept.tokens] == [
+        "/etc/sealtrail/secrets/collector-token/token"]
+    assert rendered("two-exports").config.handoff is None
+
+
 def test_an_injected_pod_gets_no_patch_and_injection_is_idempotent() -> None:
     assert _plan("payments-injected").patch == []
     once = _plan("payments-7c9f8-")

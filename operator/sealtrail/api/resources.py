@@ -221,6 +221,25 @@ class CollectorSettings(_Model):
         return value
 
 
+class PolicyHandoff(_Model):
+    """Where this policy's sidecars hand off rows their drain could not deliver: a collector.
+
+    A sidecar's store dies with its pod. When the pod is deleted while a SIEM is down (a
+    rollout, a scale-down, a node drain), the worker posts what its exports have not delivered
+    to this collector before it exits, and the collector's exports deliver it. A collector
+    (`mode: collector`) with an `ingestToken` accepts handoffs with that token.
+    """
+
+    #: The collector's ingest URL: `https://sealtrail-collector-<policy>.<namespace>.svc:<port>`
+    #: (its policy's `status.collector` lists its addresses).
+    url: Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")]
+    #: The collector's `ingestToken` (a Secret of this namespace with the same value).
+    token: CredentialRef
+    #: A ConfigMap of this namespace holding the collector's CA as `ca.crt` (a collector in
+    #: this namespace publishes `sealtrail-collector-<policy>-ca`). Unset: the system's CAs.
+    ca_config_map: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)] | None = None
+
+
 class AuditPolicySpec(_Model):
     """Which pods get a worker, how, and which of this namespace's exports rows go to."""
 
@@ -233,11 +252,22 @@ class AuditPolicySpec(_Model):
     checkpoints: PolicyCheckpoints = Field(default_factory=PolicyCheckpoints)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     collector: CollectorSettings = Field(default_factory=CollectorSettings)
+    #: Sidecar mode: the collector to hand undelivered rows to when a pod stops.
+    handoff: PolicyHandoff | None = None
 
     @model_validator(mode="after")
     def _secrets_by_reference(self) -> AuditPolicySpec:
         _only_secret_refs([(("checkpoints", "signingKey"), self.checkpoints.signing_key),
-                           (("collector", "ingestToken"), self.collector.ingest_token)])
+                           (("collector", "ingestToken"), self.collector.ingest_token),
+                           (("handoff", "token"),
+                            None if self.handoff is None else self.handoff.token)])
+        return self
+
+    @model_validator(mode="after")
+    def _handoff_from_sidecars(self) -> AuditPolicySpec:
+        if self.handoff is not None and self.mode == "collector":
+            raise ValueError("handoff: a collector keeps its rows on its volume claim and "
+                             "hands off nothing; handoff is for sidecar mode")
         return self
 
     def export_names(self) -> list[str]:

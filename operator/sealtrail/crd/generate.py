@@ -228,6 +228,24 @@ RULES: Final[dict[type[BaseModel], tuple[Rule, ...]]] = {
             field_path=".lowWatermarkRows",
             stands_for="BackpressureSpec._ordered",
         ),
+        Rule(
+            # Numbers (CEL doubles): `_or_default` writes integer and string defaults only.
+            rule=("(has(self.storeLowFraction) ? self.storeLowFraction : "
+                  f"{BackpressureSpec.model_fields['store_low_fraction'].default!r}) < "
+                  "(has(self.storeHighFraction) ? self.storeHighFraction : "
+                  f"{BackpressureSpec.model_fields['store_high_fraction'].default!r})"),
+            message="storeLowFraction must be below storeHighFraction",
+            field_path=".storeLowFraction",
+            stands_for="BackpressureSpec._ordered",
+        ),
+    ),
+    AuditPolicySpec: (
+        Rule(
+            rule=f"!has(self.handoff) || {_or_default(AuditPolicySpec, 'mode')} == 'sidecar'",
+            message="handoff is for sidecar mode: a collector keeps its rows on its volume claim",
+            field_path=".handoff",
+            stands_for="AuditPolicySpec._handoff_from_sidecars",
+        ),
     ),
     SplunkSpec: _template_rules(SplunkSpec, "index", SPLUNK_INDEX,
                                 "SplunkSpec._index_is_legal"),

@@ -232,7 +232,9 @@ def _secrets_of_export(spec: AuditExportSpec) -> set[str]:
 
 
 def _secrets_of_policy(policy: Policy) -> set[str]:
-    refs = [policy.spec.checkpoints.signing_key, policy.spec.collector.ingest_token]
+    handoff = policy.spec.handoff
+    refs = [policy.spec.checkpoints.signing_key, policy.spec.collector.ingest_token,
+            None if handoff is None else handoff.token]
     return {ref.secret_key_ref.name for ref in refs
             if ref is not None and ref.secret_key_ref is not None}
 

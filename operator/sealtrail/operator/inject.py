@@ -172,6 +172,8 @@ def worker_volumes(policy: Policy, rendered: RenderedConfig, *,
                         "emptyDir": {"sizeLimit": policy.spec.worker.store_size}})
     volumes.append({"name": naming.VOLUME_TMP, "emptyDir": {}})
     volumes += [{"name": mount.volume, "secret": {"secretName": mount.secret}}
+                if mount.kind == "secret" else
+                {"name": mount.volume, "configMap": {"name": mount.secret, "optional": True}}
                 for mount in rendered.mounts]
     return volumes
 
@@ -453,6 +455,9 @@ def new_pod_reasons(pod: Mapping[str, Any], rendered: RenderedConfig) -> list[st
         reasons.append("settings the worker reads only at start changed")
     mounted = {(volume.get("name"), (volume.get("secret") or {}).get("secretName"))
                for volume in spec.get("volumes") or []}
-    reasons += [f'Secret "{mount.secret}" is not mounted' for mount in rendered.mounts
+    mounted |= {(volume.get("name"), (volume.get("configMap") or {}).get("name"))
+                for volume in spec.get("volumes") or [] if "configMap" in volume}
+    reasons += [f'{"Secret" if mount.kind == "secret" else "ConfigMap"} "{mount.secret}" is '
+                "not mounted" for mount in rendered.mounts
                 if (mount.volume, mount.secret) not in mounted]
     return reasons

@@ -30,6 +30,7 @@ __all__ = [
     "CONFIG_DIR",
     "CONFIG_HASH_ANNOTATION",
     "CONFIG_KEY",
+    "CONFIG_MAPS_DIR",
     "CONFIG_PATH",
     "CONTAINER_NAME",
     "ENV_URL",
@@ -66,7 +67,9 @@ __all__ = [
     "collector_labels",
     "collector_name",
     "collector_tls_name",
+    "config_map_mount_path",
     "config_map_name",
+    "config_map_volume_name",
     "content_hash",
     "is_dns_label",
     "managed_labels",
@@ -151,6 +154,7 @@ CONFIG_KEY: Final = "worker.yaml"
 CONFIG_PATH: Final = f"{CONFIG_DIR}/{CONFIG_KEY}"
 SECRETS_DIR: Final = "/etc/sealtrail/secrets"
 TLS_DIR: Final = "/etc/sealtrail/tls"
+CONFIG_MAPS_DIR: Final = "/etc/sealtrail/configmaps"
 #: Where the collector's serving certificate is mounted (`tls.crt`, `tls.key`, `ca.crt`).
 COLLECTOR_TLS_DIR: Final = "/etc/sealtrail/ingest-tls"
 STORE_DIR: Final = "/var/lib/sealtrail"
@@ -272,6 +276,16 @@ def tls_mount_path(secret: str) -> str:
 def secret_volume_name(secret: str) -> str:
     """The pod volume of a credential Secret: `st-secret-<name>`, or a hash when too long."""
     return bounded("st-secret-", secret)
+
+
+def config_map_mount_path(name: str) -> str:
+    """Where a ConfigMap a policy names (the handoff collector's CA) is mounted."""
+    return f"{CONFIG_MAPS_DIR}/{name}"
+
+
+def config_map_volume_name(name: str) -> str:
+    """The pod volume of such a ConfigMap: `st-cm-<name>`, or a hash when too long."""
+    return bounded("st-cm-", name)
 
 
 def tls_volume_name(secret: str) -> str:

@@ -84,11 +84,16 @@ def secret_keys_of(secrets: Iterable[Mapping[str, Any]]) -> dict[str, frozenset[
 
 @dataclass(frozen=True, slots=True)
 class SecretMount:
-    """A Secret the worker needs as files: mounted whole, read-only, at `path`."""
+    """A Secret (or a ConfigMap) the worker needs as files: mounted whole, read-only, at `path`.
 
-    secret: str
+    A ConfigMap is mounted `optional`: the one a policy names (a collector's CA) is someone
+    else's object, and a pod must never wait for it; the worker reports a missing file itself.
+    """
+
+    secret: str  # the object's name
     volume: str
     path: str
+    kind: Literal["secret", "configMap"] = "secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +259,34 @@ def _policy_secrets(policy: Policy,
                               token.secret_key_ref, secret_keys)
 
 
+def _handoff(policy: Policy, collector_token: _Part | None,
+             secret_keys: Mapping[str, frozenset[str]]) -> _Part:
+    """The worker's `handoff` (`{}`: none): where a sidecar hands off, what a collector takes.
+
+    A collector with an ingest token takes handoffs with that same credential; a sidecar
+    policy's `spec.handoff` becomes the URL, the token file and the CA file.
+    """
+    if collector_token is not None and collector_token.value:
+        return _Part({"accept": {"tokens": [collector_token.value]}})
+    handoff = policy.spec.handoff
+    if handoff is None:
+        return _Part({})
+    assert handoff.token.secret_key_ref is not None  # noqa: S101 - the model requires it
+    token = _file_ref(f"auditpolicy/{policy.name}: spec.handoff.token.secretKeyRef",
+                      handoff.token.secret_key_ref, secret_keys)
+    if token.value is None:
+        return token
+    value: dict[str, Any] = {"url": handoff.url, "token": token.value}
+    mounts = list(token.mounts)
+    if handoff.ca_config_map is not None:
+        directory = naming.config_map_mount_path(handoff.ca_config_map)
+        value["caFile"] = f"{directory}/ca.crt"
+        mounts.append(SecretMount(handoff.ca_config_map,
+                                  naming.config_map_volume_name(handoff.ca_config_map),
+                                  directory, kind="configMap"))
+    return _Part(value, mounts=tuple(mounts))
+
+
 def _document(data: dict[str, Any]) -> str:
     """worker.yaml: top-level keys in reading order, each export's name first, else model order."""
     ordered: dict[str, Any] = {key: data[key] for key in _TOP_ORDER if key in data}
@@ -315,6 +348,11 @@ def render_worker_config(policy: Policy, exports: Mapping[str, AuditExportSpec],
     if token is not None and token.value:
         tokens.append({"token": token.value, "tenants": ["*"]})
         mounts += token.mounts
+    handoff = _handoff(policy, token, secret_keys)
+    problems += handoff.problems
+    if handoff.value is None:
+        return RenderResult(None, matched, unknown, tuple(skipped), tuple(problems))
+    mounts += handoff.mounts
     # `[::]` is every address, IPv6 and IPv4 (an IPv6-only, dual-stack or IPv4 pod's address);
     # a sidecar's ingest stays on loopback, where 127.0.0.1 exists in every pod.
     host = "[::]" if spec.mode == "collector" else "127.0.0.1"
@@ -334,6 +372,7 @@ def render_worker_config(policy: Policy, exports: Mapping[str, AuditExportSpec],
                   "metricsToken": {"file": naming.secret_file(naming.ADMIN_SECRET,
                                                               naming.METRICS_TOKEN_KEY)}},
         "drainTimeoutSeconds": worker.drain_timeout_seconds,
+        **({"handoff": handoff.value} if handoff.value else {}),
         "routes": routes,
         "exports": entries,
     }
