@@ -11,24 +11,34 @@ order (every preStop at once, the app, then the sidecar with what is left). What
   the store, the pod is never evicted, and every acknowledged row arrives after recovery;
 * a deleted pod's worker drains for what the pod's grace leaves after the app's shutdown (its
   preStop hook started the clock), longer than its own `drainTimeoutSeconds` when the app was
-  quick, and exits before the node's SIGKILL.
+  quick, and exits before the node's SIGKILL;
+* a Deployment of 3 scaled to 0 while the SIEM is down, with 30,000 undelivered rows: the
+  workers sign their last checkpoints and hand every row to a collector, and once the SIEM
+  is back every acknowledged row is there once per dedupe key and every (store, tenant)
+  chain verifies from the SIEM's copy, checkpoints included.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import yaml
+
+from sealtrail.chain.keys import PublicKey, generate_keypair
+from sealtrail.chain.verify import Status, verify_rows
 
 from .control_plane import GATEWAY, ControlPlane
 from .receivers.splunk import SplunkReceiver
 from .test_operator_e2e import Cluster, conditions, wait_until
+from .worker_process import free_port, start_worker
 
 pytestmark = [pytest.mark.timeout(400)]
 
@@ -210,3 +220,113 @@ def test_a_deleted_pods_worker_drains_for_the_grace_the_app_left(cluster: Cluste
         assert "stopped;" in log  # it finished its drain and exited by itself
     finally:
         _cleanup(cluster, name)
+
+
+def test_scaling_to_zero_while_the_siem_is_down_hands_every_row_to_a_collector(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """3 pods, thousands of undelivered rows each, scaled to 0 while the SIEM is down.
+
+    The collector is a real worker on the node's bridge address, as the SIEM receiver is:
+    there is no kube-proxy here, so pods reach no ClusterIP (the collector's in-cluster
+    rendering, which accepts handoffs with its ingest token, is in tests/test_operator_planners.py).
+    """
+    name = "handoff"
+    token, handoff_token = str(uuid.uuid4()), str(uuid.uuid4())
+    siem = SplunkReceiver(token)
+    siem.host = GATEWAY
+    siem.start()
+    siem.stop()  # down from the start; its port stays the SIEM's address
+    key = generate_keypair(tmp_path / "checkpoint.key")
+    (tmp_path / "hec-token").write_text(token)
+    (tmp_path / "handoff-token").write_text(handoff_token)
+    collector = start_worker(
+        tmp_path / "collector",
+        ingest={"listen": f"{GATEWAY}:{free_port()}"},
+        handoff={"accept": {"tokens": [{"file": str(tmp_path / "handoff-token")}]}},
+        exports=[{"name": "siem", "splunk": {"hecUrl": siem.url,
+                                             "token": {"file": str(tmp_path / "hec-token")}},
+                  "batch": {"intervalMs": 100, "maxIntervalMs": 500},
+                  "retry": {"initialBackoffMs": 100, "maxBackoffMs": 500}}])
+    try:
+        cluster.apply(yaml.safe_dump_all([
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "handoff-secrets"},
+             "stringData": {"handoff": handoff_token,
+                            "key": (tmp_path / "checkpoint.key").read_text()}}]),
+            namespace=NAMESPACE)
+        _export_and_policy(cluster, name, siem.url, token, {
+            "drainTimeoutSeconds": 10})
+        cluster.kubectl("patch", "auditpolicy", name, "-n", NAMESPACE, "--type=merge", "-p",
+                        json.dumps({"spec": {
+                            "checkpoints": {"signingKey": {"secretKeyRef": {
+                                "name": "handoff-secrets", "key": "key"}}},
+                            "handoff": {"url": collector.url, "token": {"secretKeyRef": {
+                                "name": "handoff-secrets", "key": "handoff"}}}}}))
+        wait_until(lambda: "handoff" in cluster.kubectl(
+            "get", "configmap", f"sealtrail-{name}", "-n", NAMESPACE, "-o", "json").stdout,
+            30, "the handoff in the worker config", cluster)
+        _deployment(cluster, name, {"terminationGracePeriodSeconds": 5, "containers": [
+            {"name": "app", "image": "registry.invalid/app:1"}]})
+        cluster.kubectl("scale", "deployment", name, "-n", NAMESPACE, "--replicas=3")
+        pods = wait_until(lambda: len(found := _ready_pods(cluster, name)) == 3 and found, 120,
+                          "3 ready pods", cluster)
+        acknowledged: set[str] = set()
+        roots = {}
+        for number, pod in enumerate(pods):
+            roots[pod["metadata"]["name"]] = Path(
+                cluster.plane.pods()[f"{NAMESPACE}/{pod['metadata']['name']}"]["root"])
+            for batch in range(4):
+                answer = _emit(pod, 2500, seed=100 * number + batch)
+                assert answer["status"] == 200, answer
+                acknowledged |= {row["record_hash"] for row in answer["body"]["events"]}
+        assert len(acknowledged) == 30_000
+
+        cluster.kubectl("scale", "deployment", name, "-n", NAMESPACE, "--replicas=0")
+        wait_until(lambda: not cluster.plane.pods_named(NAMESPACE, f"{name}-"), 90,
+                   "the 3 pods to stop", cluster)
+        for pod_name, root in roots.items():
+            log = (root / "logs" / "sealtrail-worker.log").read_text()
+            assert "handed off" in log, f"{pod_name}:\n{log[-3000:]}"
+            assert "abandoned" not in log.lower() or " 0 " in log, log[-3000:]
+        events = [e for e in cluster.plane.node_events() if e["event"] == "sigkill"
+                  and e["pod"].startswith(f"{NAMESPACE}/{name}-")]
+        assert not events, events  # every worker finished its handoff and exited in time
+
+        siem.start()  # the SIEM returns: the collector delivers what it was handed
+        wait_until(lambda: acknowledged <= {e.fields["record_hash"] for e in siem.events}, 180,
+                   "every acknowledged row at the SIEM", cluster)
+        _check_siem_copy(siem, key.public, stores=3)
+        metrics = httpx.get(f"{collector.url}/metrics", timeout=10).text
+        assert "sealtrail_audit_handoff_received_rows_total" in metrics
+    finally:
+        _cleanup(cluster, name)
+        collector.stop()
+        siem.stop()
+
+
+def _check_siem_copy(siem: SplunkReceiver, public: PublicKey, stores: int) -> None:
+    """Once per dedupe key, and every (store, tenant) chain intact with its checkpoints."""
+    by_key: dict[str, set[bytes]] = {}
+    for event in siem.events:
+        by_key.setdefault(event.fields["dedupe_key"], set()).add(event.event)
+    assert all(len(copies) == 1 for copies in by_key.values()), "a key with two rows"
+    rows = [next(iter(copies)) for copies in by_key.values()]
+    report = verify_rows(rows, public_keys=[public])
+    assert report.status is Status.INTACT, report.to_json()
+    # One chain per (pod's store, tenant), each from its row 1, each ending in a checkpoint
+    # the draining worker signed.
+    assert len({tenant.store_id for tenant in report.tenants}) == stores
+    assert all(tenant.checkpoints_checked >= 1 for tenant in report.tenants)
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in map(orjson.loads, rows):
+        chain = (row["store_id"], row["tenant_id"])
+        if chain not in last or row["tenant_seq"] > last[chain]["tenant_seq"]:
+            last[chain] = row
+    assert {row["event_type"] for row in last.values()} == {"sealtrail.checkpoint"}
+
+
+def _ready_pods(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    listing = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"app={name}", "-o",
+                              "json").stdout
+    return [pod for pod in json.loads(listing)["items"]
+            if not pod["metadata"].get("deletionTimestamp")
+            and conditions(pod).get("Ready", {}).get("status") == "True"]
