@@ -1,4 +1,4 @@
-"""The `sealtrail` command line: keygen, append, dump, checkpoint, verify, demo.
+"""The `sealtrail` command line: keygen, append, dump, checkpoint, verify, compact, demo.
 
 Exit codes are part of the interface, so scripts and CI jobs can act on them:
 0 success (for verify: intact), 1 tampered (verify) or input rejected (append),
@@ -44,7 +44,14 @@ from sealtrail.chain.store import (
     Stored,
     StoreError,
 )
-from sealtrail.chain.verify import Status, VerifyError, VerifyReport, verify_rows, verify_store
+from sealtrail.chain.verify import (
+    Status,
+    TenantReport,
+    VerifyError,
+    VerifyReport,
+    verify_rows,
+    verify_store,
+)
 
 __all__ = ["main"]
 
@@ -189,6 +196,11 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print a JSON report")
     verify.add_argument("--processes", type=int, help="worker processes (default: all cores)")
 
+    compact = commands.add_parser(
+        "compact", help="rewrite a store made before retention so that pruning shrinks it "
+                        "(stop the worker first)")
+    compact.add_argument("--db", type=Path, required=True)
+
     export = commands.add_parser("export", help="ship the store to the configured SIEMs")
     export.add_argument("--db", type=Path, required=True)
     export.add_argument("--config", type=Path, required=True, help="YAML: exports and routes")
@@ -227,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _checkpoint(args)
             case "verify":
                 return _verify(args)
+            case "compact":
+                return _compact(args)
             case "worker":
                 from sealtrail.worker.main import run_worker  # noqa: PLC0415 - heavy imports
 
@@ -380,6 +394,16 @@ def _checkpoint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _compact(args: argparse.Namespace) -> int:
+    """VACUUM once with incremental auto-vacuum on (see `ChainStore.compact`)."""
+    with _open_existing(args.db) as store:
+        already = store.incremental_vacuum
+        before, after = store.compact()
+    print(orjson.dumps({"db": str(args.db), "bytes_before": before, "bytes_after": after,
+                        "was_incremental": already}).decode())
+    return EXIT_OK
+
+
 # -- verify ------------------------------------------------------------------------------------
 
 
@@ -461,11 +485,29 @@ def _verify(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
     else:
-        _print_report(report)
+        _print_report(report, keys_given=bool(keys))
     return int(report.status)
 
 
-def _print_report(report: VerifyReport) -> None:
+def _pruned_lines(tenant: TenantReport, *, keys_given: bool) -> list[str]:
+    """What retention removed from a chain, and what vouches for the rest, for a person."""
+    anchor = tenant.pruned
+    if anchor is None:
+        return []
+    checkpoint = anchor.checkpoint
+    unchecked = "" if keys_given else " (its signature was not checked: no --pubkey)"
+    vouched = (f"          rows 1..{anchor.tenant_seq} pruned, vouched for by the checkpoint of "
+               f"rows 1..{checkpoint.tenant_seq} signed at {checkpoint.signed_at} by key "
+               f"{checkpoint.key_id}{unchecked}")
+    lines = [vouched]
+    if tenant.checkpoints_pruned:
+        lines.append(f"          {tenant.checkpoints_pruned} checkpoints given are for pruned "
+                     "rows: pruned, cannot be re-checked here (the SIEM holds those rows: "
+                     "verify --rows)")
+    return lines
+
+
+def _print_report(report: VerifyReport, *, keys_given: bool = False) -> None:
     for finding in report.store_findings:
         print(f"{finding.status.name:<9} store: {finding.problem}")
     if report.other_stores:
@@ -484,9 +526,13 @@ def _print_report(report: VerifyReport) -> None:
                 f"{bad.status.name:<9} tenant {tenant.tenant_id}: first bad tenant_seq "
                 f"{bad.tenant_seq}: {bad.problem}"
             )
+        for line in _pruned_lines(tenant, keys_given=keys_given):
+            print(line)
     verdict = report.status
+    pruned = (f"; {report.pruned_rows} older rows were pruned (delivered; the SIEM holds them)"
+              if report.pruned_rows else "")
     print(f"{verdict.name.lower()}: {report.rows} rows in {len(report.tenants)} tenant chains"
-          f" of store {report.store_id or '(made before store ids)'}")
+          f" of store {report.store_id or '(made before store ids)'}{pruned}")
     if verdict is Status.INTACT and not report.checkpoints_given:
         print(
             "note: without --checkpoints (kept outside this store), a removed tail or a rewrite "

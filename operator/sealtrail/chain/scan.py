@@ -6,7 +6,8 @@ CPU-bound, and the GIL would hold threads to one core. A scan returns, per tenan
 of what it saw and the first problem; `verify` joins the ends across ranges.
 
 Scanning in `seq` order reads the table in its own order (cheaper than walking the tenant
-index) and checks on the way that global `seq` has no hole.
+index) and checks on the way that global `seq` has no hole, above the seqs retention pruned
+(`hole_floor`: below it, holes are what pruning leaves, and `verify` accounts for them by count).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class _Range:
     high: int
     tenant_id: str | None
     store_id: str | None  # every row must name this store (None: rows name none)
+    hole_floor: int = 0  # global seq holes at or below this are pruning's, not reported here
 
 
 def connect_read_only(path: Path) -> sqlite3.Connection:
@@ -117,7 +119,7 @@ def _worker_scan(span: _Range) -> RangeResult:
 
 
 def _plan(
-    db: sqlite3.Connection, tenant: str | None, store_id: str | None
+    db: sqlite3.Connection, tenant: str | None, store_id: str | None, hole_floor: int = 0
 ) -> tuple[list[_Range], int]:
     """Ranges over the rows present, never over the span of values they claim; and their count.
 
@@ -139,7 +141,7 @@ def _plan(
     start = min(low, 1)
     if high - start + 1 == count:  # no hole: ranges of values are ranges of rows
         return [
-            _Range(first, min(first + RANGE_ROWS - 1, high), tenant, store_id)
+            _Range(first, min(first + RANGE_ROWS - 1, high), tenant, store_id, hole_floor)
             for first in range(start, high + 1, RANGE_ROWS)
         ], count
     ranges = []
@@ -151,7 +153,7 @@ def _plan(
     while first <= high:
         found = db.execute(step, (*params, first)).fetchone()
         last = high if found is None else int(found[0])
-        ranges.append(_Range(first, last, tenant, store_id))
+        ranges.append(_Range(first, last, tenant, store_id, hole_floor))
         first = last + 1
     return ranges, count
 
@@ -174,9 +176,15 @@ def scan_store(
     tenant: str | None,
     processes: int | None,
     progress: Callable[[int, int], None] | None,
+    *,
+    hole_floor: int = 0,
 ) -> list[RangeResult]:
-    """Scan every row (of one tenant, or all), in range order."""
-    ranges, total = _plan(db, tenant, read_store_id(db))
+    """Scan every row (of one tenant, or all), in range order.
+
+    `hole_floor`: the largest global seq retention pruned (0: none); holes in global seq are
+    looked for above it only.
+    """
+    ranges, total = _plan(db, tenant, read_store_id(db), hole_floor)
     workers = processes if processes is not None else (os.cpu_count() or 1)
     pool = None
     if workers > 1 and total >= PARALLEL_THRESHOLD and len(ranges) > 1:
@@ -231,8 +239,9 @@ def _scan(db: sqlite3.Connection, span: _Range) -> RangeResult:  # noqa: C901, P
         cursor = db.execute(
             select + "WHERE seq BETWEEN ? AND ? ORDER BY seq", (span.low, span.high)
         )
-        # Global seq runs from 1; rows below 1 are reported, not counted as part of the run.
-        expected_seq: int | None = max(span.low, 1)
+        # Global seq runs from 1 (from above what was pruned); rows below 1 are reported, not
+        # counted as part of the run.
+        expected_seq: int | None = max(span.low, span.hole_floor + 1, 1)
     else:
         cursor = db.execute(
             select + "WHERE tenant_id = ? AND tenant_seq BETWEEN ? AND ? ORDER BY tenant_seq",
@@ -247,7 +256,7 @@ def _scan(db: sqlite3.Connection, span: _Range) -> RangeResult:  # noqa: C901, P
     size = 0
     for seq, tenant, tenant_seq, record_hash, event_type, severity, stamp, body in cursor:
         size += 1
-        if expected_seq is not None and seq >= 1:
+        if expected_seq is not None and seq > span.hole_floor:  # hole_floor >= 0
             if seq != expected_seq and result.missing_seq is None:
                 result.missing_seq = expected_seq
             expected_seq = seq + 1

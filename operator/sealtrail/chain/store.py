@@ -26,6 +26,19 @@ has its own row 1 of tenant `payments`; in the SIEM, where both arrive, `(store_
 is what tells the two chains apart. The id is inside the hash, so a row cannot be moved from one
 chain to another. Stores made before the id existed (schema 1) keep writing rows without it:
 adding it half-way would split their chains.
+
+Retention (`prune`, schema 3) deletes the front of a chain once it is delivered to every export
+and old enough, but only ever up to a signed checkpoint whose own row stays, and records the cut
+in `audit_pruned` (see `chain/anchor.py`): what stays is still provable, and `verify` checks it
+from the cut. It deletes in transactions of at most `PRUNE_CHUNK_ROWS` rows, so an appender
+waits for one such transaction at most, and a crash between two leaves a store that verifies.
+
+Why the file can shrink: a store is created with `auto_vacuum=INCREMENTAL` (which SQLite only
+takes before the first table exists), so the pages a prune frees are handed back to the
+filesystem (`PRAGMA incremental_vacuum`), and the WAL is truncated after a prune and kept to
+`JOURNAL_SIZE_LIMIT_BYTES` whenever it is reset. A store created before that has auto-vacuum
+off: the pages a prune frees go to SQLite's free list and new rows reuse them, so the file stops
+growing but does not shrink, until `compact` (`sealtrail compact`) rewrites it once.
 """
 
 from __future__ import annotations
@@ -37,8 +50,9 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal, Self
@@ -46,23 +60,40 @@ from typing import Any, Final, Literal, Self
 import orjson
 
 from sealtrail.api.event import MAX_EVENT_BYTES, Event, format_timestamp
+from sealtrail.chain.anchor import ANCHOR_SCHEMA, ANCHOR_TABLE, Anchor, read_anchors
 from sealtrail.chain.canonical import GENESIS_HASH, seal
-from sealtrail.chain.checkpoint import Checkpoint
+from sealtrail.chain.checkpoint import CHECKPOINT_EVENT_TYPE, Checkpoint
 from sealtrail.chain.keys import Signer
 
 __all__ = [
+    "JOURNAL_SIZE_LIMIT_BYTES",
+    "PRUNE_CHUNK_ROWS",
     "SCHEMA_VERSION",
+    "Anchor",
     "ChainStore",
     "CheckpointPolicy",
     "EventTooLargeError",
     "Head",
+    "PruneResult",
     "StoreError",
     "Stored",
     "StoredRow",
     "Synchronous",
 ]
 
-SCHEMA_VERSION: Final = 2
+#: 1: rows; 2: `store_id`; 3: `audit_pruned` (retention). A store is upgraded when opened; an
+#: older sealtrail refuses a newer store rather than write what it does not understand.
+SCHEMA_VERSION: Final = 3
+#: Rows a prune deletes per transaction: what an appender may have to wait for.
+PRUNE_CHUNK_ROWS: Final = 10_000
+#: Free pages handed back to the filesystem per transaction after a prune (10 MiB of 4 KiB).
+VACUUM_CHUNK_PAGES: Final = 2_560
+#: The size SQLite cuts the WAL back to whenever it is reset (by default it keeps its largest
+#: size for good: one large transaction would hold that disk space for the store's life).
+JOURNAL_SIZE_LIMIT_BYTES: Final = 16 * 1024 * 1024
+#: How long the WAL truncation after a prune waits for readers to move on; it holds new writers
+#: meanwhile, so it gives up soon (the next prune tries again).
+TRUNCATE_WAIT_MS: Final = 200
 
 Synchronous = Literal["FULL", "EXTRA", "NORMAL"]
 
@@ -97,7 +128,7 @@ CREATE TABLE IF NOT EXISTS audit_export_cursor (
     last_seq     INTEGER NOT NULL,         -- every row with seq <= last_seq is delivered
     updated_at   TEXT    NOT NULL
 ) WITHOUT ROWID;
-"""
+""" + ANCHOR_SCHEMA
 
 _INSERT_ROW: Final = (
     "INSERT INTO audit_rows "
@@ -145,6 +176,9 @@ class StoredRow:
     timestamp: str
     body: bytes
     store_id: str | None  # the store's id (None for a store made before ids existed)
+    #: The row's own seq, when `seq` is another order: a collector's handed-off rows are read
+    #: in the order they arrived (`HandoffStore`), and each keeps the seq its store gave it.
+    row_seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +212,27 @@ class CheckpointPolicy:
             raise ValueError("checkpoint every_seconds must be positive")
 
 
+@dataclass(slots=True)
+class PruneResult:
+    """What one `prune` did."""
+
+    rows: int = 0  # rows deleted
+    chains: list[str] = field(default_factory=list)  # tenants whose chain was cut further
+    transactions: int = 0
+    #: Chains that had a prunable checkpoint but were left whole, and why (see `prune`).
+    refused: dict[str, str] = field(default_factory=dict)
+    pages_freed: int = 0  # pages handed back to the filesystem
+    wal_truncated: bool = False  # False: readers kept the WAL busy (the next prune tries again)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cut:
+    """A chain to cut right below the row of `checkpoint` (global seq `row_seq`)."""
+
+    checkpoint: Checkpoint
+    row_seq: int
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -202,6 +257,7 @@ class ChainStore:
         self.default_tenant = default_tenant
         self.checkpoint_policy = checkpoints
         self._clock = clock
+        self._busy_timeout_ms = round(busy_timeout_seconds * 1000)
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
@@ -222,9 +278,16 @@ class ChainStore:
                 check_same_thread=False,
                 timeout=busy_timeout_seconds,
             )
+            # Before anything else: SQLite takes auto_vacuum only before the first table exists
+            # (after journal_mode=WAL it is too late); on an existing store this does nothing.
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}")
             self.store_id = self._create_schema()
+            #: True when freed pages can be handed back (a store made before retention: False).
+            self.incremental_vacuum = (
+                self._db.execute("PRAGMA auto_vacuum").fetchone()[0] == _AUTO_VACUUM_INCREMENTAL)
         except sqlite3.Error as error:
             os.close(self._lock_fd)
             raise StoreError(f"cannot open store {self.path}: {error}") from None
@@ -589,6 +652,237 @@ class ChainStore:
                 (export_name, last_seq, stamp),
             )
 
+    # -- retention ---------------------------------------------------------------------------
+
+    def prune(
+        self,
+        *,
+        delivered_through_seq: int,
+        older_than: datetime,
+        chunk_rows: int = PRUNE_CHUNK_ROWS,
+    ) -> PruneResult:
+        """Delete the front of each chain that is delivered everywhere and old enough.
+
+        `delivered_through_seq` is the smallest cursor of every export the caller ships to
+        (paused ones included: their backlog is not delivered). A caller with no export must
+        not call this: nothing is delivered anywhere, and no number here can say so. Each
+        tenant's chain is cut right below its newest checkpoint whose own row is at or below
+        that seq and that was signed before `older_than`: rows 1..N go, the checkpoint row
+        (N+1) stays and vouches for the rest, and `audit_pruned` records the cut. Every row
+        deleted was stored before the checkpoint was signed, so before `older_than`. A chain
+        without such a checkpoint is kept whole.
+
+        Before cutting a chain, the store checks what it is about to rely on: the checkpoint's
+        row is in place and says what `audit_checkpoints` says, row N has the hash the
+        checkpoint signed, and no row below it is missing. A chain that fails is left whole
+        and named in `refused` (pruning would erase the evidence; `verify` reports it).
+
+        Deletes at most `chunk_rows` rows per transaction, then hands freed pages back to the
+        filesystem and truncates the WAL (skipped, not waited for, while readers hold it).
+        """
+        if chunk_rows < 1:
+            raise ValueError("chunk_rows must be at least 1")
+        result = PruneResult()
+        cuts = deque(self._plan_cuts(delivered_through_seq, format_timestamp(older_than),
+                                     result.refused))
+        while cuts:
+            with self._lock, self._transaction():
+                deleted, moved = self._cut(cuts, chunk_rows, format_timestamp(self._clock()))
+            result.transactions += 1
+            result.rows += deleted
+            result.chains += [name for name in moved if name not in result.chains]
+        if result.rows:
+            result.pages_freed = self._release_free_pages()
+            result.wal_truncated = self._truncate_wal()
+        return result
+
+    def _plan_cuts(self, through_seq: int, cutoff: str, refused: dict[str, str]) -> list[_Cut]:
+        """Where each chain may be cut, checked (on the reader connection: appends go on).
+
+        What a cut relies on cannot change under it: checkpoints and delivered rows are never
+        rewritten, and a prune running elsewhere only moves a cut up, which `_cut` re-reads.
+        """
+        with self._read_lock:
+            db = self._reader_db()
+            found = db.execute(
+                "SELECT c.tenant_id, c.tenant_seq, c.head_hash, c.signed_at, c.key_id, "
+                "c.signature, c.row_seq FROM audit_checkpoints c WHERE c.tenant_seq = ("
+                "SELECT MAX(tenant_seq) FROM audit_checkpoints WHERE tenant_id = c.tenant_id "
+                "AND row_seq <= ? AND signed_at < ?) ORDER BY c.tenant_id",
+                (_after(through_seq), cutoff),
+            ).fetchall()
+            anchors = read_anchors(db, self.store_id)
+            done = {} if anchors is None else {
+                name: anchor.tenant_seq for name, anchor in anchors[0].items()}
+            cuts = []
+            for *values, row_seq in found:
+                checkpoint = self._checkpoint(values)
+                if checkpoint.tenant_seq <= done.get(checkpoint.tenant_id, 0):
+                    continue  # cut there already
+                problem = self._cut_problem(db, checkpoint, row_seq,
+                                            done.get(checkpoint.tenant_id, 0))
+                if problem is None:
+                    cuts.append(_Cut(checkpoint, row_seq))
+                else:
+                    refused[checkpoint.tenant_id] = problem
+        return cuts
+
+    def _cut_problem(
+        self, db: sqlite3.Connection, checkpoint: Checkpoint, row_seq: int, done: int
+    ) -> str | None:
+        """Why the chain may not be cut below `checkpoint`, or None."""
+        tenant, size = checkpoint.tenant_id, checkpoint.tenant_seq
+        row = db.execute(
+            "SELECT tenant_id, tenant_seq, event_type, body FROM audit_rows WHERE seq = ?",
+            (row_seq,),
+        ).fetchone()
+        if row is None or row[:3] != (tenant, size + 1, CHECKPOINT_EVENT_TYPE):
+            return f"the checkpoint of rows 1..{size} has no row at seq {row_seq}"
+        try:
+            kept = Checkpoint.from_row(orjson.loads(row[3]))
+        except (ValueError, orjson.JSONDecodeError):
+            kept = None
+        if kept != checkpoint:
+            return f"the checkpoint row at seq {row_seq} disagrees with audit_checkpoints"
+        head = db.execute(
+            "SELECT record_hash FROM audit_rows WHERE tenant_id = ? AND tenant_seq = ?",
+            (tenant, size),
+        ).fetchone()
+        if head is None or head[0] != checkpoint.head_hash:
+            return f"row {size} does not have the hash the checkpoint signed"
+        (count,) = db.execute(
+            "SELECT COUNT(*) FROM audit_rows WHERE tenant_id = ? AND tenant_seq <= ?",
+            (tenant, size),
+        ).fetchone()
+        if count != size - done:
+            return f"rows {done + 1}..{size} should be {size - done} rows, and are {count}"
+        return None
+
+    def _cut(self, cuts: deque[_Cut], budget: int, stamp: str) -> tuple[int, list[str]]:
+        """One transaction's share: cut chains, first in line first, until `budget` rows go.
+
+        A cut that does not fit is made part-way (rows 1..k, k below the checkpoint's size):
+        the rows from k+1 up stay, vouched for by the checkpoint row above them as any kept row
+        is, and the anchor says so; the next transaction goes on from there.
+        """
+        deleted = 0
+        moved = []
+        while cuts and deleted < budget:
+            cut = cuts[0]
+            tenant, size = cut.checkpoint.tenant_id, cut.checkpoint.tenant_seq
+            found = self._db.execute(
+                f"SELECT tenant_seq FROM {ANCHOR_TABLE} WHERE tenant_id = ?", (tenant,)
+            ).fetchone()
+            done = int(found[0]) if found else 0
+            end = min(size, done + budget - deleted)
+            if end <= done:  # a prune elsewhere got there first
+                cuts.popleft()
+                continue
+            last = self._db.execute(
+                "SELECT record_hash, seq FROM audit_rows WHERE tenant_id = ? AND tenant_seq = ?",
+                (tenant, end),
+            ).fetchone()
+            removed = self._db.execute(
+                "DELETE FROM audit_rows WHERE tenant_id = ? AND tenant_seq <= ?", (tenant, end)
+            ).rowcount
+            if last is None or removed != end - done:
+                raise StoreError(f"rows 1..{end} of {tenant} changed while being pruned; this "
+                                 "prune stored nothing of its last transaction")
+            # Entries whose checkpoint rows went (a checkpoint of size k has its row at k+1).
+            self._db.execute(
+                "DELETE FROM audit_checkpoints WHERE tenant_id = ? AND tenant_seq < ?",
+                (tenant, end),
+            )
+            self._db.execute(
+                f"INSERT OR REPLACE INTO {ANCHOR_TABLE} (tenant_id, tenant_seq, record_hash, "
+                "through_seq, checkpoint_tenant_seq, checkpoint_head_hash, checkpoint_signed_at, "
+                "checkpoint_key_id, checkpoint_signature, pruned_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (tenant, end, last[0], last[1], size, cut.checkpoint.head_hash,
+                 cut.checkpoint.signed_at, cut.checkpoint.key_id, cut.checkpoint.signature,
+                 stamp),
+            )
+            deleted += removed
+            moved.append(tenant)
+            if end == size:
+                cuts.popleft()
+        return deleted, moved
+
+    def _release_free_pages(self) -> int:
+        """Hand the free pages back to the filesystem, a bounded number per transaction.
+
+        One `PRAGMA incremental_vacuum` per page: Python's sqlite3 steps a statement that
+        returns no columns once, and each step of this one frees one page (~5 µs).
+        """
+        if not self.incremental_vacuum:
+            return 0  # freed pages stay on SQLite's free list; new rows reuse them
+        freed = 0
+        while True:
+            with self._lock, self._transaction():
+                free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+                for _ in range(min(free, VACUUM_CHUNK_PAGES)):
+                    self._db.execute("PRAGMA incremental_vacuum")
+                left = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+            freed += free - left
+            if left == 0 or left >= free:
+                return freed
+
+    def _truncate_wal(self) -> bool:
+        """Checkpoint the WAL into the store and truncate it; False if readers kept it busy.
+
+        A TRUNCATE checkpoint holds new writers while it waits for readers, so it waits
+        `TRUNCATE_WAIT_MS` at most; between prunes, `journal_size_limit` still bounds the WAL.
+        """
+        with self._lock, self._write_lock():
+            self._db.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+            try:
+                busy = int(self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0])
+            except sqlite3.OperationalError:
+                busy = 1  # "database is locked": another process's writer held on
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+        return busy == 0
+
+    def _write_lock(self) -> contextlib.AbstractContextManager[None]:
+        """The lock file alone, for what must not run inside a transaction (see `_Transaction`)."""
+        return _FileLock(self._lock_fd)
+
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the store (VACUUM) with incremental auto-vacuum on; bytes before and after.
+
+        For a store made before retention (auto-vacuum off), once: from then on a prune
+        hands freed pages back. VACUUM copies the whole store, so it needs that much free
+        space, and holds every writer out until it is done: run it with the worker stopped.
+        """
+        before = self.disk_bytes()
+        with self._lock, self._write_lock():
+            try:
+                self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                self._db.execute("VACUUM")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as error:
+                raise StoreError(f"cannot compact {self.path}: {error}") from None
+            self.incremental_vacuum = (
+                self._db.execute("PRAGMA auto_vacuum").fetchone()[0] == _AUTO_VACUUM_INCREMENTAL)
+        return before, self.disk_bytes()
+
+    def anchors(self) -> list[Anchor]:
+        """Where each pruned chain now starts (see `chain/anchor.py`), by tenant."""
+        with self._lock:
+            found = read_anchors(self._db, self.store_id)
+        return [] if found is None else list(found[0].values())
+
+    def disk_bytes(self) -> int:
+        """What the store takes on disk: the database, its WAL and its shared-memory index."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                total += Path(f"{self.path}{suffix}").stat().st_size
+        return total
+
+
+#: `PRAGMA auto_vacuum` of a store whose free pages can be handed back.
+_AUTO_VACUUM_INCREMENTAL: Final = 2
 
 #: Mode of the store and (SQLite gives them its mode) its -wal and -shm files.
 STORE_FILE_MODE: Final = 0o600
@@ -628,6 +922,19 @@ def _after(after_seq: int) -> int:
 def _limit(limit: int) -> int:
     """A read's row limit clamped to 0..2**63-1 (SQLite reads a negative LIMIT as none)."""
     return min(max(limit, 0), _INT64_MAX)
+
+
+class _FileLock:
+    """The store's lock file (see the module docstring), held for the block."""
+
+    def __init__(self, lock_fd: int) -> None:
+        self._lock_fd = lock_fd
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *_: object) -> None:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
 
 class _Transaction:

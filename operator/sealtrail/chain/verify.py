@@ -13,6 +13,14 @@ Three verdicts, because they call for different responses:
 
 The rows are checked range by range (`scan.py`, in parallel on a large store); here the ranges
 are joined into one verdict per tenant chain, and the chains are held against checkpoints.
+
+A chain retention pruned (`chain/anchor.py`) is checked from its cut: its kept rows must start
+right above the rows the anchor says were pruned and link to the hash it records, and the anchor
+must copy the kept checkpoint row that vouches for them. Pruned rows are reported as pruned,
+never as history that was checked, and never as tampering; a checkpoint given for a size inside
+the pruned rows cannot be re-checked here (the SIEM holds those rows: `verify_rows`). Global seq
+holes below the cut are pruning's, so there they are counted instead: the rows kept plus the rows
+the anchors account for must fill every seq up to it.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any, Final
 
 import orjson
 
+from sealtrail.chain.anchor import ANCHOR_TABLE, ANCHORS_SINCE_SCHEMA, Anchor, read_anchors
 from sealtrail.chain.canonical import GENESIS_HASH, canonical_json, hash_row
 from sealtrail.chain.checkpoint import CHECKPOINT_EVENT_TYPE, Checkpoint
 from sealtrail.chain.keys import PublicKey
@@ -92,11 +101,21 @@ class TenantReport:
     head_hash: str = GENESIS_HASH
     checkpoints_checked: int = 0
     findings: list[Finding] = field(default_factory=list)
+    #: Where retention cut the chain (None: never pruned). Its rows 1..`pruned.tenant_seq` are
+    #: not in the store; the checkpoint it names vouches for the rows kept.
+    pruned: Anchor | None = None
+    #: Checkpoints given for a size inside the pruned rows: signature checked, chain not.
+    checkpoints_pruned: int = 0
 
     @property
     def status(self) -> Status:
         """The worst finding: tampering outranks truncation."""
         return _worst(finding.status for finding in self.findings)
+
+    @property
+    def pruned_through(self) -> int:
+        """The last pruned `tenant_seq` (0: nothing pruned)."""
+        return 0 if self.pruned is None else self.pruned.tenant_seq
 
     @property
     def first_bad(self) -> Finding | None:
@@ -124,6 +143,11 @@ class VerifyReport:
         return sum(tenant.rows for tenant in self.tenants)
 
     @property
+    def pruned_rows(self) -> int:
+        """Rows retention removed from the store (not checked here; the SIEM holds them)."""
+        return sum(tenant.pruned_through for tenant in self.tenants)
+
+    @property
     def status(self) -> Status:
         """Exit status: the worst verdict anywhere."""
         statuses = [tenant.status for tenant in self.tenants]
@@ -136,6 +160,7 @@ class VerifyReport:
             "status": self.status.name.lower(),
             "exit_code": int(self.status),
             "rows": self.rows,
+            "pruned_rows": self.pruned_rows,
             "checkpoints_given": self.checkpoints_given,
             "store_id": self.store_id,
             "checkpoints_of_other_stores": [
@@ -152,6 +177,8 @@ class VerifyReport:
                     "head_tenant_seq": tenant.head_tenant_seq,
                     "head_hash": tenant.head_hash,
                     "checkpoints_checked": tenant.checkpoints_checked,
+                    "pruned": _pruned_json(tenant.pruned),
+                    "checkpoints_pruned": tenant.checkpoints_pruned,
                     "first_bad_tenant_seq": (
                         tenant.first_bad.tenant_seq if tenant.first_bad else None
                     ),
@@ -160,6 +187,19 @@ class VerifyReport:
                 for tenant in self.tenants
             ],
         }
+
+
+def _pruned_json(anchor: Anchor | None) -> dict[str, Any] | None:
+    if anchor is None:
+        return None
+    return {
+        "first_tenant_seq": 1,
+        "last_tenant_seq": anchor.tenant_seq,
+        "last_record_hash": anchor.record_hash,
+        "through_seq": anchor.through_seq,
+        "pruned_at": anchor.pruned_at,
+        "vouched_for_by": anchor.checkpoint.to_json(),
+    }
 
 
 def _finding_json(finding: Finding) -> dict[str, Any]:
@@ -177,9 +217,16 @@ class _Evidence:
     hash_at: Callable[[int], str | None]
     tenant_id: str
     keys: Sequence[PublicKey]
+    pruned: Anchor | None = None
 
     def key_for(self, checkpoint: Checkpoint) -> PublicKey | None:
         return next((key for key in self.keys if key.key_id == checkpoint.key_id), None)
+
+    def hash_of(self, tenant_seq: int) -> str | None:
+        """The chain's hash at `tenant_seq`; at the cut, the one its anchor records."""
+        if self.pruned is not None and tenant_seq == self.pruned.tenant_seq:
+            return self.pruned.record_hash
+        return self.hash_at(tenant_seq)
 
 
 def _hold_against(
@@ -208,7 +255,10 @@ def _hold_against(
                 Finding(Status.TAMPERED, at, f"{where} for size {checkpoint.tenant_seq}: {reason}")
             )
             continue
-        actual = evidence.hash_at(checkpoint.tenant_seq)
+        if evidence.pruned is not None and checkpoint.tenant_seq < evidence.pruned.tenant_seq:
+            report.checkpoints_pruned += 1  # pruned: cannot be re-checked, and is no finding
+            continue
+        actual = evidence.hash_of(checkpoint.tenant_seq)
         if actual is None or checkpoint.tenant_seq > report.head_tenant_seq:
             if not report.findings:  # else the chain already fails earlier; that says more
                 report.findings.append(
@@ -269,29 +319,26 @@ def verify_store(
 def _join(
     report: TenantReport, segments: Iterable[Segment]
 ) -> list[tuple[int, int, Checkpoint]]:
-    """Join one tenant's segments in range order; return its checkpoint rows (as scanned)."""
-    prev_hash = GENESIS_HASH
-    prev_tenant_seq = 0
-    prev_seq = 0
+    """Join one tenant's segments in range order; return its checkpoint rows (as scanned).
+
+    A pruned chain (`report.pruned`) starts at its cut: the row above the last pruned one,
+    linking to that row's hash, at a global seq above it.
+    """
+    anchor = report.pruned
+    prev_hash = GENESIS_HASH if anchor is None else anchor.record_hash
+    prev_tenant_seq = 0 if anchor is None else anchor.tenant_seq
+    prev_seq = 0 if anchor is None else anchor.through_seq
     checkpoints: list[tuple[int, int, Checkpoint]] = []
     for segment in segments:
         if segment.rows:
-            problem = None
             at = segment.first_tenant_seq
+            problem = (
+                _cut_link_problem(segment, anchor)
+                if anchor is not None and prev_tenant_seq == anchor.tenant_seq
+                else _link_problem(segment, prev_tenant_seq, prev_hash, prev_seq)
+            )
             if segment.first_tenant_seq > prev_tenant_seq + 1:
                 at = prev_tenant_seq + 1
-                problem = f"row tenant_seq {at} is missing"
-            elif segment.first_tenant_seq <= prev_tenant_seq:
-                problem = "rows are out of order: global seq and tenant_seq disagree"
-            elif segment.first_prev_hash != prev_hash:
-                problem = (
-                    "the first row's prev_hash is not the genesis hash"
-                    if prev_tenant_seq == 0
-                    else "prev_hash does not match the previous row: "
-                    "a row was removed, inserted or moved"
-                )
-            elif segment.first_seq <= prev_seq:
-                problem = "global seq goes backwards: rows were reordered"
             if problem is not None:
                 report.findings.append(Finding(Status.TAMPERED, at, problem))
                 break
@@ -311,6 +358,44 @@ def _join(
     return checkpoints
 
 
+def _link_problem(
+    segment: Segment, prev_tenant_seq: int, prev_hash: str, prev_seq: int
+) -> str | None:
+    """What is wrong with how `segment` follows the rows before it, or None."""
+    if segment.first_tenant_seq > prev_tenant_seq + 1:
+        return f"row tenant_seq {prev_tenant_seq + 1} is missing"
+    if segment.first_tenant_seq <= prev_tenant_seq:
+        return "rows are out of order: global seq and tenant_seq disagree"
+    if segment.first_prev_hash != prev_hash:
+        return (
+            "the first row's prev_hash is not the genesis hash"
+            if prev_tenant_seq == 0
+            else "prev_hash does not match the previous row: a row was removed, inserted or moved"
+        )
+    if segment.first_seq <= prev_seq:
+        return "global seq goes backwards: rows were reordered"
+    return None
+
+
+def _cut_link_problem(segment: Segment, anchor: Anchor) -> str | None:
+    """What is wrong with how a pruned chain's first kept rows follow its cut, or None."""
+    last = anchor.tenant_seq
+    if segment.first_tenant_seq > last + 1:
+        return (f"row tenant_seq {last + 1} is missing: rows 1..{last} were pruned "
+                f"({ANCHOR_TABLE}) and the chain must go on from there")
+    if segment.first_tenant_seq <= last:
+        return (f"row tenant_seq {segment.first_tenant_seq} is in the range {ANCHOR_TABLE} "
+                f"says was pruned (1..{last}): a row was inserted or the table was changed")
+    if segment.first_prev_hash != anchor.record_hash:
+        return (f"the first kept row's prev_hash is not the hash {ANCHOR_TABLE} records for "
+                f"row {last}, the last pruned: the row or the table was changed")
+    if segment.first_seq <= anchor.through_seq:
+        return (f"the first kept row is at global seq {segment.first_seq}, not above "
+                f"{anchor.through_seq}, where {ANCHOR_TABLE} says the pruned rows end: the "
+                "table was changed")
+    return None
+
+
 def _store_names(stores: dict[str | None, int]) -> str:
     names = sorted(store or "a store without id" for store in stores)
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
@@ -325,13 +410,16 @@ def _verify(  # noqa: PLR0917 - verify_store's arguments, passed on
     processes: int | None,
     progress: Callable[[int, int], None] | None,
 ) -> VerifyReport:
-    results: list[RangeResult] = scan_store(db, path, tenant, processes, progress)
+    store_id = read_store_id(db)
+    report = VerifyReport(tenants=[], checkpoints_given=bool(checkpoints), store_id=store_id)
+    anchors = _read_anchors(db, store_id, report)
+    floor = max((anchor.through_seq for anchor in anchors.values()), default=0)
+    results: list[RangeResult] = scan_store(db, path, tenant, processes, progress,
+                                            hole_floor=floor)
     by_tenant: dict[str, list[Segment]] = {}
     for result in results:
         for name, segment in result.segments.items():
             by_tenant.setdefault(name, []).append(segment)
-    store_id = read_store_id(db)
-    report = VerifyReport(tenants=[], checkpoints_given=bool(checkpoints), store_id=store_id)
     ours = [item for item in checkpoints if item.store_id == store_id]
     for item in checkpoints:
         if item.store_id != store_id:
@@ -351,18 +439,14 @@ def _verify(  # noqa: PLR0917 - verify_store's arguments, passed on
     tabled = _tabled_tenants(db, report)
     has_table = tabled is not None
     tabled = tabled or set()
-    names = sorted(set(by_tenant) | remembered | tabled, key=str) if tenant is None else [tenant]
+    names = (sorted(set(by_tenant) | remembered | tabled | set(anchors), key=str)
+             if tenant is None else [tenant])
 
     for name in names:
-        tenant_report = TenantReport(tenant_id=name, store_id=store_id)
-        embedded = _join(tenant_report, by_tenant.get(name, []))
-        held: list[tuple[int | None, Checkpoint]] = (
-            [(at, item) for at, _, item in embedded] if public_keys else []
-        )
-        held += [(None, item) for item in checkpoints if item.tenant_id == name]
-        _hold_against(tenant_report, _Evidence(_hash_in(db, name), name, public_keys), held)
-        if has_table:
-            _check_checkpoint_table(tenant_report, db, embedded)
+        tenant_report = TenantReport(tenant_id=name, store_id=store_id, pruned=anchors.get(name))
+        _verify_chain(tenant_report, db, by_tenant.get(name, []),
+                      [(None, item) for item in checkpoints if item.tenant_id == name],
+                      public_keys, has_table=has_table)
         report.tenants.append(tenant_report)
     missing = [result.missing_seq for result in results if result.missing_seq is not None]
     if missing:
@@ -374,7 +458,130 @@ def _verify(  # noqa: PLR0917 - verify_store's arguments, passed on
     stray = [result.stray for result in results if result.stray is not None]
     if stray:
         report.store_findings.append(Finding(Status.TAMPERED, None, min(stray)[1]))
+    if tenant is None and anchors:
+        _count_below_cut(db, report, anchors, floor)
     return report
+
+
+def _verify_chain(
+    report: TenantReport,
+    db: sqlite3.Connection,
+    segments: list[Segment],
+    given: list[tuple[int | None, Checkpoint]],
+    public_keys: Sequence[PublicKey],
+    *,
+    has_table: bool,
+) -> None:
+    """Join one chain's scanned segments and hold it against its cut and its checkpoints."""
+    embedded = _join(report, segments)
+    if report.pruned is not None:
+        _check_anchor(report, report.pruned, embedded)
+    held: list[tuple[int | None, Checkpoint]] = (
+        [(at, item) for at, _, item in embedded] if public_keys else []
+    )
+    evidence = _Evidence(_hash_in(db, report.tenant_id), report.tenant_id, public_keys,
+                         report.pruned)
+    _hold_against(report, evidence, held + given)
+    if has_table:
+        _check_checkpoint_table(report, db, embedded)
+
+
+def _read_anchors(
+    db: sqlite3.Connection, store_id: str | None, report: VerifyReport
+) -> dict[str, Anchor]:
+    """The anchors of pruned chains; a table that should be there and is not is reported."""
+    found = read_anchors(db, store_id)
+    if found is None:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version >= ANCHORS_SINCE_SCHEMA:
+            report.store_findings.append(Finding(
+                Status.TAMPERED, None,
+                f"table {ANCHOR_TABLE} is missing (every store of schema {version} has one): "
+                "it was dropped",
+            ))
+        return {}
+    anchors, problems = found
+    report.store_findings += [Finding(Status.TAMPERED, None, problem) for problem in problems]
+    return anchors
+
+
+def _check_anchor(
+    report: TenantReport, anchor: Anchor, embedded: list[tuple[int, int, Checkpoint]]
+) -> None:
+    """Hold a pruned chain's anchor against the kept checkpoint row it says vouches for it.
+
+    `_join` has held the kept rows against the cut (where they start, what they link to).
+    What is left: the checkpoint the anchor names must be a row of the kept chain, at its size
+    plus one, and the anchor's copy of it must be exact. Its signature, and that it covers the
+    hash the chain links to, are checked with the other checkpoint rows (with public keys).
+    """
+    if any(finding.status is Status.TAMPERED for finding in report.findings):
+        return  # the chain already fails; past its first problem nothing is compared
+    size = anchor.checkpoint.tenant_seq
+    if size < anchor.tenant_seq:
+        report.findings.append(Finding(
+            Status.TAMPERED, None,
+            f"{ANCHOR_TABLE} names the checkpoint of rows 1..{size} for a chain pruned through "
+            f"row {anchor.tenant_seq}: that checkpoint's row would be pruned too; the table "
+            "was changed",
+        ))
+        return
+    row = next((item for at, _, item in embedded if at == size + 1), None)
+    if row is None and report.head_tenant_seq <= size:
+        report.findings.append(Finding(
+            Status.TRUNCATED, report.head_tenant_seq + 1,
+            f"the chain ends at row {report.head_tenant_seq}, but {ANCHOR_TABLE} says the "
+            f"checkpoint row at {size + 1}, signed at {anchor.checkpoint.signed_at}, vouches for "
+            "its kept rows: the tail was removed",
+        ))
+        return
+    if row is None:
+        report.findings.append(Finding(
+            Status.TAMPERED, size + 1,
+            f"row {size + 1} is not the checkpoint row {ANCHOR_TABLE} says vouches for the kept "
+            "rows: the table was changed",
+        ))
+        return
+    wrong = [
+        f"column checkpoint_{name} holds {getattr(anchor.checkpoint, name)!r}, the row "
+        f"{getattr(row, name)!r}"
+        for name in ("head_hash", "signed_at", "key_id", "signature")
+        if getattr(anchor.checkpoint, name) != getattr(row, name)
+    ]
+    if wrong:
+        report.findings.append(Finding(
+            Status.TAMPERED, size + 1,
+            f"{ANCHOR_TABLE} disagrees with the checkpoint row it names: {'; '.join(wrong)}",
+        ))
+
+
+def _count_below_cut(
+    db: sqlite3.Connection, report: VerifyReport, anchors: dict[str, Anchor], floor: int
+) -> None:
+    """Every global seq up to the highest cut is a row kept or a row an anchor accounts for.
+
+    Below the cut, global seq has pruning's holes, so a removed row cannot show as a hole
+    there; it shows in the count. A chain's pruned rows are its rows 1..N, all at or below
+    its anchor's `through_seq`, so kept and pruned together fill seqs 1..`floor` exactly.
+    """
+    (kept,) = db.execute(
+        "SELECT COUNT(*) FROM audit_rows WHERE seq BETWEEN 1 AND ?", (floor,)
+    ).fetchone()
+    pruned = sum(anchor.tenant_seq for anchor in anchors.values())
+    if kept + pruned < floor:
+        report.store_findings.append(Finding(
+            Status.TAMPERED, None,
+            f"{floor - kept - pruned} of global seqs 1..{floor} are neither a row kept nor one "
+            f"{ANCHOR_TABLE} accounts for as pruned ({kept} kept, {pruned} pruned): rows were "
+            "removed",
+        ))
+    elif kept + pruned > floor:
+        report.store_findings.append(Finding(
+            Status.TAMPERED, None,
+            f"global seqs 1..{floor} hold {kept} rows and {ANCHOR_TABLE} accounts for {pruned} "
+            f"more pruned, {kept + pruned - floor} more than there are seqs: the table was "
+            "changed",
+        ))
 
 
 def _tabled_tenants(db: sqlite3.Connection, report: VerifyReport) -> set[str] | None:
