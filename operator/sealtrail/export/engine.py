@@ -3,6 +3,12 @@
 Each export is an independent `ExportLoop` task. The engine validates what a config can get
 wrong before anything runs (unknown route targets, index templates that could render illegal
 names), so a bad config is an error at start, not a 400 at runtime.
+
+A collector runs a second engine, over the rows other workers handed off to it
+(`chain.handoff_store`), with the same exports. It shares the first engine's metrics (one
+Prometheus registry cannot hold two collectors of one name) and labels its loops
+`handoff:<export>`, so the two deliveries stay apart on every series; the store-wide
+`sealtrail_audit_last_seq` stays the first engine's.
 """
 
 from __future__ import annotations
@@ -17,11 +23,10 @@ from typing import Final
 from prometheus_client import CollectorRegistry
 
 from sealtrail.api.export import ExportsConfig, ExportSpec
-from sealtrail.chain.store import ChainStore
 from sealtrail.export.backends.base import Backend, TemplateError, check_backend_templates
 from sealtrail.export.backends.registry import backend_class
 from sealtrail.export.http import HttpClients
-from sealtrail.export.loop import ExportLoop, LoopStatus
+from sealtrail.export.loop import ExportLoop, LoopStatus, RowSource
 from sealtrail.export.metrics import ExportMetrics
 from sealtrail.export.routing import Router
 
@@ -69,16 +74,26 @@ class ExportEngine:
 
     def __init__(
         self,
-        store: ChainStore,
+        store: RowSource,
         config: ExportsConfig,
         registry: CollectorRegistry,
         clients: HttpClients | None = None,
+        *,
+        metrics: ExportMetrics | None = None,
+        label_prefix: str = "",
     ) -> None:
-        """Validate the config and build every backend; nothing is sent until `start()`."""
+        """Validate the config and build every backend; nothing is sent until `start()`.
+
+        `metrics` and `label_prefix` are for a second engine in one process (see the module
+        docstring): it records on the first's metrics, its loops labelled `<prefix><name>`,
+        and leaves `sealtrail_audit_last_seq` to the first.
+        """
         validate_config(config)
         self.store = store
         self.config = config
-        self.metrics = ExportMetrics(registry)
+        self._owns_last_seq = metrics is None
+        self.metrics = metrics or ExportMetrics(registry)
+        self.label_prefix = label_prefix
         self.clients = clients or HttpClients()
         self.router = Router(config.routes, [export.name for export in config.exports])
         self.loops: dict[str, ExportLoop] = {
@@ -92,14 +107,15 @@ class ExportEngine:
     def _loop(self, export: ExportSpec) -> ExportLoop:
         backend: Backend = backend_class(export.kind)(export, self.clients)
         return ExportLoop(export, backend, self.store, self.router, self.metrics,
-                          on_advance=self._advanced)
+                          on_advance=self._advanced, label=self.label_prefix + export.name)
 
     def _advanced(self) -> None:
         if self.on_advance is not None:
             self.on_advance()
 
     def _run_task(self, name: str) -> asyncio.Task[None]:
-        return asyncio.create_task(self._supervise(self.loops[name]), name=f"export-{name}")
+        return asyncio.create_task(self._supervise(self.loops[name]),
+                                   name=f"export-{self.label_prefix}{name}")
 
     async def _supervise(self, loop: ExportLoop) -> None:
         """Run `loop` until it stops; if it fails, say so everywhere and run it again.
@@ -117,9 +133,9 @@ class ExportEngine:
                 loop.last_error = loop.redact(
                     f"the export loop failed ({type(error).__name__}: {error}); "
                     f"restarting in {delay:g}s")
-                log.error("export %s: %s", loop.name, loop.redact(  # noqa: TRY400 - redacted
+                log.error("export %s: %s", loop.label, loop.redact(  # noqa: TRY400 - redacted
                     "".join(traceback.format_exception(error)).rstrip()))
-                self.metrics.restarts.labels(loop.name).inc()
+                self.metrics.restarts.labels(loop.label).inc()
                 await asyncio.sleep(delay)
                 if loop.stopping:
                     return
@@ -129,14 +145,15 @@ class ExportEngine:
     def start(self) -> None:
         """Start every loop as its own task (call inside a running event loop)."""
         self._started = True
-        self.metrics.last_seq.set(self.store.last_seq())
+        if self._owns_last_seq:
+            self.metrics.last_seq.set(self.store.last_seq())
         for name in self.loops:
             if name not in self._tasks:
                 self._tasks[name] = self._run_task(name)
 
     def notify(self, last_seq: int | None = None) -> None:
         """New rows were stored: wake every loop."""
-        if last_seq is not None:
+        if last_seq is not None and self._owns_last_seq:
             self.metrics.last_seq.set(last_seq)
         for loop in self.loops.values():
             loop.wake(last_seq)
@@ -168,7 +185,7 @@ class ExportEngine:
             if name not in wanted or wanted[name] != self.loops[name].spec:
                 await self._stop_loop(name)
                 if name not in wanted:
-                    self.metrics.forget(name)
+                    self.metrics.forget(self.label_prefix + name)
                     changes.append(f"removed {name}")
         self.router = router
         for name, export in wanted.items():

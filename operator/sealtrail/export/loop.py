@@ -29,10 +29,10 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Final, Protocol
 
 from sealtrail.api.export import ExportSpec
-from sealtrail.chain.store import ChainStore, StoredRow
+from sealtrail.chain.store import StoredRow
 from sealtrail.export.backends.base import Backend, ExportRow, render_template
 from sealtrail.export.batching import AdaptiveInterval, full_jitter_seconds, plan_batches
 from sealtrail.export.credentials import CredentialError, redact
@@ -40,7 +40,7 @@ from sealtrail.export.metrics import ExportMetrics
 from sealtrail.export.outcome import Outcome, OutcomeKind
 from sealtrail.export.routing import Router
 
-__all__ = ["ExportLoop", "LoopStatus"]
+__all__ = ["ExportLoop", "LoopStatus", "RowSource"]
 
 log = logging.getLogger("sealtrail.export")
 
@@ -49,6 +49,27 @@ log = logging.getLogger("sealtrail.export")
 READ_BATCHES: Final = 2
 #: While paused, how often to look whether the credential changed (which resumes).
 PAUSED_POLL_SECONDS: Final = 1.0
+
+
+class RowSource(Protocol):
+    """What an export reads rows from and records its deliveries in.
+
+    A worker's `ChainStore` is one; a collector's `HandoffStore` (rows other workers handed
+    off at shutdown, each still naming the store that wrote it) is the other. `seq` of the
+    rows it gives is its own order, which the cursors count in.
+    """
+
+    def cursor(self, export_name: str) -> int:
+        """The seq up to which `export_name` has delivered (0 if it never has)."""
+
+    def set_cursor(self, export_name: str, last_seq: int) -> None:
+        """Record delivery up to `last_seq`, durably; a cursor never moves backwards."""
+
+    def export_rows(self, after_seq: int, limit: int) -> list[StoredRow]:
+        """Up to `limit` rows after `after_seq`, in seq order."""
+
+    def last_seq(self) -> int:
+        """The seq of the newest row (0 when empty)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +97,22 @@ class ExportLoop:
         self,
         spec: ExportSpec,
         backend: Backend,
-        store: ChainStore,
+        store: RowSource,
         router: Router,
         metrics: ExportMetrics,
         *,
         rng: random.Random | None = None,
         on_advance: Callable[[], None] | None = None,
+        label: str | None = None,
     ) -> None:
-        """Set up; nothing runs until `run()`. `on_advance` is called when the cursor moves."""
+        """Set up; nothing runs until `run()`. `on_advance` is called when the cursor moves.
+
+        `label` names the loop in metrics and logs (default: the export's name); a second
+        engine over other rows, sharing the metrics, gives its loops labels of their own.
+        """
         self.spec = spec
         self.name = spec.name
+        self.label = label or spec.name
         self.backend = backend
         self.store = store
         self.router = router
@@ -111,10 +138,10 @@ class ExportLoop:
         self._default_destination = backend.default_destination()
         self._on_advance = on_advance
         self._cursor_failures = 0  # consecutive failed cursor writes
-        metrics.export_last_seq.labels(self.name).set(self.cursor)
-        metrics.interval.labels(self.name).set(self.interval.current_ms)
-        metrics.interval_max.labels(self.name).set(self.interval.max_ms)
-        metrics.paused.labels(self.name).set(1 if self.paused else 0)
+        metrics.export_last_seq.labels(self.label).set(self.cursor)
+        metrics.interval.labels(self.label).set(self.interval.current_ms)
+        metrics.interval_max.labels(self.label).set(self.interval.max_ms)
+        metrics.paused.labels(self.label).set(1 if self.paused else 0)
 
     # -- control -------------------------------------------------------------------------
 
@@ -154,21 +181,21 @@ class ExportLoop:
         changes; a pause a person asked for waits for a person.
         """
         if not self.paused:
-            log.warning("export %s paused: %s", self.name, reason)
+            log.warning("export %s paused: %s", self.label, reason)
         self.paused = True
         self.pause_reason = reason
         self._self_paused = self_paused
         self._paused_credential = self._credential_version()
-        self.metrics.paused.labels(self.name).set(1)
+        self.metrics.paused.labels(self.label).set(1)
 
     def resume(self, why: str = "resumed") -> None:
         """Start sending again, with a clean failure count."""
         if self.paused:
-            log.info("export %s resumed: %s", self.name, why)
+            log.info("export %s resumed: %s", self.label, why)
         self.paused = False
         self.pause_reason = None
         self.failures = 0
-        self.metrics.paused.labels(self.name).set(0)
+        self.metrics.paused.labels(self.label).set(0)
         self._interrupt.set()
 
     def status(self) -> LoopStatus:
@@ -274,7 +301,7 @@ class ExportLoop:
         )
         return ExportRow(row.seq, row.tenant_id, row.tenant_seq, row.record_hash,
                          row.event_type, row.severity, row.timestamp, row.body, destination,
-                         route.sourcetype, row.store_id)
+                         route.sourcetype, row.store_id, row.row_seq)
 
     async def _deliver(self, batch: list[ExportRow]) -> bool:
         """Send one batch until every row is delivered; False if paused or stopped first."""
@@ -293,8 +320,8 @@ class ExportLoop:
             await self._advance_prefix(batch, done)
             if delivered:
                 self.delivered_rows += len(delivered)
-                self.metrics.events.labels(self.name).inc(len(delivered))
-                self.metrics.bytes.labels(self.name).inc(
+                self.metrics.events.labels(self.label).inc(len(delivered))
+                self.metrics.bytes.labels(self.label).inc(
                     sum(len(rows[index].body) for index in delivered))
             if outcome.ok:
                 self.failures = 0
@@ -308,14 +335,14 @@ class ExportLoop:
                 self._refresh_credentials()
                 continue  # once, at once, with what the file says now
             if outcome.kind is OutcomeKind.RETRYABLE:
-                self.metrics.failures.labels(self.name, "true").inc()
+                self.metrics.failures.labels(self.label, "true").inc()
                 self._set_interval(collapse=False)
                 delay = outcome.retry_after_seconds
                 if delay is None:
                     delay = full_jitter_seconds(attempt, self.spec.retry.initial_backoff_ms,
                                                 self.spec.retry.max_backoff_ms, self._rng)
                 attempt += 1
-                log.info("export %s: %s; retrying in %.2fs", self.name, outcome.reason, delay)
+                log.info("export %s: %s; retrying in %.2fs", self.label, outcome.reason, delay)
                 await self._sleep(delay)
                 continue
             # PERMANENT, or AUTH a second time
@@ -347,12 +374,12 @@ class ExportLoop:
             outcome = Outcome(OutcomeKind.AUTH, str(error))
         except Exception as error:  # noqa: BLE001 - logged with its traceback, redacted
             log.error("export %s: the %s backend raised: %s",  # noqa: TRY400 - redacted
-                      self.name, self.spec.kind,
+                      self.label, self.spec.kind,
                       self.redact("".join(traceback.format_exception(error))).rstrip())
             outcome = Outcome(OutcomeKind.RETRYABLE,
                               f"unexpected {type(error).__name__} in the {self.spec.kind} backend")
-        self.metrics.request_seconds.labels(self.name).observe(time.perf_counter() - started)
-        self.metrics.outcomes.labels(self.name, outcome.kind.value).inc()
+        self.metrics.request_seconds.labels(self.label).observe(time.perf_counter() - started)
+        self.metrics.outcomes.labels(self.label, outcome.kind.value).inc()
         if outcome.reason:
             outcome = replace(outcome, reason=self.redact(outcome.reason))
         return outcome
@@ -364,15 +391,15 @@ class ExportLoop:
     def _permanent(self, outcome: Outcome, rows: list[ExportRow]) -> bool:
         """Record a permanent failure; True if it paused the export."""
         self.failures += 1
-        self.metrics.failures.labels(self.name, "false").inc()
+        self.metrics.failures.labels(self.label, "false").inc()
         if outcome.rejected_index is not None and outcome.rejected_index < len(rows):
             row = rows[outcome.rejected_index]
             self.rejected_row = row.dedupe_key
-            self.metrics.rejected.labels(self.name).inc()
-            log.error("export %s: row %s (seq %d) refused: %s", self.name, row.dedupe_key,
+            self.metrics.rejected.labels(self.label).inc()
+            log.error("export %s: row %s (seq %d) refused: %s", self.label, row.dedupe_key,
                       row.seq, outcome.reason)
         else:
-            log.error("export %s: permanent failure: %s", self.name, outcome.reason)
+            log.error("export %s: permanent failure: %s", self.label, outcome.reason)
         if self.failures >= self.spec.retry.pause_after_failures:
             self.pause(f"{self.failures} consecutive permanent failures; last: {outcome.reason}",
                        self_paused=True)
@@ -406,7 +433,7 @@ class ExportLoop:
                 await asyncio.to_thread(self.store.set_cursor, self.name, seq)
             except Exception as error:  # noqa: BLE001 - any store failure: retry, never die
                 self._cursor_failures += 1
-                self.metrics.cursor_write_failures.labels(self.name).inc()
+                self.metrics.cursor_write_failures.labels(self.label).inc()
                 delay = full_jitter_seconds(self._cursor_failures - 1,
                                             self.spec.retry.initial_backoff_ms,
                                             self.spec.retry.max_backoff_ms, self._rng)
@@ -414,17 +441,17 @@ class ExportLoop:
                                    f"({type(error).__name__}: {error}); retrying")
                 # No traceback: a full disk would repeat one at every retry.
                 log.error("export %s: %s in %.2fs",  # noqa: TRY400
-                          self.name, self.last_error, delay)
+                          self.label, self.last_error, delay)
                 if self._stopping or self._past_deadline():
                     return  # the rows are resent after the cursor on the next run
                 await self._sleep(delay)
                 continue
             if self._cursor_failures:
-                log.info("export %s: the store records deliveries again", self.name)
+                log.info("export %s: the store records deliveries again", self.label)
                 self._cursor_failures = 0
                 self.last_error = None
             self.cursor = seq
-            self.metrics.export_last_seq.labels(self.name).set(seq)
+            self.metrics.export_last_seq.labels(self.label).set(seq)
             if self._on_advance is not None:
                 self._on_advance()
 
@@ -433,7 +460,7 @@ class ExportLoop:
             self.interval.collapse()
         else:
             self.interval.widen()
-        self.metrics.interval.labels(self.name).set(self.interval.current_ms)
+        self.metrics.interval.labels(self.label).set(self.interval.current_ms)
 
     async def _sleep(self, seconds: float, also: asyncio.Event | None = None) -> None:
         """Wait `seconds`, or until interrupted, or until `also` is set (if given)."""

@@ -42,10 +42,12 @@ from sealtrail.api.worker_api import (
     STATUS_PATH,
 )
 from sealtrail.api.worker_config import WorkerConfig
+from sealtrail.chain.handoff_store import HandoffRefusedError
 from sealtrail.chain.store import EventTooLargeError, StoreError
 from sealtrail.export.credentials import Credential, CredentialError
 from sealtrail.worker.backpressure import RefusedError
 from sealtrail.worker.core import IngestCore, WorkerCore, tokens_of
+from sealtrail.worker.handoff_receiver import HANDOFF_PATH
 from sealtrail.worker.idempotency import Conflict, IdempotencyKeys, InFlight, Replay
 from sealtrail.worker.k8s_audit import K8sAuditError, map_event_list
 from sealtrail.worker.termination import MAX_GRACE_SECONDS
@@ -475,6 +477,70 @@ async def pre_stop(request: web.Request) -> web.Response:
     return _json(200, {"grace_seconds": core.termination.grace_seconds})
 
 
+#: The answer to each kind of refused handoff (see `chain.handoff_store.RefusalKind`).
+_HANDOFF_REFUSALS: Final = {"malformed": 400, "invalid": 422, "conflict": 409, "too_many": 413}
+
+
+def _handoff_caller(request: web.Request, tokens: list[Credential]) -> web.Response | None:
+    """None if the request carries one of `handoff.accept.tokens`; else the answer to give.
+
+    Only those tokens open the route: an ingest or admin token is not a collector's consent to
+    keep rows for a store it does not know.
+    """
+    given = _presented(request)
+    if given is None:
+        return _problem(401, "a bearer token is required: one of handoff.accept.tokens",
+                        headers=_CHALLENGE)
+    unreadable = False
+    for credential in tokens:
+        try:
+            expected = credential.value()
+        except CredentialError as error:  # names the file or variable, never a value
+            log.error("cannot read a handoff token: %s", error)  # noqa: TRY400 - no traceback wanted
+            unreadable = True
+            continue
+        if _same_secret(expected, given):
+            return None
+    if unreadable:
+        return _problem(503, "the worker cannot read a handoff token it checks; see its log",
+                        headers={"Retry-After": "5"})
+    return _problem(401, "the bearer token is not valid", headers=_INVALID)
+
+
+async def post_handoff(request: web.Request) -> web.Response:  # noqa: PLR0911
+    """`POST /v1/handoff`: sealed rows a stopping worker could not deliver (NDJSON, as stored).
+
+    Answers 200 `{"rows", "stored", "duplicates"}` only after the commit; any refusal (a
+    malformed or altered row, a fork, a broken link) is a 4xx naming the line or the chain and
+    position, and keeps nothing of the request.
+    """
+    core = request.app[CORE]
+    receiver = core.handoff_receiver
+    if receiver is None:
+        return _problem(404, "this worker takes no handoffs (its config has no handoff.accept)")
+    refused = _handoff_caller(request, receiver.tokens)
+    if refused is not None:
+        return refused
+    if not core.ready:
+        return _problem(503, "the worker is shutting down; nothing was stored",
+                        headers={"Retry-After": "1"})
+    raw = await _body(request, core)
+    if isinstance(raw, web.Response):
+        return raw
+    try:
+        received = await receiver.receive(raw)
+    except HandoffRefusedError as error:
+        log.warning("refused a handoff: %.500s", error)
+        return _problem(_HANDOFF_REFUSALS[error.kind],
+                        f"{error}; nothing of this request was stored", [error.problem()])
+    except StoreError:
+        log.exception("the handoff store could not be written")
+        return _problem(500, "the handoff store could not be written; nothing of this request "
+                             "was stored")
+    return _json(200, {"rows": received.stored + received.duplicates,
+                       "stored": received.stored, "duplicates": received.duplicates})
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
@@ -506,6 +572,7 @@ def build_app(core: WorkerCore) -> web.Application:
     _ingest_routes(app, core)
     app[CORE] = core
     app.router.add_get("/v1/events", get_events)
+    app.router.add_post(HANDOFF_PATH, post_handoff)
     _admin_routes(app)
     return app
 

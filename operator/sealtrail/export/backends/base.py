@@ -62,6 +62,14 @@ class ExportRow:
     destination: str | None = None
     sourcetype: str | None = None  # a route's Splunk sourcetype, if it sets one
     store_id: str | None = None  # the store that wrote it (None: made before stores had ids)
+    #: The row's seq in the store that wrote it, when `seq` is another order (a collector's
+    #: handed-off rows); None: `seq` is the row's own. `own_seq` gives whichever applies.
+    row_seq: int | None = None
+
+    @property
+    def own_seq(self) -> int:
+        """The seq the row itself carries (what a protocol shows beside the row as `seq`)."""
+        return self.seq if self.row_seq is None else self.row_seq
 
     @property
     def dedupe_key(self) -> str:

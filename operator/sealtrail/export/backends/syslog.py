@@ -140,7 +140,7 @@ def format_message(row: ExportRow, spec: SyslogSpec, hostname: str) -> bytes:
     params = (
         *((("store_id", row.store_id),) if row.store_id is not None else ()),
         ("tenant", row.tenant_id),
-        ("seq", str(row.seq)),
+        ("seq", str(row.own_seq)),
         ("tenant_seq", str(row.tenant_seq)),
         ("record_hash", row.record_hash),
     )
