@@ -222,6 +222,10 @@ def test_the_full_example_loads_and_has_an_admin_token(tmp_path: Path) -> None:
     assert config.admin.token is not None
     assert config.admin.token.file is not None
     assert config.admin.token.file.startswith("/")
+    assert config.handoff is not None  # both ends of a handoff, shown once
+    assert config.handoff.url is not None
+    assert config.handoff.token is not None
+    assert config.handoff.accept is not None
 
 
 def test_the_page_names_every_live_setting_and_the_admin_token_rules() -> None:
