@@ -15,6 +15,8 @@ Covers, on loopback only:
 - the counters, in process: `sealtrail_audit_handoff_rows_total` counts what the collector
   acknowledged and `sealtrail_audit_rows_abandoned_total` stays 0; only tenants that moved get a
   final checkpoint;
+- TLS: the sender checks the collector's certificate against `caFile`, and hands nothing to a
+  collector it cannot trust;
 - the collector down too: the worker still exits by its deadline, the rows stay in its store,
   and the log and `sealtrail_audit_rows_abandoned_total` say how many each export lost.
 """
@@ -22,10 +24,13 @@ Covers, on loopback only:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +39,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from sealtrail.api.event import Event
@@ -48,8 +54,9 @@ from sealtrail.worker.handoff import HANDOFF_CURSOR
 
 from .receivers.elastic import ElasticReceiver
 from .receivers.http_base import free_port
+from .receivers.pki import make_tls_files
 from .test_export_conformance import wait_for, write_credential
-from .worker_process import Worker, running_worker, start_worker
+from .worker_process import ROOT, Worker, running_worker, start_worker
 
 HANDOFF_TOKEN = "handoff-token-0123456789"  # noqa: S105 - a test's own
 INGEST_TOKEN = "ingest-token-0123456789"  # noqa: S105 - a test's own
@@ -421,6 +428,68 @@ def test_the_drain_signs_a_checkpoint_only_for_tenants_that_moved(tmp_path: Path
     one = sample(1)[0].model_copy(update={"tenant_id": first[0]["tenant_id"]})
     asyncio.run(run([one]))
     assert [row["tenant_id"] for row in checkpoints()[len(first):]] == [first[0]["tenant_id"]]
+
+
+@contextlib.contextmanager
+def tls_collector(directory: Path) -> Iterator[tuple[str, Path]]:
+    """A collector serving ingest (and so `/v1/handoff`) over HTTPS: its URL and CA file."""
+    files = make_tls_files(directory / "tls")
+    port, admin = free_port(), free_port()
+    config = {"store": {"path": str(directory / "audit.db"), "synchronous": "NORMAL"},
+              "ingest": {"listen": f"127.0.0.1:{port}",
+                         "tls": {"certFile": str(files.server_cert),
+                                 "keyFile": str(files.server_key)}},
+              "admin": {"listen": f"127.0.0.1:{admin}"},
+              "handoff": {"accept": {"tokens": [{"file": str(token_file(directory))}]}},
+              "drainTimeoutSeconds": 2}
+    (directory / "worker.yaml").write_text(yaml.safe_dump(config))
+    with (directory / "worker.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sealtrail", "worker", "--config",
+             str(directory / "worker.yaml")], stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "operator")})
+    try:
+        def ready() -> bool:
+            assert process.poll() is None, (directory / "worker.log").read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"http://127.0.0.1:{admin}/readyz").status_code == 200
+            return False
+
+        wait_for(ready, 30, "the TLS collector")
+        yield f"https://127.0.0.1:{port}", files.ca
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_the_handoff_checks_the_collectors_certificate_against_ca_file(
+        tmp_path: Path, siem: ElasticReceiver, caplog: pytest.LogCaptureFixture) -> None:
+    with tls_collector(tmp_path / "collector") as (url, ca_file):
+        outcomes = {}
+        for name, trusted in (("trusted", ca_file), ("other", tmp_path / "collector" / "tls"
+                                                     / "other-ca.pem")):
+            directory = tmp_path / name
+            registry = CollectorRegistry()
+            config = core_config(directory, siem.url, handoff={
+                "url": url, "token": {"file": str(token_file(directory))},
+                "caFile": str(trusted)})
+
+            async def main(config: WorkerConfig = config,
+                           registry: CollectorRegistry = registry) -> bool:
+                core = WorkerCore(config, registry)
+                core.start()
+                await core.append(sample(300))
+                return await core.drain_and_stop(3)
+
+            with caplog.at_level(logging.INFO, logger="sealtrail.worker"):
+                outcomes[name] = (asyncio.run(main()), registry.get_sample_value(
+                    "sealtrail_audit_handoff_rows_total"))
+        held_rows = handed(tmp_path / "collector" / "audit.db.handoff")
+    assert outcomes["trusted"] == (True, 300)
+    assert held_rows == store_rows(tmp_path / "trusted" / "audit.db")
+    assert outcomes["other"] == (False, 0)  # a collector it cannot trust gets nothing
+    assert "cannot reach the handoff collector" in caplog.text
+    assert HANDOFF_TOKEN not in caplog.text
 
 
 # -- the collector down too --------------------------------------------------------------------
