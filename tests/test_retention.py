@@ -10,11 +10,15 @@ pruned rows are reported as pruned, one at the cut must match it; a store that c
 its cut is refused; the file shrinks (and a store made before retention can be compacted so it
 does); an older store is upgraded; the CLI shows it all. Then the issue's test: a million rows
 through a store with retention on stay within a bounded size, and verify agrees with the SIEM's
-copy of every row.
+copy of every row. Last, the worker: `store.retention` needs a signing key; a worker prunes only
+what every export delivered (a paused export holds it back, no export prunes nothing) and
+counts it on its metrics; a real worker process pruning as it ships to an Elasticsearch-like
+receiver leaves a store that verifies and agrees with what the receiver holds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sqlite3
 import time
@@ -25,9 +29,12 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
 from sealtrail import drill
-from sealtrail.api.event import format_timestamp
+from sealtrail.api.event import Event, format_timestamp
+from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.chain.canonical import seal
 from sealtrail.chain.checkpoint import Checkpoint, read_checkpoints, write_checkpoints
 from sealtrail.chain.keys import PublicKey, Signer, load_public_key
@@ -38,8 +45,12 @@ from sealtrail.chain.store import (
     CheckpointPolicy,
 )
 from sealtrail.chain.verify import Status, VerifyReport, verify_rows, verify_store
+from sealtrail.worker.core import WorkerCore
 
 from .conftest import CliResult, events
+from .receivers.elastic import ElasticReceiver
+from .test_export_conformance import write_credential
+from .worker_process import running_worker
 
 T0 = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 #: Appends in the `pruned` store: one batch a minute.
@@ -631,3 +642,159 @@ def test_a_million_rows_through_a_store_with_retention(tmp_path: Path, signer: S
         (t.tenant_id, t.head_tenant_seq, t.head_hash) for t in remote.tenants]
     print(f"1M rows with retention: {time.monotonic() - started:.1f} s, largest "
           f"{largest / 2**20:.1f} MiB, bound {bound / 2**20:.1f} MiB")
+
+
+# -- the worker --------------------------------------------------------------------------------
+
+SIEM_KEY = "siem-api-key-0123456789"
+
+
+def test_retention_needs_a_signing_key(tmp_path: Path, signer: Signer) -> None:
+    with pytest.raises(ValidationError, match=r"keepSeconds needs checkpoints\.signingKey"):
+        WorkerConfig.model_validate({"store": {"retention": {"keepSeconds": 60}}})
+    assert WorkerConfig.model_validate({}).store.retention is None
+    assert WorkerConfig.model_validate(
+        {"store": {"retention": {"everySeconds": 5}}}).store.retention is not None  # keep all
+    config = WorkerConfig.model_validate({
+        "store": {"retention": {"keepSeconds": 60}},
+        "checkpoints": {"signingKey": {"file": str(tmp_path / "signing.key")}}})
+    assert config.store.retention is not None
+    assert config.store.retention.keep_seconds == 60
+    assert config.store.retention.every_seconds == 30
+
+
+@pytest.fixture
+def siem() -> Any:
+    receiver = ElasticReceiver(credential=SIEM_KEY)
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+def elastic(tmp_path: Path, siem: ElasticReceiver, name: str, **extra: Any) -> dict[str, Any]:
+    key = tmp_path / "siem.key"
+    write_credential(key, SIEM_KEY)
+    return {"name": name, "elastic": {"url": siem.url, "auth": {"apiKey": {"file": str(key)}}},
+            "retry": {"initialBackoffMs": 20, "maxBackoffMs": 200},
+            "batch": {"intervalMs": 20, "maxIntervalMs": 200}, **extra}
+
+
+def retaining_config(tmp_path: Path, exports: list[dict[str, Any]]) -> WorkerConfig:
+    """Prune as soon as delivered and checkpointed, every 50 ms; a checkpoint every 50 rows."""
+    return WorkerConfig.model_validate({
+        "store": {"path": str(tmp_path / "audit.db"), "synchronous": "NORMAL",
+                  "retention": {"keepSeconds": 0, "everySeconds": 0.05}},
+        "checkpoints": {"signingKey": {"file": str(tmp_path / "signing.key")},
+                        "everyRows": 50, "everySeconds": 0.2},
+        "exports": exports,
+    })
+
+
+async def until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def sample(count: int) -> list[Event]:
+    return events(count, seed=11, tenants=("acme", "globex"))
+
+
+def test_the_worker_prunes_only_what_every_export_delivered(
+        tmp_path: Path, signer: Signer, siem: ElasticReceiver, key: PublicKey) -> None:
+    registry = CollectorRegistry()
+    config = retaining_config(tmp_path, [elastic(tmp_path, siem, "live"),
+                                         elastic(tmp_path, siem, "held", paused=True)])
+
+    def pruned() -> float:
+        return registry.get_sample_value("sealtrail_audit_store_pruned_rows_total") or 0.0
+
+    async def main() -> None:
+        core = WorkerCore(config, registry)
+        assert (registry.get_sample_value("sealtrail_audit_store_bytes") or 0) > 0  # at start
+        core.start()
+        try:
+            await core.append(sample(400))
+            live, held = core.engine.loops["live"], core.engine.loops["held"]
+            await until(lambda: live.cursor > 400, 10, "the live export to deliver")
+            await asyncio.sleep(0.5)  # ten rounds of retention with the held export at 0
+            assert pruned() == 0
+            assert core.store.anchors() == []
+            core.engine.resume("held")
+            await until(lambda: held.cursor > 400, 10, "the held export to deliver")
+            await until(lambda: pruned() > 0, 10, "retention to prune")
+            anchors = core.store.anchors()
+            assert anchors
+            assert pruned() == sum(item.tenant_seq for item in anchors)
+            assert max(item.through_seq for item in anchors) < min(live.cursor, held.cursor)
+            size = registry.get_sample_value("sealtrail_audit_store_bytes")
+            assert size is not None
+            assert size > 0
+        finally:
+            await core.drain_and_stop(2)
+
+    asyncio.run(main())
+    report = verify_store(tmp_path / "audit.db", public_keys=[key])
+    assert report.status is Status.INTACT, report.to_json()
+    assert report.pruned_rows > 0
+
+
+def test_a_worker_without_exports_prunes_nothing(tmp_path: Path, signer: Signer) -> None:
+    registry = CollectorRegistry()
+    config = retaining_config(tmp_path, [])
+
+    async def main() -> None:
+        core = WorkerCore(config, registry)
+        core.start()
+        try:
+            await core.append(sample(200))
+            await until(lambda: len(core.store.latest_checkpoints()) == 2, 5, "checkpoints")
+            await asyncio.sleep(0.5)  # ten rounds of retention
+            assert core.store.anchors() == []
+        finally:
+            await core.drain_and_stop(1)
+
+    asyncio.run(main())
+    assert registry.get_sample_value("sealtrail_audit_store_pruned_rows_total") == 0
+    assert query(tmp_path / "audit.db", "SELECT MIN(seq) FROM audit_rows") == [(1,)]
+
+
+def test_a_worker_process_prunes_as_it_ships(tmp_path: Path, signer: Signer,
+                                             siem: ElasticReceiver, key: PublicKey) -> None:
+    lines = [orjson.dumps(item.row_fields()) for item in sample(2_000)]
+    config = {
+        "store": {"retention": {"keepSeconds": 0, "everySeconds": 0.1}},
+        "checkpoints": {"signingKey": {"file": str(tmp_path / "signing.key")},
+                        "everyRows": 100, "everySeconds": 0.5},
+        "exports": [elastic(tmp_path, siem, "siem")],
+    }
+    with running_worker(tmp_path / "worker", **config) as worker:
+        with worker.client() as client:
+            for start in range(0, len(lines), 500):
+                answer = client.post("/v1/events", content=b"\n".join(lines[start:start + 500]),
+                                     headers={"Content-Type": "application/x-ndjson"})
+                assert answer.status_code == 200, answer.text
+
+            def metric(name: str) -> float:
+                text = client.get("/metrics").text
+                found = [line.split()[-1] for line in text.splitlines()
+                         if line.startswith(name + " ")]
+                return float(found[0]) if found else -1.0
+
+            deadline = time.monotonic() + 30
+            while metric("sealtrail_audit_store_pruned_rows_total") < 1_900:
+                assert time.monotonic() < deadline, worker.log()
+                time.sleep(0.1)
+            assert metric("sealtrail_audit_store_bytes") > 0
+        assert worker.row_count() < 500
+    # Stopped: everything it stored reached the SIEM, and the two agree.
+    received = siem.sources()
+    local = verify_store(worker.db, public_keys=[key])
+    assert local.status is Status.INTACT, local.to_json()
+    assert local.pruned_rows >= 1_900
+    remote = verify_rows(received, public_keys=[key])
+    assert remote.status is Status.INTACT, remote.to_json()
+    assert remote.rows == local.rows + local.pruned_rows
+    assert [(t.tenant_id, t.head_tenant_seq, t.head_hash) for t in local.tenants] == [
+        (t.tenant_id, t.head_tenant_seq, t.head_hash) for t in remote.tenants]

@@ -25,6 +25,7 @@ __all__ = [
     "IngestTlsSpec",
     "IngestToken",
     "NatsSpec",
+    "RetentionSpec",
     "StoreSpec",
     "WorkerConfig",
 ]
@@ -43,6 +44,22 @@ ListenAddress = Annotated[
     AfterValidator(_check_port)]
 
 
+class RetentionSpec(_Model):
+    """How long delivered rows stay in the store.
+
+    A row is pruned once every configured export has delivered it (paused ones included) and
+    it is older than `keepSeconds`, and only up to a signed checkpoint: what stays is still
+    provable (`sealtrail verify`), and the SIEM holds every row. So it needs
+    `checkpoints.signingKey`, and with no export configured nothing is pruned.
+    """
+
+    #: Keep delivered rows at least this long (0: prune as soon as delivered and checkpointed);
+    #: unset: keep every row for good.
+    keep_seconds: Annotated[float, Field(ge=0, le=100 * 365 * 86_400)] | None = None
+    #: How often the worker prunes (and measures the store's size).
+    every_seconds: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+
+
 class StoreSpec(_Model):
     """Where the chain store lives."""
 
@@ -57,6 +74,8 @@ class StoreSpec(_Model):
     budget_bytes: Annotated[int, Field(ge=1024 * 1024)] | None = None
     #: Free space the store leaves on its filesystem, budget or not.
     reserve_free_bytes: Annotated[int, Field(ge=0)] = 32 * 1024 * 1024
+    #: Prune delivered rows after a while; unset: keep every row.
+    retention: RetentionSpec | None = None
 
 
 class CheckpointSpec(_Model):
@@ -231,6 +250,17 @@ class WorkerConfig(ExportsConfig):
     drain_timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 20.0
     #: Hand undelivered rows to a collector at shutdown, and/or accept them as one.
     handoff: HandoffSpec | None = None
+
+    @model_validator(mode="after")
+    def _retention_needs_checkpoints(self) -> WorkerConfig:
+        """Rows are pruned only up to a signed checkpoint: without a key, never (say so now)."""
+        retention = self.store.retention
+        if retention is not None and retention.keep_seconds is not None and (
+                self.checkpoints.signing_key is None):
+            raise ValueError("store.retention.keepSeconds needs checkpoints.signingKey: rows "
+                             "are pruned only up to a signed checkpoint, so without a key none "
+                             "ever would be")
+        return self
 
     @model_validator(mode="after")
     def _files_not_secrets(self) -> WorkerConfig:

@@ -47,6 +47,7 @@ from sealtrail.export.loop import ExportLoop
 from sealtrail.worker.backpressure import Backpressure
 from sealtrail.worker.handoff import HandoffSender
 from sealtrail.worker.handoff_receiver import HandoffReceiver
+from sealtrail.worker.retention import Retention
 from sealtrail.worker.store_budget import StoreBudget
 from sealtrail.worker.termination import TerminationClock
 
@@ -212,6 +213,8 @@ class WorkerCore(IngestCore):
         self._own_key = secrets.token_bytes(_OWN_KEY_BYTES)
         #: When the pod began stopping (its preStop hook), for the drain's deadline.
         self.termination = TerminationClock()
+        #: Prunes what every export delivered (`store.retention`); measures the store's size.
+        self.retention = Retention(self.store, config.store.retention, registry)
 
     def digest_key(self) -> bytes:
         """What `credential_version` digests are keyed with: the admin token as it is now.
@@ -237,6 +240,7 @@ class WorkerCore(IngestCore):
             self._background("checkpoint-timer", self._checkpoints)
         self._background("store-follower", self._follow_store)
         self._background("lag-refresh", self._refresh_lag)
+        self._background("retention", self._retention)
         self.ready = True
 
     def _background(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
@@ -263,6 +267,13 @@ class WorkerCore(IngestCore):
                 await asyncio.sleep(delay)
             else:
                 return
+
+    async def _retention(self) -> None:
+        """Retention's timer, with what every configured export has delivered.
+
+        Paused exports count (their backlog is not delivered); with none, nothing is.
+        """
+        await self.retention.run(lambda: [loop.cursor for loop in self.engine.loops.values()])
 
     def _exports_moved(self) -> None:
         """An export's cursor moved: the lag and back-pressure follow at once."""
