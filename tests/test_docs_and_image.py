@@ -919,7 +919,7 @@ def test_operations_has_the_anchors_the_alerts_link_to() -> None:
     names = anchors(OPERATIONS)
     assert {"back-pressure", "paused-exports", "cursor-lag", "worker-unreachable",
             "non-retryable-failures", "interval-at-maximum", "failure-modes",
-            "draining-and-what-stays-on-disk", "rotation", "upgrading"} <= names
+            "the-datas-life-in-a-pod", "store-near-its-limit", "rotation", "upgrading"} <= names
 
 
 def test_the_failure_table_covers_each_failure_mode() -> None:

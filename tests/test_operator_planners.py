@@ -522,7 +522,8 @@ def test_labels_annotations_and_grace_period() -> None:
 def test_handoff_mounts_the_token_and_an_optional_ca_and_a_collector_accepts_its_token(
         ) -> None:
     sidecar = rendered("checkpoints").config.handoff
-    assert sidecar is not None and sidecar.accept is None
+    assert sidecar is not None
+    assert sidecar.accept is None
     assert sidecar.url == "https://sealtrail-collector-apiserver.payments.svc:8470"
     assert sidecar.token is not None
     assert sidecar.token.file == "/etc/sealtrail/secrets/collector-token/token"
@@ -533,7 +534,9 @@ def test_handoff_mounts_the_token_and_an_optional_ca_and_a_collector_accepts_its
         "name": "sealtrail-collector-apiserver-ca", "optional": True}
     assert volumes["st-secret-collector-token"]["secret"] == {"secretName": "collector-token"}
     collector = rendered("apiserver").config.handoff
-    assert collector is not None and collector.url is None and collector.accept is not None
+    assert collector is not None
+    assert collector.url is None
+    assert collector.accept is not None
     assert [t.file for t in collector.accept.tokens] == [
         "/etc/sealtrail/secrets/collector-token/token"]
     assert rendered("two-exports").config.handoff is None

@@ -119,7 +119,7 @@ def test_a_request_that_would_pass_the_limit_is_refused_even_while_open() -> Non
         await gate.admit(size_hint=10 * MIB)
         # 10 measured + 2 x 30 admitted = 70 MiB: slowing, not closed; but 30 more would reach
         # the limit, so this request is refused on its own.
-        with pytest.raises(RefusedError, match="the store holds 70.0 MiB"):
+        with pytest.raises(RefusedError, match=r"the store holds 70\.0 MiB"):
             await gate.admit(size_hint=10 * MIB)
         assert gate.state is State.SLOWING
         await gate.admit(size_hint=MIB)  # a small one still fits

@@ -344,11 +344,11 @@ def refuse_while(core: WorkerCore, refusing: Callable[[], bool]) -> list[int]:
     real_admit = core.backpressure.admit
     refusals = [0]
 
-    async def admit() -> None:
+    async def admit(size_hint: int = 0) -> None:
         if refusing():
             refusals[0] += 1
             raise RefusedError(1, 10**9)
-        await real_admit()
+        await real_admit(size_hint)
 
     core.backpressure.admit = admit  # type: ignore[method-assign]
     return refusals

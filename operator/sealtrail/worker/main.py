@@ -114,7 +114,7 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     await runner.cleanup()
     if admin is not None:
         await admin.cleanup()
-    log.info("stopped; %s", "every export drained" if drained
+    log.info("stopped; %s", "every row delivered or handed off" if drained
              else "a backlog stays on disk and resumes from each cursor on the next start")
     return 0
 
