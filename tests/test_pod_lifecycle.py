@@ -176,8 +176,8 @@ def test_a_siem_outage_fills_the_store_budget_and_the_pod_is_never_evicted(
 
         receiver.start()  # recovery: every acknowledged row arrives
         def delivered() -> bool:
-            got = {(e.fields["tenant_id"], e.fields["tenant_seq"]): e.fields["record_hash"]
-                   for e in receiver.events}
+            rows = [orjson.loads(body) for body in receiver.event_bytes()]
+            got = {(row["tenant_id"], row["tenant_seq"]): row["record_hash"] for row in rows}
             return all(got.get(key) == digest for key, digest in acknowledged.items())
         wait_until(delivered, 120, f"the {len(acknowledged)} acknowledged rows to arrive",
                    cluster)
@@ -293,7 +293,8 @@ def test_scaling_to_zero_while_the_siem_is_down_hands_every_row_to_a_collector(
         assert not events, events  # every worker finished its handoff and exited in time
 
         siem.start()  # the SIEM returns: the collector delivers what it was handed
-        wait_until(lambda: acknowledged <= {e.fields["record_hash"] for e in siem.events}, 180,
+        wait_until(lambda: acknowledged <= {orjson.loads(body)["record_hash"]
+                                            for body in siem.event_bytes()}, 180,
                    "every acknowledged row at the SIEM", cluster)
         _check_siem_copy(siem, key.public, stores=3)
         metrics = httpx.get(f"{collector.url}/metrics", timeout=10).text

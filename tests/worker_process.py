@@ -165,8 +165,10 @@ def start_worker(directory: Path, *, env: dict[str, str] | None = None,
     for _attempt in range(5):
         port = free_port()
         config = _merge(_default_config(directory, port), config_overrides)
+        host = "127.0.0.1"
         if "listen" in config_overrides.get("ingest", {}):
-            port = int(config["ingest"]["listen"].rsplit(":", 1)[1])
+            host, _, given = config["ingest"]["listen"].rpartition(":")
+            port = int(given)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -174,7 +176,7 @@ def start_worker(directory: Path, *, env: dict[str, str] | None = None,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=directory, env=process_env,
             )
-        worker = Worker(url=f"http://127.0.0.1:{port}", db=Path(config["store"]["path"]),
+        worker = Worker(url=f"http://{host}:{port}", db=Path(config["store"]["path"]),
                         config_path=config_path, log_path=log_path, config=config,
                         process=process)
         reason = _wait_ready(worker, time.monotonic() + ready_timeout)
