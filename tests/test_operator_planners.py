@@ -542,6 +542,16 @@ def test_handoff_mounts_the_token_and_an_optional_ca_and_a_collector_accepts_its
     assert rendered("two-exports").config.handoff is None
 
 
+def test_the_store_gets_its_volume_as_budget_and_retention_only_with_a_signing_key() -> None:
+    signed = rendered("checkpoints").config.store
+    assert signed.budget_bytes == 1024**3  # storeSize 1Gi: the emptyDir's sizeLimit
+    assert signed.retention is not None
+    assert signed.retention.keep_seconds == 3600
+    unsigned = rendered("two-exports").config.store
+    assert unsigned.retention is None  # nothing would vouch for what stays
+    assert rendered("apiserver").config.store.budget_bytes == 20 * 1024**3  # its claim
+
+
 def test_an_injected_pod_gets_no_patch_and_injection_is_idempotent() -> None:
     assert _plan("payments-injected").patch == []
     once = _plan("payments-7c9f8-")

@@ -165,6 +165,11 @@ class WorkerSettings(_Model):
     ephemeral_storage_limit: Annotated[str, Field(pattern=_QUANTITY)] = "256Mi"
     backpressure: BackpressureSpec = Field(default_factory=BackpressureSpec)
     drain_timeout_seconds: Annotated[int, Field(ge=0, le=3600)] = 20
+    #: Delivered rows are pruned from the store once every export has them and they are this
+    #: old (up to a signed checkpoint, so what stays verifies); null keeps every row. Needs
+    #: `checkpoints.signingKey`: without one nothing can vouch for what stays, nothing is
+    #: pruned, and a sidecar's store fills its `storeSize` until ingest refuses.
+    retention_seconds: Annotated[int, Field(ge=0, le=100 * 365 * 86_400)] | None = 3600
     #: Secrets (of the pod's namespace) to pull `image` with, added to the pod's
     #: `imagePullSecrets` unless it lists them already.
     image_pull_secrets: list[Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]] = (

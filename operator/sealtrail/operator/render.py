@@ -359,7 +359,9 @@ def render_worker_config(policy: Policy, exports: Mapping[str, AuditExportSpec],
     raw = {
         "store": {"path": naming.STORE_PATH, "synchronous": worker.synchronous,
                   "defaultTenant": spec.default_tenant.replace("${namespace}", policy.namespace),
-                  "budgetBytes": store_budget_bytes(spec)},
+                  "budgetBytes": store_budget_bytes(spec),
+                  **({"retention": {"keepSeconds": worker.retention_seconds}}
+                     if signing.value and worker.retention_seconds is not None else {})},
         "checkpoints": checkpoints,
         "ingest": {"listen": f"{host}:{worker.port}", "processes": worker.processes,
                    "backpressure": worker.backpressure.model_dump(mode="json", by_alias=True),
