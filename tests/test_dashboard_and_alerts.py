@@ -328,6 +328,10 @@ REQUIRED_TOPICS = {
     "failures by class": {"sealtrail_audit_export_outcomes_total"},
     "batch interval": {"sealtrail_audit_batch_interval_ms"},
     "paused exports": {"sealtrail_audit_export_paused"},
+    "store bytes against the limit": {"sealtrail_audit_store_used_bytes",
+                                      "sealtrail_audit_store_limit_bytes"},
+    "rows handed off and abandoned": {"sealtrail_audit_handoff_rows_total",
+                                      "sealtrail_audit_rows_abandoned_total"},
 }
 
 
@@ -342,6 +346,8 @@ def test_a_time_series_panel_covers_each_required_topic(topic: str) -> None:
                        for target in panel["targets"])
     if topic in {"export rate per export", "cursor lag", "batch interval", "paused exports"}:
         assert "{{export}}" in legends, f"{topic} is not shown per export"
+    if topic == "rows handed off and abandoned":
+        assert "{{export}}" in legends, "abandoned rows are not shown per export"
     if topic == "failures by class":
         assert "{{outcome}}" in legends, "failures are not shown by class"
 
@@ -446,7 +452,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     good.start()
     strict.start()
     try:
-        with running_worker(directory, exports=exports) as worker, worker.client() as client:
+        (directory / "handoff-token").write_text("handoff-" + HEC_TOKEN, encoding="utf-8")
+        accept = {"accept": {"tokens": [{"file": str(directory / "handoff-token")}]}}
+        with running_worker(directory, exports=exports, handoff=accept) as worker, \
+                worker.client() as client:
             posted = client.post("/v1/events", json=events)
             assert posted.status_code == 200, posted.text
             deadline = time.monotonic() + 15
@@ -564,6 +573,10 @@ REQUIRED_ALERTS = {
     "SealtrailOperatorNoLeader": {"sealtrail_operator_leader"},
     "SealtrailPodsAdmittedWithoutWorker": {"sealtrail_operator_admissions_total"},
     "SealtrailOperatorUnreachable": {"up"},
+    "SealtrailStoreNearLimit": {"sealtrail_audit_store_used_bytes",
+                                "sealtrail_audit_store_limit_bytes"},
+    "SealtrailStoreFull": {"sealtrail_audit_store_full"},
+    "SealtrailRowsAbandoned": {"sealtrail_audit_rows_abandoned_total"},
 }
 
 
@@ -677,6 +690,17 @@ SCENARIOS: dict[str, tuple[list[dict[str, str]], list[tuple[int, list[dict[str, 
         [_series("sealtrail_audit_store_full", "0x3 1x10", pod="shop-1"),
          _series("sealtrail_audit_store_full", "0x3 1 0x10", pod="shop-2")],  # a blip
         [(4, []), (7, [_firing("critical", pod="shop-1")])],
+    ),
+    "SealtrailRowsAbandoned": (
+        [_series("sealtrail_audit_rows_abandoned_total", "0x10 40x10", pod="shop-1",
+                 export="hec"),
+         _series("sealtrail_audit_rows_abandoned_total", "0x20", pod="shop-2", export="hec"),
+         _series("sealtrail_audit_rows_abandoned_total", "_x5 12x10", pod="shop-3",
+                 export="hec")],  # a restarted container, first scraped above 0
+        [(4, []),
+         (7, [_firing("critical", pod="shop-3", export="hec")]),
+         (12, [_firing("critical", pod="shop-1", export="hec"),
+               _firing("critical", pod="shop-3", export="hec")])],
     ),
     "SealtrailExportNonRetryableFailure": (
         [_series(FAILURES, "_x19 1x30", export="new", retryable="false"),  # first at 20m

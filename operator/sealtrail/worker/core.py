@@ -197,6 +197,8 @@ class WorkerCore(IngestCore):
         #: Hands what the drain cannot deliver to a collector (`handoff.url`), and counts
         #: what is abandoned either way.
         self.handoff_sender = HandoffSender(config.handoff, self.store, registry)
+        for name in self.engine.loops:  # each series exists at 0, so a rise shows in increase()
+            self.handoff_sender.abandoned.labels(name)
         #: Rows other workers handed off to this one (`handoff.accept`), and their exports.
         self.handoff_receiver: HandoffReceiver | None = None
         if config.handoff is not None and config.handoff.accept is not None:
