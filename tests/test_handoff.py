@@ -538,3 +538,24 @@ def test_a_sidecar_with_the_collector_down_exits_by_its_deadline_and_says_what_i
     assert "ERROR" in log
     assert HANDOFF_TOKEN not in log
     assert len(store_rows(sidecar.db)) == 2001  # the rows and the drain's checkpoint stay
+
+
+def test_a_collector_near_its_byte_limit_refuses_a_handoff_it_could_not_hold(
+        tmp_path: Path, siem: ElasticReceiver) -> None:
+    rows = store_rows_of_a_sidecar(tmp_path / "sidecar", 3000)
+    body_bytes = sum(len(row) + 1 for row in rows)
+    budget = 4 * 1024 * 1024
+    assert 3 * body_bytes > budget  # what the gate counts a request may grow the store by
+    config = collector_config(tmp_path / "collector", siem)
+    config["store"] = {"path": str(tmp_path / "collector" / "audit.db"), "budgetBytes": budget,
+                       "reserveFreeBytes": 0}
+    with running_worker(tmp_path / "collector", **config) as collector:
+        refused = post_handoff(collector, rows)
+        assert refused.status_code == 429, refused.text
+        assert "the store holds" in refused.json()["error"]
+        assert "nothing of this request was stored" in refused.json()["error"]
+        assert refused.headers["Retry-After"]
+        assert handed(tmp_path / "collector" / "audit.db.handoff") == []
+        accepted = post_handoff(collector, rows[:100])  # what fits is taken
+        assert accepted.status_code == 200, accepted.text
+        assert handed(tmp_path / "collector" / "audit.db.handoff") == rows[:100]

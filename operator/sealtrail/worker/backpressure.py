@@ -167,6 +167,16 @@ class Backpressure:
                 await asyncio.wait_for(self._opened.wait(), timeout=min(0.2, remaining))
             lag = self.update()
 
+    def check_room(self, size_hint: int) -> None:
+        """Refuse (`RefusedError`) only if `size_hint` bytes could take the store past its limit.
+
+        For rows another worker hands off at shutdown: they are not new load the watermarks
+        should slow, they are rows that are lost if refused, so only the hard limit applies.
+        """
+        if self._would_overflow(size_hint):
+            assert self.usage is not None  # noqa: S101 - _would_overflow measured it
+            raise RefusedError(self.spec.retry_after_seconds, self._lag(), self.usage)
+
     def _would_overflow(self, size_hint: int) -> bool:
         """True if storing `size_hint` bytes of events could take the store past its limit.
 

@@ -528,6 +528,11 @@ async def post_handoff(request: web.Request) -> web.Response:  # noqa: PLR0911
     if isinstance(raw, web.Response):
         return raw
     try:
+        core.backpressure.check_room(len(raw))
+    except RefusedError as full:  # the sender retries, or tells its log what it left
+        return _problem(429, f"{full}; nothing of this request was stored",
+                        headers={"Retry-After": str(full.retry_after_seconds)})
+    try:
         received = await receiver.receive(raw)
     except HandoffRefusedError as error:
         log.warning("refused a handoff: %.500s", error)
