@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -279,6 +280,30 @@ def test_a_prune_cut_short_between_transactions_verifies_and_resumes(
     assert all(item.complete for item in finished)
     assert len(finished) == 2
     assert check(db_path, key).status is Status.INTACT
+
+
+def test_a_prune_stops_between_transactions_when_the_store_is_closed(
+        db_path: Path, signer: Signer, key: PublicKey) -> None:
+    """A worker stopping closes its store while retention prunes in a thread."""
+    closer: list[threading.Thread] = []
+
+    def clock() -> datetime:
+        if closer and not closer[0].is_alive() and not closer[0].ident:
+            closer[0].start()  # close() now waits for the transaction under way
+            time.sleep(0.1)
+        return T0
+
+    store = ChainStore(db_path, checkpoints=CheckpointPolicy(signer, 150, None), clock=clock)
+    store.append(events(400, tenants=("acme", "globex")))
+    closer.append(threading.Thread(target=store.close))
+    result = store.prune(delivered_through_seq=store.last_seq(),
+                         older_than=T0 + timedelta(seconds=1), chunk_rows=30)
+    closer[0].join()
+    assert (result.transactions, result.rows) == (1, 30)
+    assert not result.wal_truncated
+    report = check(db_path, key)
+    assert report.status is Status.INTACT, report.to_json()
+    assert report.pruned_rows == 30
 
 
 # -- what is still caught --------------------------------------------------------------------

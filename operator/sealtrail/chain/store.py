@@ -274,6 +274,8 @@ class ChainStore:
         # Monotonic time of the first append since the last checkpoint, per tenant that has no
         # checkpoint yet: the time rule needs a starting point for a brand-new chain.
         self._pending_since: dict[str, float] = {}
+        #: Set by `close`: a prune running in another thread stops at its next transaction.
+        self._closing = False
         _create_private(self.path)
         try:
             self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
@@ -330,6 +332,7 @@ class ChainStore:
 
     def close(self) -> None:
         """Close the connection. Committed data is already durable."""
+        self._closing = True
         with self._lock:
             self._db.close()
             with contextlib.suppress(OSError):
@@ -687,8 +690,9 @@ class ChainStore:
         checkpoint signed, and no row below it is missing. A chain that fails is left whole
         and named in `refused` (pruning would erase the evidence; `verify` reports it).
 
-        Deletes at most `chunk_rows` rows per transaction, then hands freed pages back to the
-        filesystem and truncates the WAL (skipped, not waited for, while readers hold it).
+        Deletes at most `chunk_rows` rows per transaction, each handing the pages it freed back
+        to the filesystem, then truncates the WAL (skipped, not waited for, while readers hold
+        it). A store closed meanwhile (a worker stopping) ends the prune between transactions.
         """
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be at least 1")
@@ -696,9 +700,12 @@ class ChainStore:
         cuts = deque(self._plan_cuts(delivered_through_seq, format_timestamp(older_than),
                                      result.refused))
         while cuts:
-            with self._lock, self._transaction():
-                deleted, moved = self._cut(cuts, chunk_rows, format_timestamp(self._clock()))
-                result.pages_freed += self._hand_back_pages()
+            with self._lock:
+                if self._closing:  # closed meanwhile: a prune cut short is a valid store
+                    return result
+                with self._transaction():
+                    deleted, moved = self._cut(cuts, chunk_rows, format_timestamp(self._clock()))
+                    result.pages_freed += self._hand_back_pages()
             time.sleep(PRUNE_YIELD_SECONDS)  # let appenders in (see the constant)
             result.transactions += 1
             result.rows += deleted
@@ -715,6 +722,8 @@ class ChainStore:
         rewritten, and a prune running elsewhere only moves a cut up, which `_cut` re-reads.
         """
         with self._read_lock:
+            if self._closing:
+                return []
             db = self._reader_db()
             newest = db.execute(
                 "SELECT tenant_id, MAX(tenant_seq) FROM audit_checkpoints "
@@ -842,10 +851,10 @@ class ChainStore:
         freed = 0
         while self.incremental_vacuum:
             with self._lock:
-                if not self._db.execute("PRAGMA freelist_count").fetchone()[0]:
+                if self._closing or not self._db.execute("PRAGMA freelist_count").fetchone()[0]:
                     break
-            with self._lock, self._transaction():
-                moved = self._hand_back_pages()
+                with self._transaction():
+                    moved = self._hand_back_pages()
             time.sleep(PRUNE_YIELD_SECONDS)
             freed += moved
             if not moved:
@@ -859,6 +868,8 @@ class ChainStore:
         `TRUNCATE_WAIT_MS` at most; between prunes, `journal_size_limit` still bounds the WAL.
         """
         with self._lock, self._write_lock():
+            if self._closing:
+                return False
             self._db.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
             try:
                 busy = int(self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0])
