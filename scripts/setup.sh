@@ -7,9 +7,10 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 # Debian packages that tests start as real peers: rsyslog (with GnuTLS) is the syslog receiver,
-# nats-server the JetStream source.
+# nats-server the JetStream source; chromium is the browser the audit UI's browser tests drive
+# (through PyPI's playwright, launched from /usr/bin/chromium: playwright downloads no browser).
 # Installed only when missing.
-debs=(rsyslog rsyslog-gnutls nats-server buildah bubblewrap debootstrap uidmap iproute2)
+debs=(rsyslog rsyslog-gnutls nats-server buildah bubblewrap debootstrap uidmap iproute2 chromium)
 missing=()
 for deb in "${debs[@]}"; do
   dpkg -s "$deb" >/dev/null 2>&1 || missing+=("$deb")

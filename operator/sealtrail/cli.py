@@ -1,4 +1,4 @@
-"""The `sealtrail` command line: keygen, append, dump, checkpoint, verify, compact, demo.
+"""The `sealtrail` command line: keygen, append, dump, checkpoint, verify, compact, ui, demo.
 
 Exit codes are part of the interface, so scripts and CI jobs can act on them:
 0 success (for verify: intact), 1 tampered (verify) or input rejected (append),
@@ -219,6 +219,14 @@ def _parser() -> argparse.ArgumentParser:
     crds = commands.add_parser("crds", help="write or check crds/ and the CRD reference")
     crds.add_argument("mode", choices=["write", "check"])
 
+    ui = commands.add_parser("ui", help="serve the audit UI over a store file (read-only)")
+    ui.add_argument("--db", type=Path, required=True)
+    ui.add_argument("--listen", default="127.0.0.1:8480", metavar="HOST:PORT",
+                    help="where to listen (default 127.0.0.1:8480: anyone who reaches it "
+                         "sees every tenant)")
+    ui.add_argument("--pubkey", type=Path, action="append", default=[],
+                    help="public key to check checkpoint signatures with (repeatable)")
+
     demo = commands.add_parser("demo", help="run the embedded demo end to end")
     demo.add_argument("--dir", type=Path, default=Path("demo-out"), help="where to put its files")
     return parser
@@ -256,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 return run_export(args.db, args.config, until_drained=args.until_drained,
                                   timeout_seconds=args.timeout)
+            case "ui":
+                return _ui(args)
             case "demo":
                 from sealtrail.demo import run_demo  # noqa: PLC0415 - only the demo needs it
 
@@ -267,6 +277,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK  # `sealtrail dump | head` is fine
     raise AssertionError(args.command)  # pragma: no cover - argparse allows only the above
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from sealtrail.ui.local import run_local  # noqa: PLC0415 - aiohttp and Jinja2 only here
+
+    if not args.db.is_file():
+        raise UsageError(f"{args.db}: no such store")
+    if ":" not in args.listen or not args.listen.rpartition(":")[2].isdigit():
+        raise UsageError(f"--listen: {args.listen!r} is not HOST:PORT")
+    return run_local(args.db, args.listen, [load_public_key(path) for path in args.pubkey])
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -51,6 +51,7 @@ from sealtrail.worker.handoff_receiver import HANDOFF_PATH
 from sealtrail.worker.idempotency import Conflict, IdempotencyKeys, InFlight, Replay
 from sealtrail.worker.k8s_audit import K8sAuditError, map_event_list
 from sealtrail.worker.termination import MAX_GRACE_SECONDS
+from sealtrail.worker.ui_mount import mount_ui
 
 __all__ = [
     "CORE",
@@ -579,6 +580,7 @@ def build_app(core: WorkerCore) -> web.Application:
     app.router.add_get("/v1/events", get_events)
     app.router.add_post(HANDOFF_PATH, post_handoff)
     _admin_routes(app)
+    mount_ui(app, core)  # the audit UI, under /ui: the same listener and tokens as above
     return app
 
 

@@ -1,0 +1,228 @@
+"""Search over a whole store, newest first, for people: the audit UI's filters and exports.
+
+Why a module of its own, beside `ChainStore.query`: that one serves machines (`GET
+/v1/events`, oldest first, column filters); a person investigating wants the newest rows first,
+filters on fields inside the row (decision, actor, free text), counts over time, and a way to
+page through a million rows without an offset that grows with every page. Everything here reads
+on read-only connections of its own, so a search never holds up an appender, and never writes.
+
+Paging is by keyset on `seq` (`before_seq`): page N costs what page 1 costs. Rows are matched
+on the store's own columns where it has them (tenant, type, severity, time) and inside the
+stored JSON otherwise; `SEARCH_INDEXES` are the indexes that keep the column filters fast on
+a large store (`ensure_search_indexes` adds them once).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "SEARCH_INDEXES",
+    "Bucket",
+    "Found",
+    "Search",
+    "connect",
+    "ensure_search_indexes",
+    "histogram",
+    "row_at",
+    "rows_ascending",
+    "search",
+    "tenant_names",
+]
+
+#: Indexes the filters use. `(tenant_id, seq)` and `(event_type, seq)` let a filtered page be
+#: read newest-first straight from the index; `(timestamp)` bounds a time range. Each costs an
+#: appender one more B-tree insert per row.
+SEARCH_INDEXES: Final = (
+    "CREATE INDEX IF NOT EXISTS audit_rows_tenant_by_seq ON audit_rows (tenant_id, seq)",
+    "CREATE INDEX IF NOT EXISTS audit_rows_type_by_seq ON audit_rows (event_type, seq)",
+    "CREATE INDEX IF NOT EXISTS audit_rows_by_time ON audit_rows (timestamp)",
+)
+
+_COLUMNS: Final = ("seq, tenant_id, tenant_seq, record_hash, event_type, severity, timestamp, "
+                   "body")
+#: The row as text: SQLite's JSON functions refuse a BLOB (newer versions read it as JSONB).
+_TEXT: Final = "CAST(body AS TEXT)"
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """What a person asked for. Empty lists and None mean "any".
+
+    `tenants` is never "any" for a person bound to some tenants: the caller fills it with the
+    tenants they may see (None only for a caller who may see every tenant).
+    """
+
+    tenants: Sequence[str] | None = None
+    event_types: Sequence[str] = ()
+    severities: Sequence[str] = ()
+    decisions: Sequence[str] = ()
+    actor: str | None = None
+    since: str | None = None  # RFC 3339 as rows spell it; inclusive
+    until: str | None = None  # exclusive
+    text: str | None = None
+    seq_from: int | None = None  # inclusive global seq bounds (the integrity panel's links)
+    seq_to: int | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        """The SQL condition and its parameters (never text pasted into SQL)."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, values in (("tenant_id", self.tenants), ("event_type", self.event_types),
+                               ("severity", self.severities)):
+            if values is None:
+                continue
+            if column == "tenant_id" or values:
+                clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+                params.extend(values)
+        if self.decisions:
+            clauses.append(f"json_extract({_TEXT}, '$.decision') IN "
+                           f"({','.join('?' * len(self.decisions))})")
+            params.extend(self.decisions)
+        if self.actor:
+            clauses.append(f"(json_extract({_TEXT}, '$.agent_id') = ? OR "
+                           f"json_extract({_TEXT}, '$.identity') = ?)")
+            params += [self.actor, self.actor]
+        bounds: tuple[tuple[str, str | int | None], ...] = (
+            ("timestamp >= ?", self.since), ("timestamp < ?", self.until),
+            ("seq >= ?", self.seq_from), ("seq <= ?", self.seq_to))
+        for clause, bound in bounds:
+            if bound is not None:
+                clauses.append(clause)
+                params.append(bound)
+        if self.text:
+            clauses.append(f"{_TEXT} LIKE ? ESCAPE '\\'")
+            params.append(_contains(self.text))
+        return (" AND ".join(clauses) or "1"), params
+
+
+def _contains(text: str) -> str:
+    """A LIKE pattern for rows containing `text` (ASCII letters in any case), wildcards escaped."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A row as stored, with the columns a list shows without parsing it."""
+
+    seq: int
+    tenant_id: str
+    tenant_seq: int
+    record_hash: str
+    event_type: str
+    severity: str
+    timestamp: str
+    body: bytes
+
+
+@dataclass(slots=True)
+class Bucket:
+    """Rows per severity in one slice of time `[start, start + width)` (epoch seconds)."""
+
+    start: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """All rows of the slice."""
+        return sum(self.counts.values())
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A read-only connection: the UI can show evidence, never change it."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+
+
+def ensure_search_indexes(path: Path) -> None:
+    """Add `SEARCH_INDEXES` to the store at `path` (seconds on a large store, once).
+
+    On a connection of its own: SQLite's write lock keeps appenders out meanwhile, and they
+    wait for it as for any other writer.
+    """
+    db = sqlite3.connect(path, timeout=60.0)
+    try:
+        for statement in SEARCH_INDEXES:
+            db.execute(statement)
+        db.commit()
+    finally:
+        db.close()
+
+
+def _found(values: tuple[Any, ...]) -> Found:
+    seq, tenant, tenant_seq, digest, event_type, severity, stamp, body = values
+    return Found(seq, tenant, tenant_seq, digest, event_type, severity, stamp, bytes(body))
+
+
+def search(db: sqlite3.Connection, wanted: Search, *, before_seq: int | None = None,
+           limit: int = 50) -> list[Found]:
+    """Up to `limit` matching rows, newest first, all below `before_seq` if given."""
+    where, params = wanted.where()
+    if before_seq is not None:
+        where += " AND seq < ?"
+        params.append(before_seq)
+    sql = f"SELECT {_COLUMNS} FROM audit_rows WHERE {where} ORDER BY seq DESC LIMIT ?"
+    return [_found(values) for values in db.execute(sql, [*params, max(limit, 0)])]
+
+
+def rows_ascending(db: sqlite3.Connection, wanted: Search, *, after_seq: int = 0,
+                   chunk: int = 2_000) -> Iterator[list[Found]]:
+    """Every matching row in chain order, `chunk` at a time (an export, the live tail).
+
+    Keyset paging again: each chunk is its own short read, so a slow download does not keep
+    one read transaction (and with it the WAL) open for its whole length.
+    """
+    where, params = wanted.where()
+    sql = (f"SELECT {_COLUMNS} FROM audit_rows WHERE {where} AND seq > ? "
+           "ORDER BY seq LIMIT ?")
+    while True:
+        found = [_found(values) for values in db.execute(sql, [*params, after_seq, chunk])]
+        if not found:
+            return
+        yield found
+        after_seq = found[-1].seq
+        if len(found) < chunk:
+            return
+
+
+def row_at(db: sqlite3.Connection, tenant: str, tenant_seq: int) -> Found | None:
+    """The row at a chain position (the UNIQUE index finds it at once)."""
+    values = db.execute(f"SELECT {_COLUMNS} FROM audit_rows WHERE tenant_id = ? AND "
+                        "tenant_seq = ?", (tenant, tenant_seq)).fetchone()
+    return None if values is None else _found(values)
+
+
+def tenant_names(db: sqlite3.Connection) -> list[str]:
+    """Every tenant with rows, by skipping along the `(tenant_id, tenant_seq)` index.
+
+    `SELECT DISTINCT` would read every index entry (a million on a large store); this reads one
+    per tenant.
+    """
+    found = db.execute(
+        "WITH RECURSIVE t(name) AS (SELECT MIN(tenant_id) FROM audit_rows UNION ALL "
+        "SELECT (SELECT MIN(tenant_id) FROM audit_rows WHERE tenant_id > t.name) FROM t "
+        "WHERE t.name IS NOT NULL) SELECT name FROM t WHERE name IS NOT NULL")
+    return [name for (name,) in found]
+
+
+def histogram(db: sqlite3.Connection, wanted: Search, *, start: int, end: int,
+              buckets: int = 48) -> tuple[int, list[Bucket]]:
+    """Rows per severity in `buckets` equal slices of `[start, end)` (epoch seconds).
+
+    Returns the slice width and every slice, empty ones included (a gap in traffic is itself
+    something to see).
+    """
+    width = max(1, -(-(end - start) // max(buckets, 1)))
+    where, params = wanted.where()
+    sql = (f"SELECT (CAST(strftime('%s', substr(timestamp, 1, 19)) AS INTEGER) - ?) / ? AS b, "
+           f"severity, COUNT(*) FROM audit_rows WHERE {where} GROUP BY b, severity")
+    slices = [Bucket(start + index * width) for index in range((end - start + width - 1)
+                                                                // width)]
+    for index, severity, count in db.execute(sql, [start, width, *params]):
+        if index is not None and 0 <= index < len(slices):
+            slices[index].counts[severity] = count
+    return width, slices

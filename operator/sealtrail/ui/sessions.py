@@ -1,0 +1,110 @@
+"""Browser sessions of the audit UI: a random id in a cookie, everything else on the server.
+
+Why not put the token in the cookie: the cookie travels with every request and lands in proxy
+logs and browser profiles; an id that dies with the worker (or after `IDLE_SECONDS`) is worth
+far less to whoever finds it. The session keeps a keyed digest of the token it was opened
+with, never the token, and asks `authenticate` again on every request: a token removed from
+the worker's config closes its sessions at once.
+
+Every session has its own CSRF token, which each state-changing form carries back; the cookie
+is also SameSite=Strict, so another site's page cannot even make the browser send it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = ["COOKIE", "IDLE_SECONDS", "MAX_SESSIONS", "Session", "Sessions"]
+
+#: The cookie's name; it holds a session id and nothing else.
+COOKIE: Final = "sealtrail_ui"
+#: A session nobody used for this long is gone (an unattended browser stops being a way in).
+IDLE_SECONDS: Final = 8 * 3600
+#: Sessions kept at most; the least recently used goes first (memory stays bounded).
+MAX_SESSIONS: Final = 10_000
+
+
+@dataclass(slots=True)
+class Session:
+    """One browser: its CSRF token and, once signed in, the token digest it proved."""
+
+    id: str
+    csrf: str
+    token_digest: bytes | None = None
+    seen: float = field(default_factory=time.monotonic)
+
+    @property
+    def signed_in(self) -> bool:
+        """True once a valid token was presented."""
+        return self.token_digest is not None
+
+    def csrf_ok(self, given: str | None) -> bool:
+        """The form's CSRF token is this session's (compared in constant time)."""
+        return given is not None and hmac.compare_digest(self.csrf.encode(), given.encode())
+
+    @property
+    def fingerprint(self) -> str:
+        """A short name for this session in audit events: not the id, nothing to replay."""
+        return hashlib.sha256(self.id.encode()).hexdigest()[:12]
+
+
+class Sessions:
+    """Every live session of one process, by id."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        """No sessions yet; a key of this process for token digests."""
+        self._key = secrets.token_bytes(32)
+        self._clock = clock
+        self._by_id: OrderedDict[str, Session] = OrderedDict()
+
+    def digest(self, token: str) -> bytes:
+        """A token's digest under this process's key (no use outside this process)."""
+        return hmac.new(self._key, token.encode("utf-8", "surrogateescape"),
+                        hashlib.sha256).digest()
+
+    def new(self) -> Session:
+        """A fresh session, not signed in."""
+        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32),
+                          seen=self._clock())
+        self._by_id[session.id] = session
+        while len(self._by_id) > MAX_SESSIONS:
+            self._by_id.popitem(last=False)
+        return session
+
+    def get(self, session_id: str | None) -> Session | None:
+        """The live session with this id, touched; None if unknown or idle too long."""
+        if not session_id:
+            return None
+        session = self._by_id.get(session_id)
+        if session is None:
+            return None
+        now = self._clock()
+        if now - session.seen > IDLE_SECONDS:
+            del self._by_id[session_id]
+            return None
+        session.seen = now
+        self._by_id.move_to_end(session_id)
+        return session
+
+    def sign_in(self, old: Session | None, token_digest: bytes) -> Session:
+        """A new session (new id) for a proven token; the old one, if any, is gone.
+
+        A new id at sign-in: an id someone planted in the browser before (session fixation)
+        is never the one that gets the rights.
+        """
+        if old is not None:
+            self._by_id.pop(old.id, None)
+        session = self.new()
+        session.token_digest = token_digest
+        return session
+
+    def end(self, session: Session) -> None:
+        """Sign out: the id stops working."""
+        self._by_id.pop(session.id, None)

@@ -1,0 +1,147 @@
+// sealtrail audit UI: keyboard navigation, live tail, saved filters. No framework, no eval,
+// no inline handlers (the Content-Security-Policy allows scripts from this origin only).
+"use strict";
+
+function rowLinks() {
+  return Array.from(document.querySelectorAll("#rows a.open"));
+}
+
+function moveFocus(step) {
+  const links = rowLinks();
+  if (!links.length) return;
+  const at = links.indexOf(document.activeElement);
+  const next = at < 0 ? 0 : Math.min(links.length - 1, Math.max(0, at + step));
+  links[next].focus();
+  links[next].closest("tr").scrollIntoView({block: "nearest"});
+}
+
+function closeDetail() {
+  const detail = document.getElementById("detail");
+  if (detail && detail.firstChild) {
+    const opener = detail.dataset.opener && document.querySelector(
+      `#rows tr[data-seq="${detail.dataset.opener}"] a.open`);
+    detail.replaceChildren();
+    if (opener) opener.focus();
+  }
+}
+
+document.addEventListener("keydown", (event) => {
+  const target = event.target;
+  const typing = target instanceof HTMLElement &&
+    (target.isContentEditable || ["INPUT", "SELECT", "TEXTAREA"].includes(target.tagName));
+  if (event.key === "Escape") {
+    if (typing) target.blur();
+    closeDetail();
+    return;
+  }
+  if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (event.key === "j") { moveFocus(1); event.preventDefault(); }
+  else if (event.key === "k") { moveFocus(-1); event.preventDefault(); }
+  else if (event.key === "/") {
+    const search = document.getElementById("f-q");
+    if (search) { search.focus(); search.select(); event.preventDefault(); }
+  }
+});
+
+document.addEventListener("click", (event) => {
+  const target = event.target;
+  if (!(target instanceof Element)) return;
+  if (target.closest(".close-detail")) closeDetail();
+  const link = target.closest("#rows a.open");
+  if (link) document.getElementById("detail").dataset.opener = link.closest("tr").dataset.seq;
+});
+
+// After htmx puts an event into the panel, move focus there (a screen reader reads it).
+document.addEventListener("htmx:afterSwap", (event) => {
+  if (event.target && event.target.id === "detail") {
+    const article = document.getElementById("detail-article");
+    if (article) article.focus();
+  }
+});
+
+// -- live tail --------------------------------------------------------------------------------
+let source = null;
+let paused = false;
+let held = [];
+
+function tailState(text) {
+  const state = document.getElementById("tail-state");
+  if (state) state.textContent = text;
+}
+
+function addRow(html) {
+  const rows = document.getElementById("rows");
+  const template = document.createElement("template");
+  template.innerHTML = html.trim();
+  const row = template.content.firstElementChild;
+  if (!row) return;
+  rows.prepend(row);
+  if (window.htmx) window.htmx.process(row);
+}
+
+function startTail(button) {
+  let src = button.dataset.src;
+  const top = document.querySelector("#rows tr");
+  if (top) src = src.replace(/([?&])after=[0-9]*/, `$1after=${top.dataset.seq}`);
+  source = new EventSource(src);
+  source.addEventListener("row", (message) => {
+    if (paused) { held.push(message.data); tailState(`paused: ${held.length} new`); return; }
+    addRow(message.data);
+  });
+  button.textContent = "Live tail: on (pause)";
+  button.setAttribute("aria-pressed", "true");
+  tailState("following new events");
+}
+
+document.addEventListener("click", (event) => {
+  const button = event.target instanceof Element && event.target.closest("#tail-toggle");
+  if (!button) return;
+  if (!source) { startTail(button); return; }
+  paused = !paused;
+  if (paused) {
+    button.textContent = "Live tail: paused (resume)";
+    button.setAttribute("aria-pressed", "false");
+    tailState("paused");
+  } else {
+    held.forEach(addRow);
+    held = [];
+    button.textContent = "Live tail: on (pause)";
+    button.setAttribute("aria-pressed", "true");
+    tailState("following new events");
+  }
+});
+
+// -- saved filters (the user's own, in this browser) -------------------------------------------
+const SAVED_KEY = "sealtrail.savedFilters";
+
+function savedFilters() {
+  try { return JSON.parse(localStorage.getItem(SAVED_KEY) || "[]"); } catch { return []; }
+}
+
+function renderSaved() {
+  const list = document.getElementById("saved-list");
+  if (!list) return;
+  list.querySelectorAll("li.own").forEach((item) => item.remove());
+  for (const saved of savedFilters()) {
+    const item = document.createElement("li");
+    item.className = "own";
+    const link = document.createElement("a");
+    link.href = `/ui/events?${saved.query}`;
+    link.textContent = saved.name;
+    item.append(link);
+    list.append(item);
+  }
+}
+
+document.addEventListener("click", (event) => {
+  const button = event.target instanceof Element && event.target.closest("#save-filter");
+  if (!button) return;
+  const name = window.prompt("Name this filter", button.dataset.query || "all events");
+  if (!name) return;
+  const saved = savedFilters().filter((item) => item.name !== name);
+  saved.push({name, query: button.dataset.query});
+  localStorage.setItem(SAVED_KEY, JSON.stringify(saved));
+  renderSaved();
+});
+
+document.addEventListener("DOMContentLoaded", renderSaved);
