@@ -737,7 +737,7 @@ def test_the_worker_prunes_only_what_every_export_delivered(
 
     async def main() -> None:
         core = WorkerCore(config, registry)
-        assert (registry.get_sample_value("sealtrail_audit_store_bytes") or 0) > 0  # at start
+        assert (registry.get_sample_value("sealtrail_audit_store_used_bytes") or 0) > 0  # at start
         core.start()
         try:
             await core.append(sample(400))
@@ -753,7 +753,7 @@ def test_the_worker_prunes_only_what_every_export_delivered(
             assert anchors
             assert pruned() == sum(item.tenant_seq for item in anchors)
             assert max(item.through_seq for item in anchors) < min(live.cursor, held.cursor)
-            size = registry.get_sample_value("sealtrail_audit_store_bytes")
+            size = registry.get_sample_value("sealtrail_audit_store_used_bytes")
             assert size is not None
             assert size > 0
         finally:
@@ -811,7 +811,7 @@ def test_a_worker_process_prunes_as_it_ships(tmp_path: Path, signer: Signer,
             while metric("sealtrail_audit_store_pruned_rows_total") < 1_900:
                 assert time.monotonic() < deadline, worker.log()
                 time.sleep(0.1)
-            assert metric("sealtrail_audit_store_bytes") > 0
+            assert metric("sealtrail_audit_store_used_bytes") > 0
         assert worker.row_count() < 500
     # Stopped: everything it stored reached the SIEM, and the two agree.
     received = siem.sources()

@@ -215,8 +215,15 @@ class WorkerCore(IngestCore):
         self._own_key = secrets.token_bytes(_OWN_KEY_BYTES)
         #: When the pod began stopping (its preStop hook), for the drain's deadline.
         self.termination = TerminationClock()
-        #: Prunes what every export delivered (`store.retention`); measures the store's size.
-        self.retention = Retention(self.store, config.store.retention, registry)
+        #: Prunes what every export delivered (`store.retention`), then re-measures the store.
+        self.retention = Retention(self.store, config.store.retention, registry,
+                                   self._measure_store)
+        self.backpressure.update()  # the store's bytes are on the gauges from the start
+
+    def _measure_store(self) -> None:
+        """Measure the store's bytes now (after a prune) and let the gate follow."""
+        self.budget.usage(fresh=True)
+        self.backpressure.update()
 
     def digest_key(self) -> bytes:
         """What `credential_version` digests are keyed with: the admin token as it is now.

@@ -7,8 +7,9 @@ export's backlog is not delivered. With no export configured nothing is delivere
 nothing is pruned. An export added later starts from the oldest row still kept: rows pruned
 before it existed can only be had from the SIEMs that received them.
 
-The task also measures the store on disk (`sealtrail_audit_store_bytes`) every round, whether
-or not retention is on, so the gauge shows what pruning does to the file.
+After every round the store is measured again (`measure`: the byte budget's gauges,
+`sealtrail_audit_store_used_bytes`), whether or not retention is on, so they show at once what
+pruning did to the files, and ingest the byte gate closed opens again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter
 
 from sealtrail.api.worker_config import RetentionSpec
 from sealtrail.chain.store import ChainStore, PruneResult
@@ -35,30 +36,22 @@ class Retention:
     """Prunes a store on a timer, and keeps its size on the worker's metrics."""
 
     def __init__(self, store: ChainStore, spec: RetentionSpec | None,
-                 registry: CollectorRegistry) -> None:
-        """Set up the metrics and measure the store once (at start)."""
+                 registry: CollectorRegistry, measure: Callable[[], object]) -> None:
+        """Set up the metric; `measure` re-measures the store (called after every round)."""
         self.store = store
         self.spec = spec
+        self.measure = measure
         self.pruned_rows = Counter(
             "sealtrail_audit_store_pruned_rows",
             "Rows retention deleted from the store: delivered to every export, older than "
             "store.retention.keepSeconds, below a signed checkpoint.", registry=registry)
-        self.store_bytes = Gauge(
-            "sealtrail_audit_store_bytes",
-            "Bytes the store takes on disk: the database, its WAL and shared-memory files.",
-            registry=registry)
         #: Chains the store would not cut, and why, as last reported (logged when it changes).
         self.refused: dict[str, str] = {}
-        self.measure()
 
     @property
     def keep_seconds(self) -> float | None:
         """How long delivered rows are kept; None: retention is off."""
         return None if self.spec is None else self.spec.keep_seconds
-
-    def measure(self) -> None:
-        """Put the store's size on disk on the gauge."""
-        self.store_bytes.set(self.store.disk_bytes())
 
     def prune_once(self, cursors: list[int], now: datetime) -> PruneResult | None:
         """Prune up to the smallest of `cursors` what is older than `keepSeconds` before `now`.
@@ -76,7 +69,6 @@ class Retention:
             if result.rows:
                 log.info("retention pruned %d rows of %d chains in %d transactions",
                          result.rows, len(result.chains), result.transactions)
-        self.measure()
         return result
 
     def _report_refused(self, refused: dict[str, str]) -> None:
@@ -92,4 +84,5 @@ class Retention:
         every = MEASURE_SECONDS if self.spec is None else self.spec.every_seconds
         while True:
             await asyncio.to_thread(self.prune_once, cursors(), datetime.now(UTC))
+            self.measure()  # in the event loop: the gate it updates is the loop's
             await asyncio.sleep(every)
