@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from aiohttp import web
@@ -67,8 +69,25 @@ class WorkerUiBackend:
         return found
 
     def exports(self) -> Sequence[ExportReport]:
-        """The exports' delivery truth, as `GET /v1/status` reports it."""
-        return self.core.report().exports
+        """The exports' delivery truth, as `GET /v1/status` reports it (without credentials).
+
+        Not `core.report()`: that also reads every chain's head, a scan of the whole store
+        (seconds on a million rows), and a page shows these badges on every load.
+        """
+        core = self.core
+        now = time.time()
+        reports = []
+        for loop in core.engine.loops.values():
+            item = asdict(loop.status())
+            stored_at = (core.stored_at.oldest_after(loop.cursor)
+                         if loop.cursor < core.last_seq else None)
+            item.update(last_stored_seq=core.last_seq, acked_seq=loop.cursor,
+                        lag_rows=max(0, core.last_seq - loop.cursor),
+                        lag_seconds=0.0 if stored_at is None else round(max(0.0, now
+                                                                              - stored_at), 3),
+                        credential_version=None)
+            reports.append(ExportReport.model_validate(item))
+        return reports
 
     def resume(self, name: str) -> bool:
         """Resume the export `name` (as `POST /v1/exports/{name}/resume` does)."""
