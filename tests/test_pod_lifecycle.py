@@ -8,7 +8,8 @@ order (every preStop at once, the app, then the sidecar with what is left). What
 
 * the node really evicts a pod whose `emptyDir` passes its `sizeLimit` (the control);
 * a SIEM down long enough to fill a sidecar's store under steady load: the app gets 429s naming
-  the store, the pod is never evicted, and every acknowledged row arrives after recovery;
+  the store, the pod is never evicted, every acknowledged row arrives after recovery, and
+  once retention prunes what was delivered the app is let in again;
 * a deleted pod's worker drains for what the pod's grace leaves after the app's shutdown (its
   preStop hook started the clock), longer than its own `drainTimeoutSeconds` when the app was
   quick, and exits before the node's SIGKILL;
@@ -55,7 +56,7 @@ def cluster(sealtrail_release: ControlPlane) -> Cluster:
 
 
 def _export_and_policy(cluster: Cluster, name: str, url: str, token: str,
-                       worker: dict[str, Any]) -> None:
+                       worker: dict[str, Any], **spec: Any) -> None:
     cluster.apply(yaml.safe_dump_all([
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-token"},
          "data": {"token": base64.b64encode(token.encode()).decode()}},
@@ -68,7 +69,7 @@ def _export_and_policy(cluster: Cluster, name: str, url: str, token: str,
         {"apiVersion": "sealtrail.dev/v1alpha1", "kind": "AuditPolicy",
          "metadata": {"name": name},
          "spec": {"selector": {"matchLabels": {"app": name}},
-                  "routes": [{"exports": [f"{name}-hec"]}], "worker": worker}},
+                  "routes": [{"exports": [f"{name}-hec"]}], "worker": worker, **spec}},
     ]), namespace=NAMESPACE)
     wait_until(lambda: conditions(cluster.get("auditpolicy", name, NAMESPACE))
                .get("Ready", {}).get("status") == "True", 30, f"policy {name}", cluster)
@@ -135,15 +136,24 @@ def test_the_node_evicts_a_pod_whose_empty_dir_passes_its_size_limit(cluster: Cl
 
 
 def test_a_siem_outage_fills_the_store_budget_and_the_pod_is_never_evicted(
-        cluster: Cluster) -> None:
+        cluster: Cluster, tmp_path: Path) -> None:
     name = "budget"
     token = str(uuid.uuid4())
     receiver = SplunkReceiver(token)
     receiver.host = GATEWAY
     receiver.start()
+    generate_keypair(tmp_path / "checkpoint.key")
     try:
+        cluster.apply(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "budget-key"},
+            "stringData": {"key": (tmp_path / "checkpoint.key").read_text()}}),
+            namespace=NAMESPACE)
+        # Retention 0: what every export delivered goes at the next prune round (30 s).
         _export_and_policy(cluster, name, receiver.url, token,
-                           {"storeSize": "16Mi", "backpressure": {"retryAfterSeconds": 1}})
+                           {"storeSize": "16Mi", "retentionSeconds": 0,
+                            "backpressure": {"retryAfterSeconds": 1}},
+                           checkpoints={"signingKey": {"secretKeyRef": {
+                               "name": "budget-key", "key": "key"}}})
         _deployment(cluster, name, {"containers": [{"name": "app",
                                                     "image": "registry.invalid/app:1"}]})
         pod = _ready_pod(cluster, name)
@@ -181,6 +191,9 @@ def test_a_siem_outage_fills_the_store_budget_and_the_pod_is_never_evicted(
             return all(got.get(key) == digest for key, digest in acknowledged.items())
         wait_until(delivered, 120, f"the {len(acknowledged)} acknowledged rows to arrive",
                    cluster)
+        # Delivered, then pruned: the store has room again and the app is let in.
+        wait_until(lambda: _emit(pod, 200, 999)["status"] == 200, 90,
+                   "ingest to open again once retention pruned what was delivered", cluster)
     finally:
         _cleanup(cluster, name)
         receiver.stop()
