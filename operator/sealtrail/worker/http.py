@@ -20,7 +20,7 @@ import re
 import sqlite3
 from collections.abc import Callable
 from fnmatch import fnmatchcase
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import aiohttp
 import orjson
@@ -119,6 +119,9 @@ def _same_secret(expected: str, given: str) -> bool:
         hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest())
 
 
+_T = TypeVar("_T")
+
+
 def _tenants_allowed(request: web.Request, *, admin: bool = False,
                      metrics: bool = False) -> list[str] | web.Response | None:
     """The tenant globs the caller may act for; None when no token is asked for here.
@@ -139,21 +142,32 @@ def _tenants_allowed(request: web.Request, *, admin: bool = False,
                   ": the admin token (admin.token)" if not tokens else
                   ": an ingest token or the admin token (admin.token)")
         return _problem(401, f"a bearer token is required{wanted}", headers=_CHALLENGE)
-    unreadable = False
     candidates = [(admin_token, ["*"])] if admin_token is not None else []
     if metrics_token is not None:  # opens /metrics, which holds no tenant's data
         candidates.append((metrics_token, ["*"]))
-    for credential, tenants in [*candidates, *tokens]:
+    return _matching(given, [*candidates, *tokens], "token")
+
+
+def _matching(given: str, candidates: list[tuple[Credential, _T]],
+              what: str) -> _T | web.Response:
+    """What the first credential equal to `given` stands for; else the answer to give.
+
+    A credential that cannot be read is logged by where it is looked for (never a value); if
+    no other one matched, the answer is 503, not 401, so that the caller is not told its right
+    token is wrong.
+    """
+    unreadable = False
+    for credential, meaning in candidates:
         try:
             expected = credential.value()
         except CredentialError as error:  # names the file or variable, never a value
-            log.error("cannot read a token: %s", error)  # noqa: TRY400 - no traceback wanted
+            log.error("cannot read a %s: %s", what, error)  # noqa: TRY400 - no traceback wanted
             unreadable = True
             continue
         if _same_secret(expected, given):
-            return tenants
+            return meaning
     if unreadable:
-        return _problem(503, "the worker cannot read a token it checks; see its log",
+        return _problem(503, f"the worker cannot read a {what} it checks; see its log",
                         headers={"Retry-After": "5"})
     return _problem(401, "the bearer token is not valid", headers=_INVALID)
 
@@ -492,20 +506,8 @@ def _handoff_caller(request: web.Request, tokens: list[Credential]) -> web.Respo
     if given is None:
         return _problem(401, "a bearer token is required: one of handoff.accept.tokens",
                         headers=_CHALLENGE)
-    unreadable = False
-    for credential in tokens:
-        try:
-            expected = credential.value()
-        except CredentialError as error:  # names the file or variable, never a value
-            log.error("cannot read a handoff token: %s", error)  # noqa: TRY400 - no traceback wanted
-            unreadable = True
-            continue
-        if _same_secret(expected, given):
-            return None
-    if unreadable:
-        return _problem(503, "the worker cannot read a handoff token it checks; see its log",
-                        headers={"Retry-After": "5"})
-    return _problem(401, "the bearer token is not valid", headers=_INVALID)
+    found = _matching(given, [(credential, True) for credential in tokens], "handoff token")
+    return found if isinstance(found, web.Response) else None
 
 
 async def post_handoff(request: web.Request) -> web.Response:  # noqa: PLR0911
