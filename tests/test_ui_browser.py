@@ -4,7 +4,8 @@ Against a real worker holding tens of thousands of rows: signing in from the key
 filter and its URL round trip, the histogram narrowing the range, the detail panel and its
 permalink, keyboard-only use (`/`, `j`/`k`, Enter, Esc), saved filters kept by the browser,
 the live tail with pause, an exported file that `sealtrail verify --rows` accepts, a paused
-export resumed from its badge, the integrity panel turning to tampered, a token of one tenant
+export resumed from its badge, the integrity panel turning to tampered (and the browser's own
+WebCrypto re-check of a row's hash failing), a token of one tenant
 seeing nothing of another, no Content-Security-Policy violation on any page, and axe-core
 (vendored in tests/vendor, injected by the test) finding no serious or critical violation.
 
@@ -215,6 +216,8 @@ def test_keyboard_only_search_detail_permalink_and_escape(page: Any) -> None:
                   "The row exactly as stored", "Delivery", "siem:"):
         assert label in text, label
     assert page.evaluate("document.activeElement.id") == "detail-article"
+    # 127.0.0.1 is a secure context: the browser recomputed the row's hash itself
+    page.locator("#browser-check.good", has_text="hashes to its record_hash").wait_for()
     page.keyboard.press("Escape")
     assert page.locator("#detail article").count() == 0
     assert page.evaluate("document.activeElement.closest('tr').dataset.seq") == rows[0]["seq"]
@@ -341,6 +344,10 @@ def test_the_integrity_panel_shows_tampering(browser: Any, tmp_path: Path) -> No
         page.locator("tr[data-tenant=acme] a", has_text="Review the affected range").click()
         page.wait_for_url(re.compile(r"seq_from="))
         assert shown(page)
+        page.goto("/ui/t/acme/e/2")  # the row changed in place: this browser sees it too
+        page.locator("#browser-check.bad", has_text="NOT to its record_hash").wait_for()
+        page.goto("/ui/t/acme/e/3")
+        page.locator("#browser-check.good").wait_for()
         context.close()
 
 

@@ -37,6 +37,7 @@ from sealtrail.api.event import Decision, Severity
 from sealtrail.api.worker_api import ExportReport
 from sealtrail.chain.checkpoint import Checkpoint
 from sealtrail.chain.query import (
+    Bucket,
     Found,
     connect,
     histogram,
@@ -372,30 +373,29 @@ async def histogram_fragment(request: web.Request) -> web.StreamResponse:
     view = _view(request)
     now = datetime.now(UTC)
 
-    def work() -> tuple[int, int, int, list[Any]]:
+    def work() -> tuple[datetime, datetime, timedelta, list[Bucket]]:
         db = _read(request)
         try:
             wanted = view.search(_scope(person, _visible(db, person)), now)
             since, until = view.bounds(now)
-            start, end = since, until or now
+            end = until or now
+            start = since
             if start is None:
-                first = db.execute("SELECT MIN(timestamp) FROM audit_rows WHERE "
-                                   + wanted.where()[0], wanted.where()[1]).fetchone()[0]
-                start = (datetime.fromisoformat(first) if first
-                         else end - timedelta(hours=1))
-            low, high = int(start.timestamp()), max(int(end.timestamp()), int(start.timestamp())
-                                                     + 60)
-            width, slices = histogram(db, wanted, start=low, end=high)
-            return low, high, width, slices
+                where, params = wanted.where()
+                first = db.execute(f"SELECT MIN(timestamp) FROM audit_rows WHERE {where}",
+                                   params).fetchone()[0]
+                start = datetime.fromisoformat(first) if first else end - timedelta(hours=1)
+            end = max(end, start + timedelta(minutes=1))
+            width, slices = histogram(db, wanted, start=start, end=end)
+            return start, end, width, slices
         finally:
             db.close()
 
-    low, high, width, slices = await asyncio.to_thread(work)
+    start, end, width, slices = await asyncio.to_thread(work)
     tallest = max((item.total for item in slices), default=0) or 1
     bars = []
     for index, item in enumerate(slices):
-        begin = datetime.fromtimestamp(item.start, UTC)
-        narrowed = view.with_range(begin, begin + timedelta(seconds=width))
+        narrowed = view.with_range(item.start, item.end)
         y = 100.0
         stack = []
         for severity in reversed([entry.value for entry in Severity]):
@@ -406,11 +406,21 @@ async def histogram_fragment(request: web.Request) -> web.StreamResponse:
                 stack.append({"severity": severity, "y": round(y, 2),
                               "height": round(height, 2), "count": count})
         bars.append({"index": index, "stack": stack, "total": item.total,
-                     "label": f"{begin:%Y-%m-%d %H:%M} UTC",
+                     "label": f"{item.start:%Y-%m-%d %H:%M:%S} UTC",
                      "href": f"/ui/events?{narrowed.query()}"})
-    return _page(request, "histogram.html", bars=bars, count=len(slices),
-                 start=datetime.fromtimestamp(low, UTC), end=datetime.fromtimestamp(high, UTC),
-                 width=width, total=sum(item.total for item in slices))
+    return _page(request, "histogram.html", bars=bars, count=len(slices), start=start, end=end,
+                 width=_duration(width), total=sum(item.total for item in slices))
+
+
+def _duration(width: timedelta) -> str:
+    """A bar's width for people: `15 min`, `2 h 30 min`, `40 s`."""
+    seconds = round(width.total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes % 60 else f"{minutes // 60} h"
 
 
 async def event_detail(request: web.Request) -> web.StreamResponse:

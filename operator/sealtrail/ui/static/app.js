@@ -145,3 +145,38 @@ document.addEventListener("click", (event) => {
 });
 
 document.addEventListener("DOMContentLoaded", renderSaved);
+
+// -- the row's hash, recomputed by this browser ------------------------------------------------
+// record_hash is SHA-256 of the stored bytes with their `,"record_hash":"…"` member cut out
+// (rows are canonical JSON with sorted keys, so that member is never the first). WebCrypto
+// exists only on a secure context (HTTPS, or localhost through a port-forward); elsewhere the
+// paragraph keeps saying so, and the server's verdict (the Integrity page) stands alone.
+async function checkRowHash() {
+  const note = document.getElementById("browser-check");
+  const exact = document.getElementById("exact-row");
+  if (!note || !exact || note.dataset.done || !window.isSecureContext || !window.crypto.subtle) {
+    return;
+  }
+  note.dataset.done = "1";
+  const expected = note.dataset.recordHash;
+  const member = `,"record_hash":"${expected}"`;
+  const text = exact.textContent;
+  if (!text.includes(member)) {
+    note.textContent = "Checked by this browser: the row does not carry the record_hash shown.";
+    note.classList.add("bad");
+    return;
+  }
+  const bytes = new TextEncoder().encode(text.replace(member, ""));
+  const digest = new Uint8Array(await window.crypto.subtle.digest("SHA-256", bytes));
+  const hex = Array.from(digest, (byte) => byte.toString(16).padStart(2, "0")).join("");
+  if (hex === expected) {
+    note.textContent = "Checked by this browser (WebCrypto SHA-256): the row hashes to its record_hash.";
+    note.classList.add("good");
+  } else {
+    note.textContent = `Checked by this browser: the row hashes to ${hex}, NOT to its record_hash. The row was changed.`;
+    note.classList.add("bad");
+  }
+}
+
+document.addEventListener("DOMContentLoaded", checkRowHash);
+document.addEventListener("htmx:afterSwap", checkRowHash);
