@@ -31,7 +31,10 @@ import orjson
 import pytest
 from markupsafe import escape
 
+from sealtrail.api.event import Event
 from sealtrail.chain.keys import generate_keypair
+from sealtrail.chain.query import SEARCH_INDEXES
+from sealtrail.chain.store import ChainStore
 from tests.worker_process import ROOT, Worker, free_port, running_worker
 
 TOKEN_ACME = "ui-acme-Zq7v1pXk2rT9bW3m"  # noqa: S105 - a test token
@@ -492,30 +495,77 @@ def test_the_live_tail_sends_new_rows_of_the_persons_tenants_only(worker: Worker
     assert "tail globex" not in got
 
 
+# -- the search indexes ------------------------------------------------------------------------
+
+
+def _indexes(db: Path) -> set[str]:
+    reader = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {name for (name,) in reader.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'audit_rows_%'")}
+    finally:
+        reader.close()
+
+
+def _wait_for_indexes(db: Path) -> set[str]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(_indexes(db)) < len(SEARCH_INDEXES):
+        time.sleep(0.05)
+    return _indexes(db)
+
+
+def test_a_store_gets_the_search_indexes_once_someone_uses_the_ui(tmp_path: Path) -> None:
+    with running_worker(tmp_path / "w", env=ENV, ingest={"tokens": TOKENS}) as worker:
+        _fill(worker, _events(10))
+        time.sleep(0.5)
+        assert _indexes(worker.db) == set()  # ingest alone pays for no index
+        with worker.client(follow_redirects=False) as client:
+            client.get("/ui/signin")
+            assert _indexes(worker.db) == set()  # nor does a visitor who is not signed in
+        with sign_in(worker, TOKEN_GLOBEX) as client:
+            client.get("/ui/events")
+        assert len(_wait_for_indexes(worker.db)) == len(SEARCH_INDEXES)
+
+
 # -- sealtrail ui --db ---------------------------------------------------------------------------
 
 
-def test_sealtrail_ui_serves_a_store_file(worker: Worker, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def local_ui(db: Path, tmp_path: Path, *options: str) -> Iterator[str]:
     port = free_port()
-    log = (tmp_path / "ui.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sealtrail", "ui", "--db", str(worker.db), "--listen",
-         f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
-        env={"PYTHONPATH": str(ROOT / "operator")})
+    with (tmp_path / "ui.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sealtrail", "ui", "--db", str(db), "--listen",
+             f"127.0.0.1:{port}", *options], stdout=log, stderr=subprocess.STDOUT,
+            env={"PYTHONPATH": str(ROOT / "operator")})
     try:
         deadline = time.monotonic() + 20
-        page = None
         while time.monotonic() < deadline:
             try:
-                page = httpx.get(f"http://127.0.0.1:{port}/ui/events?tenant=globex", timeout=5)
+                httpx.get(f"http://127.0.0.1:{port}/ui/signin", timeout=5)
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
-        assert page is not None
-        assert page.status_code == 200
-        assert page.text.count("<tr data-seq") == 50
-        assert "content-security-policy" in page.headers
+        yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(timeout=10)
-        log.close()
+
+
+def test_sealtrail_ui_reads_a_store_file_and_writes_nothing_unless_asked(
+        tmp_path: Path) -> None:
+    db = tmp_path / "copy.db"
+    with ChainStore(db) as store:
+        store.append([Event.model_validate(event) for event in _events(120)])
+    before = db.read_bytes()
+    with local_ui(db, tmp_path) as url:
+        page = httpx.get(f"{url}/ui/events?tenant=globex", timeout=10)
+        assert page.status_code == 200
+        assert page.text.count("<tr data-seq") == 50
+        assert "content-security-policy" in page.headers
+        time.sleep(0.5)
+    assert _indexes(db) == set()
+    assert db.read_bytes() == before
+    with local_ui(db, tmp_path, "--index") as url:
+        httpx.get(f"{url}/ui/events", timeout=10)
+        assert len(_wait_for_indexes(db)) == len(SEARCH_INDEXES)

@@ -71,6 +71,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _add_ui_parser(commands: Any) -> None:
+    ui = commands.add_parser("ui", help="serve the audit UI over a store file (read-only)")
+    ui.add_argument("--db", type=Path, required=True)
+    ui.add_argument("--listen", default="127.0.0.1:8480", metavar="HOST:PORT",
+                    help="where to listen (default 127.0.0.1:8480: anyone who reaches it "
+                         "sees every tenant)")
+    ui.add_argument("--pubkey", type=Path, action="append", default=[],
+                    help="public key to check checkpoint signatures with (repeatable)")
+    ui.add_argument("--index", action="store_true",
+                    help="add the search indexes to the file (fast filters on a large store; "
+                         "a write, though no row changes)")
+
+
 def _add_operator_parser(commands: Any) -> None:
     operator = commands.add_parser("operator", help="run the Kubernetes operator (kopf)")
     operator.add_argument("--namespace", action="append", default=[], dest="namespaces",
@@ -219,13 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     crds = commands.add_parser("crds", help="write or check crds/ and the CRD reference")
     crds.add_argument("mode", choices=["write", "check"])
 
-    ui = commands.add_parser("ui", help="serve the audit UI over a store file (read-only)")
-    ui.add_argument("--db", type=Path, required=True)
-    ui.add_argument("--listen", default="127.0.0.1:8480", metavar="HOST:PORT",
-                    help="where to listen (default 127.0.0.1:8480: anyone who reaches it "
-                         "sees every tenant)")
-    ui.add_argument("--pubkey", type=Path, action="append", default=[],
-                    help="public key to check checkpoint signatures with (repeatable)")
+    _add_ui_parser(commands)
 
     demo = commands.add_parser("demo", help="run the embedded demo end to end")
     demo.add_argument("--dir", type=Path, default=Path("demo-out"), help="where to put its files")
@@ -286,7 +293,8 @@ def _ui(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.db}: no such store")
     if ":" not in args.listen or not args.listen.rpartition(":")[2].isdigit():
         raise UsageError(f"--listen: {args.listen!r} is not HOST:PORT")
-    return run_local(args.db, args.listen, [load_public_key(path) for path in args.pubkey])
+    return run_local(args.db, args.listen, [load_public_key(path) for path in args.pubkey],
+                     index=args.index)
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -121,6 +121,8 @@ class _State:
     #: so a store rolled back (its checkpoint table with it) shows as truncated.
     remembered: dict[str, Checkpoint] = field(default_factory=dict)
     env: jinja2.Environment = field(default_factory=_environment)
+    #: Adding the search indexes, started by the first signed-in request (None: not yet).
+    indexing: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +221,8 @@ async def _guard(request: web.Request, handler: Callable[[web.Request],
         globs = _globs_of(state, session.token_digest)
         if globs is not None:
             request["ui_person"] = _Person(session, tuple(globs))
+    if "ui_person" in request and state.indexing is None:
+        state.indexing = asyncio.create_task(_add_indexes(state.backend))
     if not public and "ui_person" not in request:
         if request.method == "GET" and not path.startswith(("/ui/tail", "/ui/histogram",
                                                              "/ui/export")):
@@ -228,6 +232,14 @@ async def _guard(request: web.Request, handler: Callable[[web.Request],
     if fresh is not None:
         _set_cookie(request, response, fresh)
     return _with_headers(response)
+
+
+async def _add_indexes(backend: UiBackend) -> None:
+    """The store's search indexes, once, off the event loop (the UI works without them)."""
+    try:
+        await asyncio.to_thread(backend.add_search_indexes)
+    except Exception:  # slower pages, not broken ones
+        log.exception("cannot add the audit UI's search indexes")
 
 
 def _with_headers(response: web.StreamResponse) -> web.StreamResponse:

@@ -53,6 +53,9 @@ class UiBackend(Protocol):
     def public_keys(self) -> Sequence[PublicKey]:
         """Keys that may have signed the store's checkpoints (none: signatures unchecked)."""
 
+    def add_search_indexes(self) -> None:
+        """Give the store the UI's search indexes (blocking; called once, in a thread)."""
+
     async def record(self, event_type: str, severity: str, action: str, identity: str,
                      extra: dict[str, str]) -> None:
         """Append one audit event to the `_system` chain; raise NotRecordedError if not."""

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from sealtrail.api.worker_api import ExportReport
 from sealtrail.chain.keys import PublicKey
-from sealtrail.chain.query import connect
+from sealtrail.chain.query import connect, ensure_search_indexes
 from sealtrail.ui.app import build_ui_app
 
 __all__ = ["LocalBackend", "run_local"]
@@ -27,10 +27,16 @@ __all__ = ["LocalBackend", "run_local"]
 class LocalBackend:
     """A `UiBackend` over a store file: open, no exports, records nothing."""
 
-    def __init__(self, path: Path, keys: Sequence[PublicKey] = ()) -> None:
-        """Read `path`; check checkpoint signatures with `keys` (none: not checked)."""
+    def __init__(self, path: Path, keys: Sequence[PublicKey] = (), *,
+                 index: bool = False) -> None:
+        """Read `path`; check checkpoint signatures with `keys` (none: not checked).
+
+        `index`: add the search indexes to the file on first use (`--index`; they change no
+        row, but they are a write, which a person looking at evidence may not want).
+        """
         self._path = path
         self._keys = list(keys)
+        self._index = index
         db = connect(path)
         try:
             found = db.execute("SELECT value FROM audit_meta WHERE key = 'store_id'").fetchone()
@@ -70,6 +76,11 @@ class LocalBackend:
         """The keys given with `--pubkey`."""
         return self._keys
 
+    def add_search_indexes(self) -> None:
+        """Only with `--index` (see `__init__`)."""
+        if self._index:
+            ensure_search_indexes(self._path)
+
     async def record(self, event_type: str, severity: str, action: str, identity: str,
                      extra: dict[str, str]) -> None:
         """Nothing: the file is only read."""
@@ -100,8 +111,10 @@ async def _serve(backend: LocalBackend, host: str, port: int) -> None:
         await runner.cleanup()
 
 
-def run_local(path: Path, listen: str, keys: Sequence[PublicKey] = ()) -> int:
+def run_local(path: Path, listen: str, keys: Sequence[PublicKey] = (), *,
+              index: bool = False) -> int:
     """Serve the UI for the store at `path` on `listen` (host:port) until stopped."""
     host, _, port = listen.rpartition(":")
-    asyncio.run(_serve(LocalBackend(path, keys), host.strip("[]") or "127.0.0.1", int(port)))
+    asyncio.run(_serve(LocalBackend(path, keys, index=index), host.strip("[]") or "127.0.0.1",
+                       int(port)))
     return 0

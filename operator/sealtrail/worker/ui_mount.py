@@ -11,7 +11,6 @@ resumes) go through `WorkerCore.append`, the path every event takes: back-pressu
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -102,6 +101,10 @@ class WorkerUiBackend:
             return []
         return [self.core.signing_key.current().public]
 
+    def add_search_indexes(self) -> None:
+        """Add the UI's indexes to the worker's store (seconds on a large store, once)."""
+        ensure_search_indexes(self.store_path)
+
     async def record(self, event_type: str, severity: str, action: str, identity: str,
                      extra: dict[str, str]) -> None:
         """Append the UI's event to `_system` through the worker's append path."""
@@ -115,23 +118,6 @@ class WorkerUiBackend:
             raise NotRecordedError(str(error)) from None
 
 
-async def _add_indexes(app: web.Application, core: WorkerCore) -> None:
-    """Give the store the search indexes, in the background (once; seconds on a big store)."""
-    del app
-    try:
-        await asyncio.to_thread(ensure_search_indexes, Path(core.config.store.path))
-    except Exception:  # the UI works without them, only slower
-        log.exception("cannot add the audit UI's search indexes")
-
-
 def mount_ui(app: web.Application, core: WorkerCore) -> None:
     """Serve the audit UI under `/ui` of `app`, for `core`."""
     app.add_subapp("/ui", build_ui_app(WorkerUiBackend(core)))
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def start(started: web.Application) -> None:
-        task = asyncio.create_task(_add_indexes(started, core))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    app.on_startup.append(start)
