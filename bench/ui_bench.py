@@ -9,6 +9,9 @@ search indexes (timed), then serves it with `sealtrail ui --db` and asks each pa
 which is the server's time plus a loopback round trip. Medians, p95 and max are printed and
 written as JSON.
 
+It also appends `--append-rows` events to an empty store without and with the search indexes,
+for what the indexes cost ingest.
+
 Pages: the first page (newest 50 rows of every tenant), a filtered page (one tenant, one
 severity, one decision), a page 10,000 rows deep by keyset, a free-text search and an actor
 filter (both read inside the stored JSON), an event's detail, the timeline over all time, and
@@ -76,6 +79,25 @@ def build(path: Path, rows: int) -> dict[str, float]:
             "store_mib": round(path.stat().st_size / 2**20, 1)}
 
 
+def append_cost(directory: Path, rows: int) -> dict[str, float]:
+    """Append rate (rows/s, FULL, batches of 500) of a store without and with the indexes."""
+    batches = list(events(rows))
+    rates = {}
+    for label, indexed in (("without_indexes", False), ("with_indexes", True)):
+        path = directory / f"append-{label}.db"
+        ChainStore(path).close()
+        if indexed:
+            ensure_search_indexes(path)
+        with ChainStore(path, synchronous="FULL") as store:
+            started = time.perf_counter()
+            for batch in batches:
+                store.append(batch)
+            rates[label] = round(rows / (time.perf_counter() - started))
+        for suffix in ("", "-wal", "-shm", ".lock"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return rates
+
+
 def serve(path: Path, port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [sys.executable, "-m", "sealtrail", "ui", "--db", str(path), "--listen",
@@ -113,6 +135,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--append-rows", type=int, default=200_000,
+                        help="rows appended to measure what the indexes cost ingest")
     parser.add_argument("--dir", type=Path)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ui.json")
     args = parser.parse_args()
@@ -162,7 +186,11 @@ def main() -> int:
     finally:
         process.terminate()
         process.wait(timeout=10)
+    appends = append_cost(directory, args.append_rows)
+    print(f"append, FULL, batches of {BATCH}: {appends['without_indexes']:,} rows/s without "
+          f"the search indexes, {appends['with_indexes']:,} with them")
     document = {"rows": args.rows, "requests": args.requests, "store": store,
+                "append_rows_per_second": appends,
                 "machine": machine(), "measured": datetime.now(UTC).strftime("%Y-%m-%d"),
                 "pages": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)

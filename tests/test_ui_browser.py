@@ -4,7 +4,7 @@ Against a real worker holding tens of thousands of rows: signing in from the key
 filter and its URL round trip, the histogram narrowing the range, the detail panel and its
 permalink, keyboard-only use (`/`, `j`/`k`, Enter, Esc), saved filters kept by the browser,
 the live tail with pause, an exported file that `sealtrail verify --rows` accepts, a paused
-export resumed from its badge, the integrity panel turning to tampered (and the browser's own
+export resumed from its badge, the integrity panel turning to tampered and to truncated (and the browser's own
 WebCrypto re-check of a row's hash failing), a token of one tenant
 seeing nothing of another, no Content-Security-Policy violation on any page, and axe-core
 (vendored in tests/vendor, injected by the test) finding no serious or critical violation.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -330,13 +331,20 @@ def test_the_integrity_panel_shows_tampering(browser: Any, tmp_path: Path) -> No
         context.set_default_timeout(TIMEOUT_MS)
         page = context.new_page()
         sign_in(page, TOKEN_ALL, "/ui/integrity")
-        page.click("button:has-text('Check acme')")
+        page.click("button:has-text('Check all my tenants now')")
         page.locator("tr[data-tenant=acme] .verdict", has_text="intact").wait_for()
-        store = __import__("sqlite3").connect(small.db)
+        page.locator("tr[data-tenant=globex] .verdict", has_text="intact").wait_for()
+        store = sqlite3.connect(small.db)
         store.execute("UPDATE audit_rows SET body = replace(body, 'request 3', 'request 4') "
                       "WHERE tenant_id = 'acme' AND tenant_seq = 2")
+        # globex rolled back: its tail and the checkpoints that vouched for it gone
+        store.execute("DELETE FROM audit_checkpoints WHERE tenant_id = 'globex' AND "
+                      "tenant_seq > 40")
+        store.execute("DELETE FROM audit_rows WHERE tenant_id = 'globex' AND tenant_seq > 50")
         store.commit()
         store.close()
+        page.click("button:has-text('Check globex')")
+        page.locator("tr[data-tenant=globex] .verdict", has_text="truncated").wait_for()
         page.click("button:has-text('Check acme')")
         verdict = page.locator("tr[data-tenant=acme] .verdict")
         verdict.filter(has_text="tampered").wait_for()
