@@ -5,7 +5,7 @@ filter and its URL round trip, the histogram narrowing the range, the detail pan
 permalink, keyboard-only use (`/`, `j`/`k`, Enter, Esc), saved filters kept by the browser,
 the live tail with pause, an exported file that `sealtrail verify --rows` accepts, a paused
 export resumed from its badge, the integrity panel turning to tampered and to truncated (and the browser's own
-WebCrypto re-check of a row's hash failing), a token of one tenant
+WebCrypto re-checks of a row's hash and a checkpoint's signature failing), a token of one tenant
 seeing nothing of another, no Content-Security-Policy violation on any page, and axe-core
 (vendored in tests/vendor, injected by the test) finding no serious or critical violation.
 
@@ -356,6 +356,20 @@ def test_the_integrity_panel_shows_tampering(browser: Any, tmp_path: Path) -> No
         page.locator("#browser-check.bad", has_text="NOT to its record_hash").wait_for()
         page.goto("/ui/t/acme/e/3")
         page.locator("#browser-check.good").wait_for()
+        # a checkpoint row: its signature re-checked by this browser, then again once altered
+        store = sqlite3.connect(small.db)
+        (checkpoint,) = store.execute(
+            "SELECT tenant_seq FROM audit_rows WHERE tenant_id = 'initech' AND event_type = "
+            "'sealtrail.checkpoint' ORDER BY seq LIMIT 1").fetchone()
+        page.goto(f"/ui/t/initech/e/{checkpoint}")
+        page.locator("#signature-check.good", has_text="verifies").wait_for()
+        store.execute("UPDATE audit_rows SET body = replace(body, 'checkpoint_signed_at\":\"2',"
+                      " 'checkpoint_signed_at\":\"3') WHERE tenant_id = 'initech' AND "
+                      "tenant_seq = ?", (checkpoint,))
+        store.commit()
+        store.close()
+        page.goto(f"/ui/t/initech/e/{checkpoint}")
+        page.locator("#signature-check.bad", has_text="does NOT verify").wait_for()
         context.close()
 
 

@@ -16,6 +16,7 @@ The UI's own actions (sign-ins, exports, resumes) are audit events in the `_syst
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import hmac
 import io
@@ -32,10 +33,12 @@ from urllib.parse import quote
 import jinja2
 import orjson
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 
 from sealtrail.api.event import Decision, Severity
 from sealtrail.api.worker_api import ExportReport
-from sealtrail.chain.checkpoint import Checkpoint
+from sealtrail.chain.checkpoint import CHECKPOINT_EVENT_TYPE, Checkpoint
+from sealtrail.chain.keys import PublicKey
 from sealtrail.chain.query import (
     Bucket,
     Found,
@@ -461,6 +464,11 @@ async def event_detail(request: web.Request) -> web.StreamResponse:
         return _page(request, "missing.html", status=404, person=person,
                      session=person.session, what="No such event among your tenants.")
     fragment = request.query.get("fragment") == "1"
+    signer_key = None
+    if found.event_type == CHECKPOINT_EVENT_TYPE:
+        key_id = (orjson.loads(found.body).get("extra") or {}).get("checkpoint_key_id")
+        signer_key = next((_raw_key(key) for key in _state(request).backend.public_keys()
+                           if key.key_id == key_id), None)
     exports = [{"name": item.name, "delivered": item.cursor >= found.seq,
                 "cursor": item.cursor} for item in _deliveries(request, person)]
     return _page(request, "detail_fragment.html" if fragment else "detail.html",
@@ -468,7 +476,14 @@ async def event_detail(request: web.Request) -> web.StreamResponse:
                  pretty=orjson.dumps(orjson.loads(found.body), option=orjson.OPT_INDENT_2
                                      | orjson.OPT_SORT_KEYS).decode(),
                  exact=found.body.decode("utf-8", "replace"), exports=exports,
-                 store_id=store_id, has_newer=newer, deliveries=_deliveries(request, person))
+                 store_id=store_id, has_newer=newer, deliveries=_deliveries(request, person),
+                 signer_key=signer_key)
+
+
+def _raw_key(key: PublicKey) -> str:
+    """A public key as base64 of its 32 raw bytes, for the browser's WebCrypto to import."""
+    raw = key.key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode("ascii")
 
 
 # -- export ------------------------------------------------------------------------------------

@@ -180,3 +180,53 @@ async function checkRowHash() {
 
 document.addEventListener("DOMContentLoaded", checkRowHash);
 document.addEventListener("htmx:afterSwap", checkRowHash);
+
+// -- a checkpoint's signature, re-checked by this browser ----------------------------------------
+// The signed statement is the canonical JSON (sorted keys, no spaces) of the checkpoint's fields
+// (chain/checkpoint.py); its values are ASCII, where JSON.stringify writes what the server does.
+// The key is the worker's public key as the page gives it: its id is recomputed here and must be
+// the one the checkpoint names; whether to trust that key is for the reader to compare.
+function fromBase64(text) {
+  return Uint8Array.from(atob(text), (char) => char.charCodeAt(0));
+}
+
+async function checkSignature() {
+  const note = document.getElementById("signature-check");
+  const exact = document.getElementById("exact-row");
+  if (!note || !exact || note.dataset.done || !note.dataset.publicKey ||
+      !window.isSecureContext || !window.crypto.subtle) {
+    return;
+  }
+  note.dataset.done = "1";
+  const row = JSON.parse(exact.textContent);
+  const extra = row.extra || {};
+  const statement = {
+    head_hash: extra.checkpoint_head_hash,
+    key_id: extra.checkpoint_key_id,
+    signed_at: extra.checkpoint_signed_at,
+  };
+  if (row.store_id !== undefined) statement.store_id = row.store_id;
+  statement.tenant_id = row.tenant_id;
+  statement.tenant_seq = Number(extra.checkpoint_tenant_seq);
+  statement.type = "sealtrail.checkpoint/v1";
+  const raw = fromBase64(note.dataset.publicKey);
+  const digest = new Uint8Array(await window.crypto.subtle.digest("SHA-256", raw));
+  const keyId = Array.from(digest.slice(0, 8), (byte) => byte.toString(16).padStart(2, "0")).join("");
+  let valid = false;
+  try {
+    const key = await window.crypto.subtle.importKey("raw", raw, {name: "Ed25519"}, false, ["verify"]);
+    valid = keyId === statement.key_id && await window.crypto.subtle.verify(
+      {name: "Ed25519"}, key, fromBase64(extra.checkpoint_signature),
+      new TextEncoder().encode(JSON.stringify(statement)));
+  } catch (error) {
+    note.textContent = `This browser could not check the signature: ${error}`;
+    return;
+  }
+  note.textContent = valid
+    ? `Checked by this browser (WebCrypto Ed25519): the signature of key ${keyId} over rows 1..${statement.tenant_seq} verifies.`
+    : "Checked by this browser: the checkpoint's signature does NOT verify with this worker's key.";
+  note.classList.add(valid ? "good" : "bad");
+}
+
+document.addEventListener("DOMContentLoaded", checkSignature);
+document.addEventListener("htmx:afterSwap", checkSignature);
