@@ -3,8 +3,8 @@
 The kubelet counts one grace period for the whole pod from the moment it starts stopping it,
 and a native sidecar gets SIGTERM only after the app has exited. These run the real worker: a
 preStop call naming the grace, then SIGTERM some seconds later, and the drain ends when the
-grace does (less the safety margin), not `drainTimeoutSeconds` after the SIGTERM; without the
-call, it is `drainTimeoutSeconds` as before; a stale call is not believed.
+grace does (less the safety margin) if that comes before `drainTimeoutSeconds` after the
+SIGTERM; without the call, it is `drainTimeoutSeconds` as before; a stale call is not believed.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ def test_the_clock_counts_from_the_first_pre_stop_call() -> None:
     assert termination.begin(60)
     clock.now += 10
     assert not termination.begin(600)  # a second call moves nothing
+    assert termination.time_left(20)[0] == 20  # the grace leaves more: never past the setting
+    clock.now += 35  # a slow app used most of the grace
     left, why = termination.time_left(20)
-    assert left == 60 - 10 - SAFETY_SECONDS
-    assert "the pod's grace: 60 s" in why
+    assert left == 60 - 45 - SAFETY_SECONDS
+    assert "what the pod's grace leaves: 60 s" in why
     clock.now += 100  # a call whose grace is long over was not this termination's
     left, why = termination.time_left(20)
     assert left == 20
@@ -51,7 +53,7 @@ def _undeliverable(tmp_path: Path, admin_port: int) -> dict[str, object]:
         "url": f"http://127.0.0.1:{free_port()}/", "secret": {"file": str(tmp_path / "s")}},
         "retry": {"initialBackoffMs": 50, "maxBackoffMs": 200}}],
         "admin": {"listen": f"127.0.0.1:{admin_port}"},
-        "drainTimeoutSeconds": 1}
+        "drainTimeoutSeconds": 8}
 
 
 @pytest.mark.parametrize("pre_stop", [True, False])
@@ -73,11 +75,12 @@ def test_the_drain_ends_when_the_pods_grace_does(tmp_path: Path, pre_stop: bool)
         took = time.monotonic() - start
         log = worker.log()
     if pre_stop:
-        # 9 s from the call, 2 s gone, 2 s kept to exit: about 5 s of drain.
-        assert 4.0 <= took <= 7.5, log
-        assert "the pod's grace: 9 s" in log
+        # 9 s from the call, 2 s gone, 2 s kept to exit: about 5 s of drain, not the 8 s of
+        # drainTimeoutSeconds, which would have run past the pod's grace.
+        assert 4.0 <= took <= 7.0, log
+        assert "what the pod's grace leaves: 9 s" in log
     else:
-        assert took <= 3.5, log  # drainTimeoutSeconds: 1
+        assert 7.5 <= took <= 10.5, log  # drainTimeoutSeconds: 8
         assert "no preStop call" in log
 
 

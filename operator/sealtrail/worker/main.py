@@ -4,9 +4,9 @@ Start-up validates the whole config (every problem listed by path) before openin
 While running, the config file and every credential file are watched: a change (as the kubelet
 makes it, by swapping a symlink) is applied live, with no restart; a bad new config is logged
 and the running one kept. SIGTERM stops accepting, lets exports catch up until
-`drainTimeoutSeconds`, persists cursors and exits 0; a backlog left then stays on disk. In a
-pod the drain ends when the pod's grace does, counted from its preStop hook
-(worker/termination.py), not a fixed time after SIGTERM.
+`drainTimeoutSeconds`, persists cursors and exits 0; a backlog left then stays on disk (or is
+handed off). In a pod the drain is cut shorter when the pod's grace, counted from its preStop
+hook, would end first (worker/termination.py).
 """
 
 from __future__ import annotations

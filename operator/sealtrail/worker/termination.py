@@ -9,9 +9,11 @@ application is slow, and the worker would die mid-drain, before it could hand ro
 The kubelet runs every container's preStop hook at the start, the sidecar's included (before it
 waits for its turn). The operator gives the worker an `httpGet` preStop hook to
 `/v1/lifecycle/pre-stop?grace=N`, N being the pod's grace as injected: that call is the start
-of the clock. On SIGTERM the drain then ends `SAFETY_SECONDS` before the pod's grace runs out;
-without the call (a worker run outside Kubernetes, or a pod injected before this existed) it
-falls back to `drainTimeoutSeconds` from SIGTERM, as before.
+of the clock. On SIGTERM the drain then takes `drainTimeoutSeconds`, or less if that would run
+past `SAFETY_SECONDS` before the pod's grace runs out: never killed mid-drain, and never longer
+than configured (a pod whose SIEM is down still goes away in the time it always did). Without
+the call (a worker run outside Kubernetes, or a pod injected before this existed) it is
+`drainTimeoutSeconds` from SIGTERM, as before.
 
 The hook cannot carry the admin token (a pod spec holds no secret values), so the call is not
 authenticated. What a stray call can do is bounded: the clock is believed only if SIGTERM
@@ -67,5 +69,10 @@ class TerminationClock:
                                       f"{self.grace_seconds:g} s, already over, so it was not "
                                       "this termination's")
         left = max(0.0, self.grace_seconds - elapsed - SAFETY_SECONDS)
-        return left, (f"the pod's grace: {self.grace_seconds:g} s from {elapsed:.1f} s ago, "
-                      f"less {SAFETY_SECONDS:g} s to exit")
+        if left >= fallback_seconds:
+            return fallback_seconds, (f"drainTimeoutSeconds; the pod's grace of "
+                                      f"{self.grace_seconds:g} s from {elapsed:.1f} s ago "
+                                      "leaves more")
+        return left, (f"what the pod's grace leaves: {self.grace_seconds:g} s from "
+                      f"{elapsed:.1f} s ago, less {SAFETY_SECONDS:g} s to exit, is less than "
+                      f"drainTimeoutSeconds ({fallback_seconds:g} s)")
