@@ -20,6 +20,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,7 @@ from sealtrail.api.event import Event
 from sealtrail.chain.keys import generate_keypair
 from sealtrail.chain.query import SEARCH_INDEXES
 from sealtrail.chain.store import ChainStore
-from tests.worker_process import ROOT, Worker, free_port, running_worker
+from tests.worker_process import ROOT, Worker, free_port, running_worker, start_worker
 
 TOKEN_ACME = "ui-acme-Zq7v1pXk2rT9bW3m"  # noqa: S105 - a test token
 TOKEN_GLOBEX = "ui-globex-Hn4s8LdQ0cYe6uJa"  # noqa: S105 - a test token
@@ -493,6 +494,47 @@ def test_the_live_tail_sends_new_rows_of_the_persons_tenants_only(worker: Worker
     assert "event: row" in got
     assert "tail acme" in got
     assert "tail globex" not in got
+
+
+def test_a_worker_stops_promptly_with_a_tail_and_an_export_open(tmp_path: Path) -> None:
+    """Streams never end by themselves; the runner would wait for them (it waited >90 s)."""
+    worker = start_worker(tmp_path / "w")
+    try:
+        _fill_open(worker, [{"event_type": "safety.decision", "severity": "INFO",
+                             "tenant_id": "a", "reason": "x" * 2000}] * 20_000)
+        outcome: dict[str, Any] = {}
+
+        def read(path: str, key: str) -> None:
+            try:
+                with httpx.Client(base_url=worker.url, timeout=60) as client, client.stream(
+                        "GET", path) as stream:
+                    for _chunk in stream.iter_bytes():
+                        time.sleep(0.02)  # a slow browser: the export is still going
+                outcome[key] = "finished"
+            except httpx.HTTPError as error:
+                outcome[key] = type(error).__name__
+
+        readers = [threading.Thread(target=read, args=(path, key)) for path, key in
+                   (("/ui/tail", "tail"), ("/ui/export.ndjson", "export"))]
+        for reader in readers:
+            reader.start()
+        time.sleep(1.0)
+        started = time.monotonic()
+        assert worker.stop(timeout=30) == 0
+        assert time.monotonic() - started < 10
+        for reader in readers:
+            reader.join(20)
+        # the export was cut, not ended as if complete: the download shows as failed
+        assert outcome["export"] == "RemoteProtocolError"
+        assert "an export was cut short: the worker is stopping" in worker.log()
+    finally:
+        worker.stop()
+
+
+def _fill_open(worker: Worker, events: list[dict[str, Any]]) -> None:
+    with worker.client() as client:
+        for start in range(0, len(events), 5000):
+            assert client.post("/v1/events", json=events[start:start + 5000]).status_code == 200
 
 
 # -- the search indexes ------------------------------------------------------------------------

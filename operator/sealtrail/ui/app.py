@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import csv
 import hmac
 import io
@@ -126,6 +127,9 @@ class _State:
     env: jinja2.Environment = field(default_factory=_environment)
     #: Adding the search indexes, started by the first signed-in request (None: not yet).
     indexing: asyncio.Task[None] | None = None
+    #: Set when the server shuts down: live tails end at once instead of holding it up (a
+    #: stream never finishes by itself, and the runner waits for every handler).
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,6 +511,20 @@ def _csv_line(found: Found) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
+_EXPORT_HEAD: Final = {"ndjson": b"", "json": b"[",
+                        "csv": (",".join(_CSV_COLUMNS) + "\r\n").encode()}
+_EXPORT_TAIL: Final = {"ndjson": b"", "json": b"]\n", "csv": b""}
+
+
+def _encode(kind: str, chunk: list[Found], *, first: bool) -> bytes:
+    """One chunk of an export: rows as stored (NDJSON), array members (JSON), or CSV lines."""
+    if kind == "ndjson":
+        return b"".join(item.body + b"\n" for item in chunk)
+    if kind == "json":
+        return (b"" if first else b",\n") + b",\n".join(item.body for item in chunk)
+    return b"".join(_csv_line(item) for item in chunk)
+
+
 async def export(request: web.Request) -> web.StreamResponse:
     """The filtered rows, all of them, streamed: NDJSON (as stored), JSON or CSV."""
     person = _person(request)
@@ -535,22 +553,18 @@ async def export(request: web.Request) -> web.StreamResponse:
         wanted = view.search(_scope(person, await asyncio.to_thread(_visible, db, person)),
                              datetime.now(UTC))
         chunks = rows_ascending(db, wanted, chunk=EXPORT_CHUNK)
+        await response.write(_EXPORT_HEAD[kind])
+        stopping = _state(request).stopping
         first = True
-        if kind == "json":
-            await response.write(b"[")
-        elif kind == "csv":
-            await response.write((",".join(_CSV_COLUMNS) + "\r\n").encode())
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-            if kind == "ndjson":
-                data = b"".join(item.body + b"\n" for item in chunk)
-            elif kind == "json":
-                data = (b"" if first else b",\n") + b",\n".join(item.body for item in chunk)
-            else:
-                data = b"".join(_csv_line(item) for item in chunk)
+            if stopping.is_set():  # cut, never ended cleanly: the download shows as failed
+                log.info("an export was cut short: the worker is stopping")
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            await response.write(_encode(kind, chunk, first=first))
             first = False
-            await response.write(data)
-        if kind == "json":
-            await response.write(b"]\n")
+        await response.write(_EXPORT_TAIL[kind])
     finally:
         db.close()
     await response.write_eof()
@@ -577,6 +591,7 @@ async def tail(request: web.Request) -> web.StreamResponse:
     _with_headers(response)
     await response.prepare(request)
     env = _state(request).env
+    stopping = _state(request).stopping
     db = _read(request)
     deadline = time.monotonic() + TAIL_MAX_SECONDS
     try:
@@ -585,7 +600,7 @@ async def tail(request: web.Request) -> web.StreamResponse:
                 lambda: db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_rows").fetchone())
             after = int(top[0])
         await response.write(b"retry: 2000\n\n")
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stopping.is_set():
             wanted = view.search(_scope(person, await asyncio.to_thread(_visible, db, person)),
                                  datetime.now(UTC))
             chunk = await asyncio.to_thread(_next_rows, db, wanted, after)
@@ -596,8 +611,9 @@ async def tail(request: web.Request) -> web.StreamResponse:
                 after = item.seq
             if not chunk:
                 await response.write(b": idle\n\n")
-                await asyncio.sleep(TAIL_POLL_SECONDS)
-    except (ConnectionResetError, asyncio.CancelledError):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), TAIL_POLL_SECONDS)
+    except ConnectionResetError:  # the browser went away
         pass
     finally:
         db.close()
@@ -745,8 +761,14 @@ async def static(request: web.Request) -> web.StreamResponse:
 def build_ui_app(backend: UiBackend) -> web.Application:
     """The UI as an aiohttp application, to mount at `/ui` (`app.add_subapp("/ui", ...)`)."""
     app = web.Application(middlewares=[_guard])
-    app[_STATE] = _State(backend)
+    state = _State(backend)
+    app[_STATE] = state
     app[BACKEND] = backend
+
+    async def stop_streams(_: web.Application) -> None:
+        state.stopping.set()
+
+    app.on_shutdown.append(stop_streams)
     app.router.add_get("/", index)
     app.router.add_get("/signin", signin_form)
     app.router.add_post("/signin", signin)
