@@ -5,7 +5,7 @@ container's env. It does what the app beside a sealtrail worker does: with `STAN
 set to N, it posts N sample audit events (`STAND_IN_SEED` picks them) to `$SEALTRAIL_URL`
 in batches of `STAND_IN_BATCH`, retrying while the worker is not up yet or pushes back
 (connection refused, 429, 503); then it waits for SIGTERM and exits 0, as a well-behaved app
-does. Progress goes to stdout (the container's log).
+does (`STAND_IN_STOP_SECONDS` after it, to play an app slow to shut down). Progress goes to stdout (the container's log).
 
 Like an application's own API, it also answers on port `STAND_IN_PORT` (8080) of the pod:
 `POST /emit` with `{"count": N, "seed": S}` makes it post those N sample events to its worker
@@ -94,8 +94,9 @@ def main() -> int:
     while not stop.wait(1):
         pass
     server.shutdown()
-    print("stand-in app: SIGTERM, exiting", flush=True)
-    time.sleep(0.05)
+    linger = float(os.environ.get("STAND_IN_STOP_SECONDS", "0"))
+    print(f"stand-in app: SIGTERM, exiting{f' in {linger:g} s' if linger else ''}", flush=True)
+    time.sleep(max(0.05, linger))  # a slow shutdown, for tests of the pod's grace
     return status
 
 
