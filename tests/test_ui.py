@@ -231,6 +231,19 @@ def test_a_token_of_one_tenant_never_sees_another(worker: Worker) -> None:
             assert row["record_hash"] not in page
 
 
+def test_the_timeline_counts_every_row_even_one_stamped_in_the_future(worker: Worker) -> None:
+    _fill(worker, [{"event_type": "safety.decision", "severity": "LOW", "tenant_id": "initech",
+                    "timestamp": "2031-01-01T00:00:00Z", "reason": "from a skewed clock"},
+                   {"event_type": "safety.decision", "severity": "LOW", "tenant_id": "initech",
+                    "timestamp": "2001-01-01T00:00:00Z", "reason": "from a skewed clock"}])
+    with sign_in(worker, TOKEN_ALL) as client:
+        histogram = client.get("/ui/histogram?tenant=initech").text
+    found = re.search(r"([0-9]+) events, 2001-01-01 00:00 to 2031-01-01 00:0", histogram)
+    assert found is not None, histogram[-600:]
+    assert int(found.group(1)) == len([row for row in worker.rows()
+                                       if row["tenant_id"] == "initech"])
+
+
 # -- filters and paging --------------------------------------------------------------------------
 
 
@@ -301,10 +314,13 @@ def test_keyset_paging_reaches_every_row_once(worker: Worker) -> None:
 
 def test_a_range_preset_counts_from_now(worker: Worker) -> None:
     with sign_in(worker, TOKEN_ALL) as client:
-        # every test row is stamped 2026-11-22; the UI's own events are stamped now
+        # the test rows are stamped 2026-11-22 (one in 2031: a preset is open towards the
+        # future, so a skewed clock's rows still show); the UI's own events are stamped now
         recent = ndjson(client, "range=1h")
+        assert recent
         assert all(row["event_type"].startswith(("audit_ui.", "sealtrail."))
-                   for row in recent)
+                   or row["timestamp"] > "2030" for row in recent)
+        assert not [row for row in recent if row["timestamp"] < "2026-11-23"]
 
 
 # -- detail --------------------------------------------------------------------------------------

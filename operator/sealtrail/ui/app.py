@@ -397,13 +397,18 @@ async def histogram_fragment(request: web.Request) -> web.StreamResponse:
         try:
             wanted = view.search(_scope(person, _visible(db, person)), now)
             since, until = view.bounds(now)
-            end = until or now
-            start = since
-            if start is None:
-                where, params = wanted.where()
-                first = db.execute(f"SELECT MIN(timestamp) FROM audit_rows WHERE {where}",
-                                   params).fetchone()[0]
-                start = datetime.fromisoformat(first) if first else end - timedelta(hours=1)
+            where, params = wanted.where()
+            first, last = (since, until)
+            if since is None or until is None:  # open ends go to the rows' own (clients
+                low, high = db.execute(  # may stamp rows in the future)
+                    f"SELECT MIN(timestamp), MAX(timestamp) FROM audit_rows WHERE {where}",
+                    params).fetchone()
+                newest = (datetime.fromisoformat(high) + timedelta(microseconds=1) if high
+                          else now)  # bars end before their end: take in the newest row
+                last = until or max(now, newest)
+                first = since or (datetime.fromisoformat(low) if low else None)
+            end = last or now
+            start = first or end - timedelta(hours=1)
             end = max(end, start + timedelta(minutes=1))
             width, slices = histogram(db, wanted, start=start, end=end)
             return start, end, width, slices
