@@ -4,7 +4,8 @@ The store search (chain/query.py), the URL view (ui/view.py) and the sessions (u
 Covers: every filter's SQL on a real store (wildcards in free text taken literally, an empty
 tenant list matching nothing), keyset pages, the timeline's slices, tenant names read by
 skipping along the index, malformed URL parameters named and dropped, file-name slugs, and
-sessions expiring, being bounded, and getting a new id at sign-in.
+sessions expiring, being bounded, and getting a new id at sign-in, and what a delivery badge
+says.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from sealtrail.api.event import Event
+from sealtrail.api.worker_api import ExportReport
 from sealtrail.chain.query import (
     SEARCH_INDEXES,
     Search,
@@ -28,6 +30,7 @@ from sealtrail.chain.query import (
     tenant_names,
 )
 from sealtrail.chain.store import ChainStore
+from sealtrail.ui.app import delivery_state
 from sealtrail.ui.sessions import IDLE_SECONDS, MAX_SESSIONS, Sessions
 from sealtrail.ui.view import parse_view
 
@@ -163,3 +166,29 @@ def test_sessions_expire_are_bounded_and_change_id_at_sign_in() -> None:
     assert sessions.get(many[0].id) is None
     assert sessions.get(many[-1].id) is many[-1]
     assert Sessions().digest("token") != sessions.digest("token")  # keyed per process
+
+
+def _export(**fields: Any) -> ExportReport:
+    base: dict[str, Any] = {
+        "name": "siem", "kind": "webhook", "cursor": 10, "paused": False, "pause_reason": None,
+        "last_error": None, "consecutive_failures": 0, "interval_ms": 100,
+        "interval_at_max": False, "credential_version": None, "delivered_rows": 10,
+        "rejected_row": None, "last_stored_seq": 10, "acked_seq": 10, "lag_rows": 0,
+        "lag_seconds": 0.0}
+    return ExportReport.model_validate({**base, **fields})
+
+
+@pytest.mark.parametrize(("fields", "state"), [
+    ({}, ("ok", "delivering")),
+    ({"lag_rows": 25, "lag_seconds": 3.25}, ("warn", "lagging 25 rows / 3.2 s")),
+    ({"paused": True, "pause_reason": "paused by request"}, ("bad", "paused")),
+    ({"paused": True, "pause_reason": "5 consecutive permanent failures; last: HTTP 401"},
+     ("bad", "credentials rejected")),
+    ({"paused": True, "pause_reason": "3 consecutive permanent failures; last: HEC token: "
+      "invalid"}, ("bad", "credentials rejected")),
+    ({"paused": True, "pause_reason": "5 consecutive permanent failures; last: HTTP 4010 "
+      "bytes"}, ("bad", "paused")),
+])
+def test_a_delivery_badge_says_what_the_export_does(fields: dict[str, Any],
+                                                    state: tuple[str, str]) -> None:
+    assert delivery_state(_export(**fields)) == state

@@ -22,6 +22,7 @@ import csv
 import hmac
 import io
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ from sealtrail.ui.backend import NotRecordedError, UiBackend
 from sealtrail.ui.sessions import COOKIE, Session, Sessions
 from sealtrail.ui.view import PRESETS, RANGES, View, parse_view
 
-__all__ = ["CSP", "PAGE_ROWS", "build_ui_app"]
+__all__ = ["CSP", "PAGE_ROWS", "build_ui_app", "delivery_state"]
 
 log = logging.getLogger("sealtrail.ui")
 
@@ -89,6 +90,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(_HERE / "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["ms"] = _ms
+    env.filters["delivery_state"] = delivery_state
     env.globals.update(severities=[item.value for item in Severity],
                        decisions=[item.value for item in Decision], ranges=RANGES,
                        presets=PRESETS)
@@ -147,6 +149,28 @@ class _Person:
     def may_see(self, tenant: str) -> bool:
         """True if `tenant` matches one of the globs."""
         return any(fnmatchcase(tenant, glob) for glob in self.globs)
+
+
+#: What a pause reason or an error says when a SIEM refused the export's credentials (the
+#: export loop pauses after repeated AUTH outcomes: HTTP 401/403, or a backend's own words).
+_CREDENTIALS_REFUSED: Final = re.compile(r"\b(401|403)\b|credential|unauthori[sz]ed|forbidden|"
+                                         r"token", re.IGNORECASE)
+
+
+def delivery_state(export: ExportReport) -> tuple[str, str]:
+    """A badge for an export: its class (ok, warn, bad) and its words.
+
+    Delivering; lagging by rows and seconds; paused (and, when its reason says so,
+    credentials rejected: the fix is a new secret, not a resume).
+    """
+    if export.paused:
+        reason = f"{export.pause_reason or ''} {export.last_error or ''}"
+        if _CREDENTIALS_REFUSED.search(reason):
+            return "bad", "credentials rejected"
+        return "bad", "paused"
+    if export.lag_rows:
+        return "warn", f"lagging {export.lag_rows} rows / {export.lag_seconds:.1f} s"
+    return "ok", "delivering"
 
 
 def _ms(stamp: str) -> str:
