@@ -223,7 +223,10 @@ def test_keyboard_only_search_detail_permalink_and_escape(page: Any) -> None:
     assert page.locator("#detail article").count() == 0
     assert page.evaluate("document.activeElement.closest('tr').dataset.seq") == rows[0]["seq"]
     page.keyboard.press("Enter")
-    page.locator("#detail a.permalink").click()
+    page.locator("#detail article").wait_for()
+    page.keyboard.press("Tab")  # from the panel to its first link: the permalink
+    assert page.evaluate("document.activeElement.className") == "permalink"
+    page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r"/ui/t/[a-z]+/e/[0-9]+$"))
     assert page.locator("h1").inner_text().startswith("Event ")
     page.locator("a[rel=prev]").click()
