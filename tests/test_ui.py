@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -35,7 +36,7 @@ from markupsafe import escape
 from sealtrail.api.event import Event
 from sealtrail.chain.keys import generate_keypair
 from sealtrail.chain.query import SEARCH_INDEXES
-from sealtrail.chain.store import ChainStore
+from sealtrail.chain.store import ChainStore, CheckpointPolicy
 from tests.worker_process import ROOT, Worker, free_port, running_worker, start_worker
 
 TOKEN_ACME = "ui-acme-Zq7v1pXk2rT9bW3m"  # noqa: S105 - a test token
@@ -627,3 +628,25 @@ def test_sealtrail_ui_reads_a_store_file_and_writes_nothing_unless_asked(
     with local_ui(db, tmp_path, "--index") as url:
         httpx.get(f"{url}/ui/events", timeout=10)
         assert len(_wait_for_indexes(db)) == len(SEARCH_INDEXES)
+
+
+def test_a_pruned_row_is_explained_not_just_missing(tmp_path: Path) -> None:
+    db = tmp_path / "pruned.db"
+    signer = generate_keypair(tmp_path / "key")
+    with ChainStore(db, checkpoints=CheckpointPolicy(signer, every_rows=20, every_seconds=None),
+                    clock=lambda: datetime(2026, 11, 1, tzinfo=UTC)) as store:
+        store.append([Event.model_validate({**event, "tenant_id": "acme"})
+                      for event in _events(50)])
+        result = store.prune(delivered_through_seq=10**6,
+                             older_than=datetime(2026, 11, 2, tzinfo=UTC))
+    assert result.rows > 0
+    first_kept = sqlite3.connect(db).execute(
+        "SELECT MIN(tenant_seq) FROM audit_rows WHERE tenant_id = 'acme'").fetchone()[0]
+    with local_ui(db, tmp_path) as url:
+        gone = httpx.get(f"{url}/ui/t/acme/e/1", timeout=10)
+        assert gone.status_code == 404
+        assert f"pruned by retention (rows 1..{first_kept - 1} of this chain" in gone.text
+        kept = httpx.get(f"{url}/ui/t/acme/e/{first_kept}", timeout=10).text
+        assert f"Rows 1..{first_kept - 1} were pruned by retention" in kept
+        assert 'rel="prev"' not in kept
+

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sealtrail.api.event import format_timestamp
+from sealtrail.chain.anchor import ANCHOR_TABLE
 
 __all__ = [
     "SEARCH_INDEXES",
@@ -31,6 +32,7 @@ __all__ = [
     "connect",
     "ensure_search_indexes",
     "histogram",
+    "pruned_through",
     "row_at",
     "rows_ascending",
     "search",
@@ -214,6 +216,16 @@ def row_at(db: sqlite3.Connection, tenant: str, tenant_seq: int) -> Found | None
     values = db.execute(f"SELECT {_COLUMNS} FROM audit_rows WHERE tenant_id = ? AND "
                         "tenant_seq = ?", (tenant, tenant_seq)).fetchone()
     return None if values is None else _found(values)
+
+
+def pruned_through(db: sqlite3.Connection, tenant: str) -> int:
+    """The last `tenant_seq` retention pruned from a chain (0: none, or a store before it)."""
+    try:
+        found = db.execute(f"SELECT tenant_seq FROM {ANCHOR_TABLE} WHERE tenant_id = ?",
+                           (tenant,)).fetchone()
+    except sqlite3.OperationalError:  # a store made before retention has no such table
+        return 0
+    return 0 if found is None else int(found[0])
 
 
 def tenant_names(db: sqlite3.Connection) -> list[str]:

@@ -46,6 +46,7 @@ from sealtrail.chain.query import (
     Found,
     connect,
     histogram,
+    pruned_through,
     row_at,
     rows_ascending,
     search,
@@ -482,20 +483,25 @@ async def event_detail(request: web.Request) -> web.StreamResponse:
         return _page(request, "missing.html", status=404, person=person,
                      session=person.session, what="No such event among your tenants.")
 
-    def work() -> tuple[Found | None, bool, str | None]:
+    def work() -> tuple[Found | None, bool, str | None, int]:
         db = _read(request)
         try:
             found = row_at(db, tenant, int(raw))
             newer = row_at(db, tenant, int(raw) + 1) is not None
             store = db.execute("SELECT value FROM audit_meta WHERE key = 'store_id'").fetchone()
-            return found, newer, None if store is None else store[0]
+            return found, newer, None if store is None else store[0], pruned_through(db, tenant)
         finally:
             db.close()
 
-    found, newer, store_id = await asyncio.to_thread(work)
+    found, newer, store_id, pruned = await asyncio.to_thread(work)
     if found is None:
+        what = "No such event among your tenants."
+        if 0 < int(raw) <= pruned:
+            what = (f"Row {raw} of {tenant} was delivered to every export and then pruned by "
+                    f"retention (rows 1..{pruned} of this chain are no longer in this store; "
+                    "the SIEM holds them, and the checkpoint kept here vouches for what stays).")
         return _page(request, "missing.html", status=404, person=person,
-                     session=person.session, what="No such event among your tenants.")
+                     session=person.session, what=what)
     fragment = request.query.get("fragment") == "1"
     signer_key = None
     if found.event_type == CHECKPOINT_EVENT_TYPE:
@@ -510,7 +516,7 @@ async def event_detail(request: web.Request) -> web.StreamResponse:
                                      | orjson.OPT_SORT_KEYS).decode(),
                  exact=found.body.decode("utf-8", "replace"), exports=exports,
                  store_id=store_id, has_newer=newer, deliveries=_deliveries(request, person),
-                 signer_key=signer_key)
+                 signer_key=signer_key, pruned=pruned)
 
 
 def _raw_key(key: PublicKey) -> str:
