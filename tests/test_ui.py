@@ -421,6 +421,7 @@ def test_the_integrity_panel_turns_tampered_and_truncated(tmp_path: Path) -> Non
             intact = _verdict(client, "acme")
             assert intact.startswith("intact"), intact
             assert "key <code>" in intact
+            assert re.search(r"by the server, asked by ui-session:[0-9a-f]{12}", intact)
             # 100 events and their checkpoint rows, every one of them checked
             checked = re.search(r"([0-9]+) rows, tenant_seq 1\.\.([0-9]+)", intact)
             assert checked is not None

@@ -115,6 +115,7 @@ class _Verdict:
     problem: str | None
     bad_seq: int | None  # global seq to review from (None: nothing to review)
     keys_given: bool
+    by: str = ""  # who asked for the check: `ui-session:<fingerprint>`
 
 
 @dataclass(slots=True)
@@ -738,7 +739,9 @@ async def integrity_run(request: web.Request) -> web.StreamResponse:
     wanted = str(form.get("tenant", ""))
     tenants = visible if wanted == "" else [wanted] if wanted in visible else []
     for tenant in tenants:
-        state.verdicts[tenant] = await asyncio.to_thread(_verify_tenant, state, tenant)
+        verdict = await asyncio.to_thread(_verify_tenant, state, tenant)
+        verdict.by = f"ui-session:{person.session.fingerprint}"
+        state.verdicts[tenant] = verdict
     return _redirect("/ui/integrity")
 
 
