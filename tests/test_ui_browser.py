@@ -376,9 +376,11 @@ def test_the_integrity_panel_shows_tampering(browser: Any, tmp_path: Path) -> No
         context.close()
 
 
+@pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("path", ["/ui/events?tenant=acme", "/ui/integrity", "/ui/deliveries",
                                   "/ui/t/acme/e/5"])
-def test_axe_finds_no_serious_violation(page: Any, path: str) -> None:
+def test_axe_finds_no_serious_violation(page: Any, path: str, scheme: str) -> None:
+    page.emulate_media(color_scheme=scheme)
     sign_in(page, TOKEN_ALL, path)
     if path.startswith("/ui/events"):
         page.locator("#timeline svg").wait_for()
@@ -388,8 +390,9 @@ def test_axe_finds_no_serious_violation(page: Any, path: str) -> None:
     assert page.csp == []
 
 
-def test_the_sign_in_page_is_accessible(browser: Any, worker: Worker) -> None:
-    context = browser.new_context(base_url=worker.url)
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_sign_in_page_is_accessible(browser: Any, worker: Worker, scheme: str) -> None:
+    context = browser.new_context(base_url=worker.url, color_scheme=scheme)
     page = context.new_page()
     page.goto("/ui/signin")
     assert axe(page) == []
