@@ -141,7 +141,10 @@ def test_a_page_asks_for_sign_in_and_a_wrong_token_gets_nothing(worker: Worker) 
         assert answer.headers["location"] == "/ui/signin?next=/ui/events%3Fseverity%3DHIGH"
         assert client.get("/ui/export.ndjson").status_code == 401
         assert client.get("/ui/tail").status_code == 401
-        form = client.get("/ui/signin")
+        for target in ("/ui/events%0d%0aSet-Cookie:%20x=y", "//elsewhere.example/ui/",
+                       "https://elsewhere.example/ui/"):
+            form = client.get(f"/ui/signin?next={target}")
+            assert 'name="next" value="/ui/events"' in form.text, target
         csrf = CSRF.search(form.text)
         assert csrf is not None
         refused = client.post("/ui/signin", data={"csrf": csrf.group(1), "token": "nope"})

@@ -162,9 +162,13 @@ def test_sessions_expire_are_bounded_and_change_id_at_sign_in() -> None:
     assert not signed.csrf_ok(None)
     now[0] += IDLE_SECONDS + 1
     assert sessions.get(signed.id) is None
-    many = [sessions.new() for _ in range(MAX_SESSIONS + 1)]
+    kept = sessions.sign_in(None, sessions.digest("token"))
+    many = [sessions.new() for _ in range(MAX_SESSIONS + 1)]  # a flood of sign-in pages
     assert sessions.get(many[0].id) is None
     assert sessions.get(many[-1].id) is many[-1]
+    assert sessions.get(kept.id) is kept  # never pushed out by sessions not signed in
+    sessions.end(kept)
+    assert sessions.get(kept.id) is None
     assert Sessions().digest("token") != sessions.digest("token")  # keyed per process
 
 

@@ -83,7 +83,6 @@ TAIL_MAX_SECONDS: Final = 300.0
 #: Rows an export reads per chunk (each chunk its own short read).
 EXPORT_CHUNK: Final = 2_000
 
-BACKEND: Final = web.AppKey("ui_backend", object)
 _STATE: Final = web.AppKey("ui_state", object)
 
 
@@ -198,8 +197,8 @@ def _redirect(location: str) -> web.Response:
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a path of this UI (never `//elsewhere`) as a sign-in's next page."""
-    if target and target.startswith("/ui/") and not target.startswith("//"):
+    """Only a path of this UI (never `//elsewhere`, never a line break) as the next page."""
+    if target and target.startswith("/ui/") and target.isprintable() and len(target) < 2048:
         return target
     return "/ui/events"
 
@@ -801,7 +800,6 @@ def build_ui_app(backend: UiBackend) -> web.Application:
     app = web.Application(middlewares=[_guard])
     state = _State(backend)
     app[_STATE] = state
-    app[BACKEND] = backend
 
     async def stop_streams(_: web.Application) -> None:
         state.stopping.set()

@@ -27,7 +27,9 @@ __all__ = ["COOKIE", "IDLE_SECONDS", "MAX_SESSIONS", "Session", "Sessions"]
 COOKIE: Final = "sealtrail_ui"
 #: A session nobody used for this long is gone (an unattended browser stops being a way in).
 IDLE_SECONDS: Final = 8 * 3600
-#: Sessions kept at most; the least recently used goes first (memory stays bounded).
+#: Sessions kept at most, signed in and not (each kind apart); the least recently used goes
+#: first. Apart, so that a flood of sign-in pages (each makes a session for its CSRF token)
+#: can never push out the sessions of people signed in.
 MAX_SESSIONS: Final = 10_000
 
 
@@ -62,7 +64,8 @@ class Sessions:
         """No sessions yet; a key of this process for token digests."""
         self._key = secrets.token_bytes(32)
         self._clock = clock
-        self._by_id: OrderedDict[str, Session] = OrderedDict()
+        self._by_id: OrderedDict[str, Session] = OrderedDict()  # signed in
+        self._pending: OrderedDict[str, Session] = OrderedDict()  # not (yet)
 
     def digest(self, token: str) -> bytes:
         """A token's digest under this process's key (no use outside this process)."""
@@ -73,25 +76,31 @@ class Sessions:
         """A fresh session, not signed in."""
         session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32),
                           seen=self._clock())
-        self._by_id[session.id] = session
-        while len(self._by_id) > MAX_SESSIONS:
-            self._by_id.popitem(last=False)
+        self._keep(self._pending, session)
         return session
+
+    @staticmethod
+    def _keep(pool: OrderedDict[str, Session], session: Session) -> None:
+        pool[session.id] = session
+        while len(pool) > MAX_SESSIONS:
+            pool.popitem(last=False)
 
     def get(self, session_id: str | None) -> Session | None:
         """The live session with this id, touched; None if unknown or idle too long."""
         if not session_id:
             return None
-        session = self._by_id.get(session_id)
-        if session is None:
-            return None
-        now = self._clock()
-        if now - session.seen > IDLE_SECONDS:
-            del self._by_id[session_id]
-            return None
-        session.seen = now
-        self._by_id.move_to_end(session_id)
-        return session
+        for pool in (self._by_id, self._pending):
+            session = pool.get(session_id)
+            if session is None:
+                continue
+            now = self._clock()
+            if now - session.seen > IDLE_SECONDS:
+                del pool[session_id]
+                return None
+            session.seen = now
+            pool.move_to_end(session_id)
+            return session
+        return None
 
     def sign_in(self, old: Session | None, token_digest: bytes) -> Session:
         """A new session (new id) for a proven token; the old one, if any, is gone.
@@ -100,11 +109,13 @@ class Sessions:
         is never the one that gets the rights.
         """
         if old is not None:
-            self._by_id.pop(old.id, None)
-        session = self.new()
-        session.token_digest = token_digest
+            self.end(old)
+        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32),
+                          token_digest=token_digest, seen=self._clock())
+        self._keep(self._by_id, session)
         return session
 
     def end(self, session: Session) -> None:
         """Sign out: the id stops working."""
         self._by_id.pop(session.id, None)
+        self._pending.pop(session.id, None)
