@@ -440,6 +440,15 @@ def test_the_integrity_panel_turns_tampered_and_truncated(tmp_path: Path) -> Non
             assert tampered.startswith("tampered"), tampered
             link = re.search(r'href="/ui/events\?tenant=acme&amp;seq_from=([0-9]+)"', tampered)
             assert link is not None
+            # a row made into something that is not a row is still shown, never a 500
+            writer.execute("UPDATE audit_rows SET body = CAST('not json' AS BLOB) WHERE "
+                           "tenant_id = 'acme' AND tenant_seq = 7")
+            writer.commit()
+            assert client.get("/ui/events?tenant=acme").status_code == 200
+            detail = client.get("/ui/t/acme/e/7")
+            assert detail.status_code == 200
+            assert "(not a row)" in detail.text and "not json" in detail.text
+            assert client.get("/ui/export.csv?tenant=acme").status_code == 200
             # truncated: globex's tail removed, its checkpoint table rolled back with it
             writer.execute("DELETE FROM audit_checkpoints WHERE tenant_id = 'globex' AND "
                            "tenant_seq > 20")

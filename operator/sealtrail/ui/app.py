@@ -371,8 +371,23 @@ def _view(request: web.Request) -> View:
     return parse_view(request.query, list(request.query.items()))
 
 
+def _parsed(found: Found) -> dict[str, Any]:
+    """The stored row as an object; a row changed into something else is still shown.
+
+    Only tampering makes a stored row anything but a JSON object, and the page must show it
+    (next to its exact bytes) rather than fail: that is when someone needs to look at it.
+    """
+    try:
+        row = orjson.loads(found.body)
+    except orjson.JSONDecodeError:
+        row = None
+    if isinstance(row, dict):
+        return row
+    return {"(not a row)": "the stored bytes are not a JSON object: the row was changed"}
+
+
 def _row_context(found: Found) -> dict[str, Any]:
-    row = orjson.loads(found.body)
+    row = _parsed(found)
     return {"found": found, "row": row,
             "actor": row.get("agent_id") or row.get("identity") or "",
             "summary": row.get("reason") or row.get("action") or row.get("matched_rule") or ""}
@@ -505,14 +520,15 @@ async def event_detail(request: web.Request) -> web.StreamResponse:
     fragment = request.query.get("fragment") == "1"
     signer_key = None
     if found.event_type == CHECKPOINT_EVENT_TYPE:
-        key_id = (orjson.loads(found.body).get("extra") or {}).get("checkpoint_key_id")
+        extra = _parsed(found).get("extra")
+        key_id = extra.get("checkpoint_key_id") if isinstance(extra, dict) else None
         signer_key = next((_raw_key(key) for key in _state(request).backend.public_keys()
                            if key.key_id == key_id), None)
     exports = [{"name": item.name, "delivered": item.cursor >= found.seq,
                 "cursor": item.cursor} for item in _deliveries(request, person)]
     return _page(request, "detail_fragment.html" if fragment else "detail.html",
                  person=person, session=person.session, item=_row_context(found),
-                 pretty=orjson.dumps(orjson.loads(found.body), option=orjson.OPT_INDENT_2
+                 pretty=orjson.dumps(_parsed(found), option=orjson.OPT_INDENT_2
                                      | orjson.OPT_SORT_KEYS).decode(),
                  exact=found.body.decode("utf-8", "replace"), exports=exports,
                  store_id=store_id, has_newer=newer, deliveries=_deliveries(request, person),
@@ -535,14 +551,14 @@ _FORMATS: Final = {"ndjson": "application/x-ndjson", "json": "application/json",
 
 
 def _csv_line(found: Found) -> bytes:
-    row = orjson.loads(found.body)
+    row = _parsed(found)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180: CRLF, quotes doubled
     writer.writerow([found.seq, found.tenant_id, found.tenant_seq, row.get("store_id", ""),
                      found.timestamp, found.event_type, found.severity,
                      row.get("decision", ""), row.get("agent_id", ""), row.get("identity", ""),
                      row.get("action", ""), row.get("reason", ""), row.get("prev_hash", ""),
-                     found.record_hash, found.body.decode("utf-8")])
+                     found.record_hash, found.body.decode("utf-8", "replace")])
     return out.getvalue().encode("utf-8")
 
 
