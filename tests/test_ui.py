@@ -447,7 +447,8 @@ def test_the_integrity_panel_turns_tampered_and_truncated(tmp_path: Path) -> Non
             assert client.get("/ui/events?tenant=acme").status_code == 200
             detail = client.get("/ui/t/acme/e/7")
             assert detail.status_code == 200
-            assert "(not a row)" in detail.text and "not json" in detail.text
+            assert "(not a row)" in detail.text
+            assert "not json" in detail.text
             assert client.get("/ui/export.csv?tenant=acme").status_code == 200
             # truncated: globex's tail removed, its checkpoint table rolled back with it
             writer.execute("DELETE FROM audit_checkpoints WHERE tenant_id = 'globex' AND "
