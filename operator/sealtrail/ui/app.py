@@ -23,6 +23,7 @@ import hmac
 import io
 import logging
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -133,6 +134,12 @@ class _State:
     #: Set when the server shuts down: live tails end at once instead of holding it up (a
     #: stream never finishes by itself, and the runner waits for every handler).
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The same, for checks running in threads: a verify stops at its next range of rows.
+    halt: threading.Event = field(default_factory=threading.Event)
+    #: Integrity checks running, by tenant, with when they started (a check of a large chain
+    #: takes seconds per million rows: it runs apart from the request that asked for it).
+    checking: dict[str, str] = field(default_factory=dict)
+    checks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -674,18 +681,34 @@ async def tail(request: web.Request) -> web.StreamResponse:
 # -- integrity ---------------------------------------------------------------------------------
 
 
+def _failed(tenant: str, problem: str) -> _Verdict:
+    """A check that could not be made: no verdict on the chain, and why."""
+    return _Verdict(tenant=tenant, status="error",
+                    ran_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), seconds=0.0,
+                    rows=0, first_tenant_seq=0, head_tenant_seq=0, seq_low=None, seq_high=None,
+                    checkpoint=None, problem=problem, bad_seq=None, keys_given=False)
+
+
+class _HaltedError(Exception):
+    """The server is stopping: a check in progress gives up (its verdict would be lost)."""
+
+
 def _verify_tenant(state: _State, tenant: str) -> _Verdict:
     path = state.backend.store_path
     keys = list(state.backend.public_keys())
     remembered = [state.remembered[tenant]] if keys and tenant in state.remembered else []
     started = time.perf_counter()
     ran_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    def progress(_done: int, _total: int) -> None:
+        if state.halt.is_set():
+            raise _HaltedError
+
     try:
         report = verify_store(path, tenant=tenant, checkpoints=remembered, public_keys=keys,
-                              processes=1)
+                              processes=1, progress=progress)
     except VerifyError as error:
-        return _Verdict(tenant, "error", ran_at, 0.0, 0, 0, 0, None, None, None, str(error),
-                        None, bool(keys))
+        return _failed(tenant, str(error))
     seconds = round(time.perf_counter() - started, 3)
     chain = next((item for item in report.tenants if item.tenant_id == tenant), None)
     db = connect(path)
@@ -734,7 +757,8 @@ async def integrity(request: web.Request) -> web.StreamResponse:
     visible = await asyncio.to_thread(work)
     state = _state(request)
     return _page(request, "integrity.html", person=person, session=person.session,
-                 tenants=visible, verdicts=state.verdicts,
+                 tenants=visible, verdicts=state.verdicts, checking=state.checking,
+                 refresh=any(tenant in state.checking for tenant in visible),
                  keys=bool(state.backend.public_keys()),
                  deliveries=_deliveries(request, person))
 
@@ -752,12 +776,34 @@ async def integrity_run(request: web.Request) -> web.StreamResponse:
     finally:
         db.close()
     wanted = str(form.get("tenant", ""))
-    tenants = visible if wanted == "" else [wanted] if wanted in visible else []
+    tenants = [tenant for tenant in (visible if wanted == "" else [wanted])
+               if tenant in visible and tenant not in state.checking]
+    stamp = datetime.now(UTC).strftime("%H:%M:%S UTC")
     for tenant in tenants:
-        verdict = await asyncio.to_thread(_verify_tenant, state, tenant)
-        verdict.by = f"ui-session:{person.session.fingerprint}"
-        state.verdicts[tenant] = verdict
+        state.checking[tenant] = stamp
+    task = asyncio.create_task(_check(state, tenants, f"ui-session:{person.session.fingerprint}"))
+    state.checks.add(task)
+    task.add_done_callback(state.checks.discard)
     return _redirect("/ui/integrity")
+
+
+async def _check(state: _State, tenants: list[str], by: str) -> None:
+    """Verify `tenants` one after another (one core's worth), recording each verdict."""
+    try:
+        for tenant in tenants:
+            try:
+                verdict = await asyncio.to_thread(_verify_tenant, state, tenant)
+            except _HaltedError:
+                return
+            except Exception:  # a verdict of "error" on the page, the cause in the log
+                log.exception("the integrity check of %s failed", tenant)
+                verdict = _failed(tenant, "the check failed; see the worker's log")
+            verdict.by = by
+            state.verdicts[tenant] = verdict
+            state.checking.pop(tenant, None)
+    finally:
+        for tenant in tenants:
+            state.checking.pop(tenant, None)
 
 
 # -- deliveries --------------------------------------------------------------------------------
@@ -819,6 +865,9 @@ def build_ui_app(backend: UiBackend) -> web.Application:
 
     async def stop_streams(_: web.Application) -> None:
         state.stopping.set()
+        state.halt.set()
+        for task in list(state.checks):
+            task.cancel()
 
     app.on_shutdown.append(stop_streams)
     app.router.add_get("/", index)
