@@ -18,6 +18,7 @@ import html
 import io
 import re
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -37,6 +38,7 @@ from sealtrail.api.event import Event
 from sealtrail.chain.keys import generate_keypair
 from sealtrail.chain.query import SEARCH_INDEXES
 from sealtrail.chain.store import ChainStore, CheckpointPolicy
+from tests.test_handoff import tls_collector
 from tests.worker_process import ROOT, Worker, free_port, running_worker, start_worker
 
 TOKEN_ACME = "ui-acme-Zq7v1pXk2rT9bW3m"  # noqa: S105 - a test token
@@ -571,6 +573,18 @@ def _fill_open(worker: Worker, events: list[dict[str, Any]]) -> None:
     with worker.client() as client:
         for start in range(0, len(events), 5000):
             assert client.post("/v1/events", json=events[start:start + 5000]).status_code == 200
+
+
+def test_over_tls_the_cookie_is_secure(tmp_path: Path) -> None:
+    """A listener with `ingest.tls` (a collector): the browser sends the cookie over TLS only."""
+    with tls_collector(tmp_path) as (url, ca), httpx.Client(
+            verify=ssl.create_default_context(cafile=str(ca)), follow_redirects=False) as client:
+        answer = client.get(f"{url}/ui/events")  # no ingest tokens: open, a session at once
+        assert answer.status_code == 200
+        attributes = [part.strip().lower() for part in answer.headers["set-cookie"].split(";")]
+        assert "secure" in attributes
+        assert "httponly" in attributes
+        assert "samesite=strict" in attributes
 
 
 # -- the search indexes ------------------------------------------------------------------------
