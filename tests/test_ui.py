@@ -353,6 +353,8 @@ def test_the_detail_shows_every_field_the_stored_row_and_its_chain(worker: Worke
             assert row["store_id"] in page.text
             assert f'href="/ui/t/acme/e/{row["tenant_seq"] - 1}" rel="prev"' in page.text
             assert f'href="/ui/t/acme/e/{row["tenant_seq"] + 1}" rel="next"' in page.text
+            assert (f'href="/ui/events?tenant=acme&amp;actor={row["agent_id"]}">events by '
+                    f'{row["agent_id"]}</a>') in page.text
             # the export is paused from the start: nothing is delivered
             assert 'data-export="siem">siem: not yet delivered (cursor at seq 0)' in page.text
         first = client.get("/ui/t/acme/e/1").text
