@@ -261,9 +261,14 @@ def test_handed_off_rows_are_delivered_by_the_collectors_exports(
         assert sorted(siem.sources()) == sorted(rows[100:])  # byte for byte, once each
         assert {doc_id for _, doc_id in siem.ids()} == {
             orjson.loads(row)["record_hash"] for row in rows[100:]}
+        delivered = 'sealtrail_audit_export_events_total{export="handoff:siem"}'
         with collector.client() as client:
+            # The SIEM holds the rows a moment before the worker has read its answer and
+            # counted them.
+            wait_for(lambda: metric(client.get("/metrics").text, delivered) == 200, 10,
+                     "the delivery to be counted")
             text = client.get("/metrics").text
-        assert metric(text, 'sealtrail_audit_export_events_total{export="handoff:siem"}') == 200
+        assert metric(text, delivered) == 200
         assert metric(text, 'sealtrail_audit_export_events_total{export="siem"}') == 0
         assert metric(text, 'sealtrail_audit_handoff_received_rows_total{outcome="stored"}') \
             == 200
