@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from .control_plane import GATEWAY, ControlPlane
-from .test_operator_e2e import Cluster, conditions, wait_until
+from .test_operator_e2e import Cluster, conditions, opted_in, wait_until
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -32,11 +32,7 @@ APP = "limited-app"
 
 @pytest.fixture(scope="module")
 def cluster(sealtrail_release: ControlPlane) -> Cluster:
-    harness = Cluster(sealtrail_release)
-    harness.kubectl("create", "namespace", NAMESPACE, check=False)
-    harness.kubectl("label", "namespace", NAMESPACE, "sealtrail.dev/injection=enabled",
-                    "--overwrite")
-    return harness
+    return opted_in(sealtrail_release, NAMESPACE)
 
 
 def policy(name: str, worker: dict[str, Any]) -> dict[str, Any]:

@@ -89,13 +89,18 @@ def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
 
 
+def opted_in(plane: ControlPlane, namespace: str) -> Cluster:
+    """A harness on `namespace`, created and opted in (injection is opt-in, per namespace)."""
+    harness = Cluster(plane)
+    harness.kubectl("create", "namespace", namespace, check=False)
+    harness.kubectl("label", "namespace", namespace, "sealtrail.dev/injection=enabled",
+                    "--overwrite")
+    return harness
+
+
 @pytest.fixture(scope="module")
 def cluster(sealtrail_release: ControlPlane) -> Cluster:
-    harness = Cluster(sealtrail_release)
-    harness.kubectl("create", "namespace", NAMESPACE, check=False)
-    harness.kubectl("label", "namespace", NAMESPACE, "sealtrail.dev/injection=enabled",
-                    "--overwrite")  # injection is opt-in, per namespace
-    return harness
+    return opted_in(sealtrail_release, NAMESPACE)
 
 
 # -- examples and validation -----------------------------------------------------------------

@@ -38,7 +38,7 @@ from sealtrail.chain.verify import Status, verify_rows
 
 from .control_plane import GATEWAY, ControlPlane
 from .receivers.splunk import SplunkReceiver
-from .test_operator_e2e import Cluster, conditions, wait_until
+from .test_operator_e2e import Cluster, conditions, opted_in, wait_until
 from .worker_process import free_port, start_worker
 
 pytestmark = [pytest.mark.timeout(400)]
@@ -48,11 +48,7 @@ NAMESPACE = "lifecycle"
 
 @pytest.fixture(scope="module")
 def cluster(sealtrail_release: ControlPlane) -> Cluster:
-    harness = Cluster(sealtrail_release)
-    harness.kubectl("create", "namespace", NAMESPACE, check=False)
-    harness.kubectl("label", "namespace", NAMESPACE, "sealtrail.dev/injection=enabled",
-                    "--overwrite")
-    return harness
+    return opted_in(sealtrail_release, NAMESPACE)
 
 
 def _export_and_policy(cluster: Cluster, name: str, url: str, token: str,
