@@ -149,6 +149,7 @@ def main() -> int:
         print(f"built {args.rows:,} rows in {store['build_seconds']} s, search indexes in "
               f"{store['index_seconds']} s, {store['store_mib']} MiB")
     ensure_search_indexes(path)
+    store.setdefault("store_mib", round(path.stat().st_size / 2**20, 1))
     port = 18480
     process = serve(path, port)
     results: dict[str, Any] = {}
