@@ -439,6 +439,9 @@ def test_the_integrity_panel_turns_tampered_and_truncated(tmp_path: Path) -> Non
             assert checked is not None
             assert int(checked.group(1)) == int(checked.group(2)) > 100
             assert _verdict(client, "globex").startswith("intact")
+            # checked again, unchanged: still intact (the checkpoint remembered from the first
+            # check is held against the chain, and the chain agrees with it)
+            assert _verdict(client, "globex").startswith("intact")
             # tampered: one row of acme rewritten in place
             writer = sqlite3.connect(worker.db)
             writer.execute("UPDATE audit_rows SET body = replace(body, 'acme reason number 10',"
@@ -468,6 +471,10 @@ def test_the_integrity_panel_turns_tampered_and_truncated(tmp_path: Path) -> Non
             writer.close()
             truncated = _verdict(client, "globex")
             assert truncated.startswith("truncated"), truncated
+            # found by the checkpoint an earlier check saw, which the rolled-back table lost
+            assert re.search(r"chain has 30 rows but a checkpoint signed at \S+ vouches for "
+                             r"[0-9]+: the tail was removed or the store rolled back",
+                             truncated), truncated
 
 
 # -- delivery, resume, the UI's own events ---------------------------------------------------

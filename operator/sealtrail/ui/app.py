@@ -732,7 +732,9 @@ def _verify_tenant(state: _State, tenant: str) -> _Verdict:
     if latest is not None:
         checkpoint = {"tenant_seq": latest[1], "signed_at": latest[3], "key_id": latest[4]}
         if keys and (report.status == Status.INTACT):
-            state.remembered[tenant] = Checkpoint(*latest)
+            # The table does not say whose chain it is: the store's own id does (a checkpoint
+            # of another store's chain would be no evidence about this one, and verify says so).
+            state.remembered[tenant] = Checkpoint(*latest, store_id=report.store_id)
     status = report.status.name.lower()
     return _Verdict(
         tenant, status, ran_at, seconds, chain.rows if chain else 0,
