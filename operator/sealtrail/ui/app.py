@@ -734,7 +734,9 @@ def _verify_tenant(state: _State, tenant: str) -> _Verdict:
         if keys and (report.status == Status.INTACT):
             # The table does not say whose chain it is: the store's own id does (a checkpoint
             # of another store's chain would be no evidence about this one, and verify says so).
-            state.remembered[tenant] = Checkpoint(*latest, store_id=report.store_id)
+            name, size, head, signed_at, key_id, signature = latest
+            state.remembered[tenant] = Checkpoint(name, size, head, signed_at, key_id, signature,
+                                                  store_id=report.store_id)
     status = report.status.name.lower()
     return _Verdict(
         tenant, status, ran_at, seconds, chain.rows if chain else 0,
