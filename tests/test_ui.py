@@ -452,6 +452,12 @@ def test_the_integrity_panel_turns_tampered_and_truncated(tmp_path: Path) -> Non
             assert tampered.startswith("tampered"), tampered
             link = re.search(r'href="/ui/events\?tenant=acme&amp;seq_from=([0-9]+)"', tampered)
             assert link is not None
+            # each event's detail says what the check means for it
+            assert "this row is in the affected range (from #6)" in client.get(
+                "/ui/t/acme/e/9").text
+            assert "the rows before it, this one included, check out" in client.get(
+                "/ui/t/acme/e/3").text
+            assert "intact through" in client.get("/ui/t/globex/e/3").text
             # a row made into something that is not a row is still shown, never a 500
             writer.execute("UPDATE audit_rows SET body = CAST('not json' AS BLOB) WHERE "
                            "tenant_id = 'acme' AND tenant_seq = 7")

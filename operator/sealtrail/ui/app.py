@@ -116,6 +116,24 @@ class _Verdict:
     bad_seq: int | None  # global seq to review from (None: nothing to review)
     keys_given: bool
     by: str = ""  # who asked for the check: `ui-session:<fingerprint>`
+    bad_tenant_seq: int | None = None  # the first row a problem shows at (None: none)
+
+    def about(self, tenant_seq: int) -> tuple[str, str]:
+        """What this check says about one row of the chain: a class and the words."""
+        when = f"Server check of {self.ran_at}"
+        if self.status == "intact":
+            if tenant_seq <= self.head_tenant_seq:
+                return "good", (f"{when}: the chain is intact through #{self.head_tenant_seq}, "
+                                "this row included.")
+            return "", (f"{when}: the chain was intact through #{self.head_tenant_seq}; this "
+                        "row came later (check again).")
+        if self.status == "error" or self.bad_tenant_seq is None:
+            return "bad", f"{when}: {self.status}: {self.problem or 'see the Integrity page'}"
+        if tenant_seq >= self.bad_tenant_seq:
+            return "bad", (f"{when}: {self.status}; this row is in the affected range (from "
+                           f"#{self.bad_tenant_seq}): {self.problem}")
+        return "good", (f"{when}: {self.status} from #{self.bad_tenant_seq} on; the rows "
+                        "before it, this one included, check out.")
 
 
 @dataclass(slots=True)
@@ -539,7 +557,16 @@ async def event_detail(request: web.Request) -> web.StreamResponse:
                                      | orjson.OPT_SORT_KEYS).decode(),
                  exact=found.body.decode("utf-8", "replace"), exports=exports,
                  store_id=store_id, has_newer=newer, deliveries=_deliveries(request, person),
-                 signer_key=signer_key, pruned=pruned)
+                 signer_key=signer_key, pruned=pruned,
+                 verdict=_verdict_about(request, tenant, found.tenant_seq))
+
+
+def _verdict_about(request: web.Request, tenant: str, tenant_seq: int) -> tuple[str, str]:
+    """The server's last verdict on the chain, as it bears on one row."""
+    verdict = _state(request).verdicts.get(tenant)
+    if verdict is None:
+        return "", "Not checked since the worker started: the Integrity page runs a check."
+    return verdict.about(tenant_seq)
 
 
 def _raw_key(key: PublicKey) -> str:
@@ -742,7 +769,8 @@ def _verify_tenant(state: _State, tenant: str) -> _Verdict:
         tenant, status, ran_at, seconds, chain.rows if chain else 0,
         (chain.pruned_through + 1) if chain else 0, chain.head_tenant_seq if chain else 0,
         low, high, checkpoint, chain.first_bad.problem if chain and chain.first_bad else None,
-        bad_seq, bool(keys))
+        bad_seq, bool(keys),
+        bad_tenant_seq=bad.tenant_seq if bad is not None else None)
 
 
 async def integrity(request: web.Request) -> web.StreamResponse:
