@@ -698,3 +698,44 @@ def test_a_pruned_row_is_explained_not_just_missing(tmp_path: Path) -> None:
         assert f"Rows 1..{first_kept - 1} were pruned by retention" in kept
         assert 'rel="prev"' not in kept
 
+
+
+def test_with_two_ingest_processes_the_ui_works_on_every_connection(tmp_path: Path) -> None:
+    """Connections land on either process; the second forwards to the first, streaming.
+
+    Every request here opens a new connection, so the kernel spreads them over both processes:
+    a session opened through one is honoured through the other, an export arrives whole and a
+    live tail streams through the forwarding process.
+    """
+    config = _worker_config(tmp_path)
+    config["ingest"]["processes"] = 2
+    with running_worker(tmp_path, env=ENV, **config) as running:
+        _fill(running, _events(2 * ROWS_PER_TENANT))
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        with running.client(follow_redirects=False, limits=fresh) as client:
+            form = client.get("/ui/signin")
+            csrf = CSRF.search(form.text)
+            assert csrf is not None
+            answer = client.post("/ui/signin", data={"csrf": csrf.group(1),
+                                                     "token": TOKEN_ACME, "next": "/ui/events"})
+            assert answer.status_code == 303, answer.text
+            assert "sealtrail_ui=" in answer.headers["set-cookie"]
+            for _ in range(12):
+                page = client.get("/ui/events")
+                assert page.status_code == 200, page.headers.get("location")
+                assert "script-src 'self'" in page.headers["content-security-policy"]
+            rows = ndjson(client, "tenant=acme")
+            assert sorted(rows, key=lambda row: row["seq"]) == [
+                row for row in running.rows() if row["tenant_id"] == "acme"]  # whole
+            for _ in range(4):  # at least one tail goes through the forwarding process
+                with client.stream("GET", "/ui/tail", timeout=20) as stream:
+                    assert stream.headers["content-type"].startswith("text/event-stream")
+                    _fill(running, [{"event_type": "safety.violation", "severity": "HIGH",
+                                     "tenant_id": "acme", "reason": "tail through two"}])
+                    got = ""
+                    deadline = time.monotonic() + 15
+                    for chunk in stream.iter_text():
+                        got += chunk
+                        if "tail through two" in got or time.monotonic() > deadline:
+                            break
+                    assert "tail through two" in got

@@ -889,10 +889,18 @@ async def static(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def build_ui_app(backend: UiBackend) -> web.Application:
-    """The UI as an aiohttp application, to mount at `/ui` (`app.add_subapp("/ui", ...)`)."""
+def build_ui_app(backend: UiBackend, *, same_as: web.Application | None = None
+                 ) -> web.Application:
+    """The UI as an aiohttp application, to mount at `/ui` (`app.add_subapp("/ui", ...)`).
+
+    `same_as`: a UI application built before, whose sessions, verdicts and checks this one
+    shares. A worker with several ingest processes serves the UI twice in its first process
+    (on the ingest listener, and on the private socket the others forward to); a person
+    signed in through one must be signed in through the other.
+    """
     app = web.Application(middlewares=[_guard])
-    state = _State(backend)
+    state = _State(backend) if same_as is None else same_as[_STATE]
+    assert isinstance(state, _State)  # noqa: S101 - set by this function only
     app[_STATE] = state
 
     async def stop_streams(_: web.Application) -> None:

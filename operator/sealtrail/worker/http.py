@@ -55,6 +55,7 @@ from sealtrail.worker.ui_mount import mount_ui
 
 __all__ = [
     "CORE",
+    "FORWARDED_TLS_HEADER",
     "INGEST",
     "TOKENS",
     "build_admin_app",
@@ -75,6 +76,17 @@ _PRIMARY: Final = web.AppKey("primary", aiohttp.ClientSession)
 #: Headers a forwarded request or answer keeps; nothing else crosses between processes.
 _FORWARDED_REQUEST: Final = ("Authorization", "Content-Type", "Accept")
 _FORWARDED_ANSWER: Final = ("Content-Type", "Retry-After", "WWW-Authenticate")
+#: What a browser's request to the UI carries besides (its session cookie, where a live tail
+#: left off, where a form came from), and what the UI answers with besides (its cookie, its
+#: security headers, a redirect, a download's file name).
+_FORWARDED_UI_REQUEST: Final = ("Cookie", "Last-Event-ID", "Origin", "Referer")
+_FORWARDED_UI_ANSWER: Final = (
+    "Set-Cookie", "Location", "Content-Disposition", "Cache-Control",
+    "Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy",
+    "Vary")
+#: Set by a further ingest process on what it forwards when its own listener is HTTPS, so the
+#: first process marks the UI's cookie Secure; only the private socket's app believes it.
+FORWARDED_TLS_HEADER: Final = "X-Sealtrail-Forwarded-TLS"
 
 #: Largest seq a query may name: SQLite's INTEGER is a signed 64-bit number.
 _MAX_SEQ: Final = 2**63 - 1
@@ -626,10 +638,17 @@ def build_ingest_app(core: IngestCore, primary: aiohttp.ClientSession) -> web.Ap
     return app
 
 
-async def _forward(request: web.Request) -> web.Response:
-    """Ask the first process, and answer with what it said."""
-    headers = {name: request.headers[name] for name in _FORWARDED_REQUEST
-               if name in request.headers}
+async def _forward(request: web.Request) -> web.StreamResponse:
+    """Ask the first process, and answer with what it said.
+
+    The UI's answers are streamed as they come (a live tail never ends by itself; an export
+    may be a million rows), with no overall time limit and no redirect followed on the way.
+    """
+    ui = request.path == "/ui" or request.path.startswith("/ui/")
+    names = (*_FORWARDED_REQUEST, *_FORWARDED_UI_REQUEST) if ui else _FORWARDED_REQUEST
+    headers = {name: request.headers[name] for name in names if name in request.headers}
+    if ui and request.secure:
+        headers[FORWARDED_TLS_HEADER] = "1"
     body = None
     if request.can_read_body:
         timeout = request.app[INGEST].config.ingest.read_timeout_seconds
@@ -640,6 +659,8 @@ async def _forward(request: web.Request) -> web.Response:
             return _problem(408, f"the body did not arrive within {timeout:g} seconds",
                             headers={"Connection": "close"})
     try:
+        if ui:
+            return await _stream_from_primary(request, body, headers)
         async with request.app[_PRIMARY].request(
                 request.method, f"http://worker{request.rel_url}", data=body,
                 headers=headers) as answer:
@@ -651,6 +672,24 @@ async def _forward(request: web.Request) -> web.Response:
         log.warning("cannot reach the worker's first process for %s", request.path)
         return _problem(503, "the worker is starting or shutting down",
                         headers={"Retry-After": "1"})
+
+
+async def _stream_from_primary(request: web.Request, body: bytes | None,
+                               headers: dict[str, str]) -> web.StreamResponse:
+    """Forward one UI request and stream the first process's answer back as it comes."""
+    async with request.app[_PRIMARY].request(
+            request.method, f"http://worker{request.rel_url}", data=body, headers=headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as answer:
+        response = web.StreamResponse(status=answer.status)
+        for name in (*_FORWARDED_ANSWER, *_FORWARDED_UI_ANSWER):
+            for value in answer.headers.getall(name, ()):
+                response.headers.add(name, value)
+        await response.prepare(request)
+        async for chunk in answer.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
 
 # -- the server: slow and half-closing clients, bad requests ---------------------------------

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -41,7 +42,7 @@ import orjson
 from aiohttp import web
 
 from sealtrail.worker.core import WorkerCore
-from sealtrail.worker.http import CORE, build_app
+from sealtrail.worker.http import CORE, FORWARDED_TLS_HEADER, build_app
 
 __all__ = ["REPORT_PATH", "IngestProcesses", "listen_socket"]
 
@@ -117,6 +118,7 @@ class IngestProcesses:
         """Serve the private socket, then start the others and watch them."""
         self._directory = Path(tempfile.mkdtemp(prefix="sealtrail-worker-"))
         app = build_app(self._core)
+        app.middlewares.append(_forwarded_tls)
         app.router.add_post(REPORT_PATH, _report)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -175,3 +177,19 @@ class IngestProcesses:
             await self._runner.cleanup()
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _forwarded_tls(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request the other processes forward came over HTTPS if they say so.
+
+    Believed only here: this app listens on the private socket of the first process, which
+    only its own ingest processes reach (the header from anywhere else is ignored).
+    """
+    if request.headers.get(FORWARDED_TLS_HEADER) == "1":
+        request = request.clone(scheme="https")
+    return await handler(request)
+

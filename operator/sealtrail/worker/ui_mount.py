@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -118,6 +119,18 @@ class WorkerUiBackend:
             raise NotRecordedError(str(error)) from None
 
 
+#: The first UI application mounted for each worker: later ones share its state.
+_MOUNTED: weakref.WeakKeyDictionary[WorkerCore, web.Application] = weakref.WeakKeyDictionary()
+
+
 def mount_ui(app: web.Application, core: WorkerCore) -> None:
-    """Serve the audit UI under `/ui` of `app`, for `core`."""
-    app.add_subapp("/ui", build_ui_app(WorkerUiBackend(core)))
+    """Serve the audit UI under `/ui` of `app`, for `core`.
+
+    Mounted twice when the worker has further ingest processes (the ingest listener, and the
+    private socket they forward to): both share one set of sessions and verdicts.
+    """
+    first = _MOUNTED.get(core)
+    ui = build_ui_app(WorkerUiBackend(core), same_as=first)
+    if first is None:
+        _MOUNTED[core] = ui
+    app.add_subapp("/ui", ui)
