@@ -107,7 +107,10 @@ def make_app(counts: Counts) -> web.Application:
     """The routes, over one `Counts`."""
 
     async def bulk(request: web.Request) -> web.Response:
-        body = await request.read()
+        try:
+            body = await request.read()
+        except ConnectionResetError:  # a shipper SIGKILLed mid-request: nothing to answer
+            raise web.HTTPBadRequest from None
         items = parse_bulk(body, request.match_info.get("index", ""), counts)
         if isinstance(items, web.Response):
             return items
