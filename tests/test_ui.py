@@ -531,6 +531,17 @@ def test_sign_ins_and_exports_are_events_in_the_system_chain(worker: Worker) -> 
 # -- live tail -----------------------------------------------------------------------------------
 
 
+def _read_tail_until(stream: httpx.Response, text: str, seconds: float = 15) -> str:
+    """What a live tail sent until `text` came (or `seconds` passed)."""
+    got = ""
+    deadline = time.monotonic() + seconds
+    for chunk in stream.iter_text():
+        got += chunk
+        if text in got or time.monotonic() > deadline:
+            break
+    return got
+
+
 def test_the_live_tail_sends_new_rows_of_the_persons_tenants_only(worker: Worker) -> None:
     with sign_in(worker, TOKEN_ACME) as client, client.stream(
             "GET", "/ui/tail", timeout=20) as stream:
@@ -538,12 +549,7 @@ def test_the_live_tail_sends_new_rows_of_the_persons_tenants_only(worker: Worker
         _fill(worker, [{"event_type": "safety.violation", "severity": "HIGH",
                         "tenant_id": tenant, "reason": f"tail {tenant}"}
                        for tenant in ("globex", "acme")])
-        got = ""
-        deadline = time.monotonic() + 15
-        for chunk in stream.iter_text():
-            got += chunk
-            if "tail acme" in got or time.monotonic() > deadline:
-                break
+        got = _read_tail_until(stream, "tail acme")
     assert "event: row" in got
     assert "tail acme" in got
     assert "tail globex" not in got
@@ -732,10 +738,4 @@ def test_with_two_ingest_processes_the_ui_works_on_every_connection(tmp_path: Pa
                     assert stream.headers["content-type"].startswith("text/event-stream")
                     _fill(running, [{"event_type": "safety.violation", "severity": "HIGH",
                                      "tenant_id": "acme", "reason": "tail through two"}])
-                    got = ""
-                    deadline = time.monotonic() + 15
-                    for chunk in stream.iter_text():
-                        got += chunk
-                        if "tail through two" in got or time.monotonic() > deadline:
-                            break
-                    assert "tail through two" in got
+                    assert "tail through two" in _read_tail_until(stream, "tail through two")
