@@ -416,13 +416,16 @@ def test_permanent_failures_pause_and_a_rotated_secret_resumes_without_restart(
     assert any(e.get("reason") == "Paused" and e["involvedObject"]["name"] == delivery.export
                for e in json.loads(events)["items"])
     delivery.cluster.apply(delivery.secret_manifest(delivery.rotated))  # rotate the Secret
-    resumed = wait_until(lambda: (s := delivery.status()).get("paused") is False
-                         and s.get("cursorLag") == 0 and s, 90,
-                         "the rotated Secret to resume delivery", delivery.cluster)
-    assert resumed["credentialVersion"] != version_before
     secret_version = delivery.cluster.get("secret", delivery.secret)["metadata"][
         "resourceVersion"]
-    assert resumed["credentialVersion"] == f"{delivery.secret}/token@{secret_version}"
+    # The worker may read the rotated file (and resume) before the operator has read the
+    # Secret by name again; until then status says "an earlier version". Wait for both.
+    resumed = wait_until(lambda: (s := delivery.status()).get("paused") is False
+                         and s.get("cursorLag") == 0 and s.get("credentialVersion")
+                         == f"{delivery.secret}/token@{secret_version}" and s, 90,
+                         "the rotated Secret to resume delivery and show in status",
+                         delivery.cluster)
+    assert resumed["credentialVersion"] != version_before
     after = delivery.worker_state()
     assert (after["pid"], after["restarts"]) == (before["pid"], before["restarts"])
     (status,) = [s for s in delivery.pod()["status"]["initContainerStatuses"]
