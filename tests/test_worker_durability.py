@@ -165,6 +165,66 @@ def test_sigkill_loop_loses_no_acknowledged_event(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_sigkill_loop_with_idempotency_keys_stores_every_batch_exactly_once(
+        tmp_path: Path) -> None:
+    """A client that retries an unanswered batch under its key never gets it stored twice.
+
+    The key and its answer commit with the rows, so a kill can fall anywhere (before the
+    commit, between the commit and the answer) and the retry finds either nothing or the answer.
+    """
+    base = list(sample_events(50, seed=5))
+    pick = random.Random(20261205)
+    answered: dict[str, list[int]] = {}  # batch key -> the seqs its 200 named
+    with worker(tmp_path, {"exports": []}) as running:
+        stop = threading.Event()
+
+        def load() -> None:  # every batch sent until answered 200, always under its own key
+            number = 0
+            with httpx.Client(timeout=5) as client:
+                while not stop.is_set():
+                    key = f"batch-{number:05d}"
+                    body = orjson.dumps([
+                        {**base[i % len(base)], "extra": {"n": f"{number}.{i}"}}
+                        for i in range(pick.randint(1, 40))])
+                    while not stop.is_set():
+                        try:
+                            answer = client.post(running.url + "/v1/events", content=body,
+                                                 headers={"content-type": "application/json",
+                                                          "Idempotency-Key": key})
+                        except httpx.HTTPError:
+                            time.sleep(0.02)
+                            continue
+                        if answer.status_code == 200:
+                            answered[key] = [item["seq"] for item in answer.json()["events"]]
+                            number += 1
+                            break
+                        assert answer.status_code == 503, answer.text  # shutting down only
+                        time.sleep(0.02)
+
+        running.start()
+        sender = threading.Thread(target=load, daemon=True)
+        sender.start()
+        try:
+            for _ in range(12):
+                time.sleep(pick.uniform(0.05, 0.3))
+                before = len(answered)
+                running.kill()
+                running.start()
+                wait_for(lambda b=before: len(answered) > b, 20, "new answers")
+        finally:
+            stop.set()
+            sender.join(timeout=10)
+        assert running.terminate() == 0
+    with ChainStore(running.db) as store:
+        markers = [orjson.loads(row)["extra"]["n"] for row in store.rows()]
+    assert len(markers) == len(set(markers)), "a retried batch was stored twice"
+    stored_batches = {int(marker.split(".")[0]) for marker in markers}
+    assert set(range(len(answered))) <= stored_batches  # every answered batch is there
+    assert len(answered) > 50
+    assert verify_store(running.db).status is Status.INTACT
+
+
+@pytest.mark.slow
 def test_outage_engages_backpressure_and_everything_drains(tmp_path: Path) -> None:
     secret = new_secret(b"durability")
     write_credential(tmp_path / "secret", secret)

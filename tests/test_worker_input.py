@@ -11,6 +11,7 @@ the field (never a 5xx, which clients retry forever) and nothing is stored.
 
 from __future__ import annotations
 
+import concurrent.futures
 import socket
 import sqlite3
 import time
@@ -23,8 +24,10 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from sealtrail.api.event import Event, Severity
 from sealtrail.api.worker_config import WorkerConfig
-from sealtrail.worker.idempotency import Claimed, Conflict, IdempotencyKeys, InFlight, Replay
+from sealtrail.chain.ingest_keys import IngestKey, KeyConflict, KeyLimits, KeyReplay
+from sealtrail.chain.store import ChainStore, EventTooLargeError
 from tests.worker_process import Worker, running_worker
 
 pytestmark = pytest.mark.timeout(120)
@@ -358,46 +361,76 @@ def test_a_listen_port_over_65535_is_a_config_error_not_a_crash(section: str) ->
     assert WorkerConfig.model_validate({section: {"listen": "127.0.0.1:65535"}})
 
 
-# -- the key file itself ---------------------------------------------------------------------
+# -- the keys in the store ---------------------------------------------------------------------
 
 
-def _keys(path: Path, **options: Any) -> IdempotencyKeys:
-    settings = {"keep_seconds": 3600.0, "max_keys": 1000, "abandon_after_seconds": 60.0,
-                **options}
-    return IdempotencyKeys(path / "audit.db.idempotency", **settings)
+def _rows(*actions: str) -> list[dict[str, Any]]:
+    return [Event(event_type="safety.decision", severity=Severity.INFO, tenant_id="idem",
+                  action=action).row_fields() for action in actions]
 
 
-def test_a_key_in_flight_is_409_until_recorded_or_abandoned(tmp_path: Path) -> None:
-    first, other = _keys(tmp_path), _keys(tmp_path)  # two processes sharing the file
-    assert isinstance(first.claim("k", "d1"), Claimed)
-    assert isinstance(other.claim("k", "d1"), InFlight)
-    assert isinstance(other.claim("k", "d2"), Conflict)
-    first.record("k", 200, b'{"stored":1}')
-    assert other.claim("k", "d1") == Replay(200, b'{"stored":1}')
-    assert isinstance(other.claim("k", "d2"), Conflict)
-    assert isinstance(first.claim("gone", "d"), Claimed)
-    first.release("gone")
-    assert isinstance(other.claim("gone", "d"), Claimed)
-    abandoning = _keys(tmp_path, abandon_after_seconds=0.0)  # a claim whose worker died
-    assert isinstance(abandoning.claim("gone", "d"), Claimed)
-    assert (tmp_path / "audit.db.idempotency").stat().st_mode & 0o077 == 0
-    for keys in (first, other, abandoning):
-        keys.close()
+def _key(key: str, digest: str = "d1") -> IngestKey:
+    return IngestKey(key, digest, lambda stored: orjson.dumps([s.seq for s in stored]))
+
+
+def test_a_key_commits_with_its_rows_and_answers_every_retry(tmp_path: Path) -> None:
+    first, other = ChainStore(tmp_path / "audit.db"), ChainStore(tmp_path / "audit.db")
+    stored = first.append_keyed(_rows("a", "b"), _key("k"))
+    assert isinstance(stored, list)
+    assert [s.seq for s in stored] == [1, 2]
+    assert other.find_key("k", "d1") == KeyReplay(b"[1,2]")  # another process sees it
+    assert other.append_keyed(_rows("a", "b"), _key("k")) == KeyReplay(b"[1,2]")
+    assert isinstance(other.append_keyed(_rows("a"), _key("k", "d2")), KeyConflict)
+    assert isinstance(other.find_key("k", "d2"), KeyConflict)
+    assert other.find_key("unknown", "d1") is None
+    assert other.last_seq() == 2  # nothing stored by a replay or a conflict
+    for store in (first, other):
+        store.close()
+
+
+def test_a_key_is_kept_only_if_its_rows_are_and_the_other_way_round(tmp_path: Path) -> None:
+    store = ChainStore(tmp_path / "audit.db")
+
+    def broken(_: list[Any]) -> bytes:  # fails after the rows were inserted, before the commit
+        raise RuntimeError("the answer could not be built")
+
+    with pytest.raises(RuntimeError):
+        store.append_keyed(_rows("a"), IngestKey("k", "d1", broken))
+    assert store.last_seq() == 0
+    assert store.find_key("k", "d1") is None  # neither the rows nor the key
+    too_large = _rows("a")
+    too_large[0]["reason"] = "x" * 300_000
+    with pytest.raises(EventTooLargeError):
+        store.append_keyed(too_large, _key("k"))
+    assert store.find_key("k", "d1") is None
+    assert isinstance(store.append_keyed(_rows("a"), _key("k")), list)  # the key is free
+    store.close()
+
+
+def test_two_requests_with_one_key_at_once_store_once(tmp_path: Path) -> None:
+    stores = [ChainStore(tmp_path / "audit.db") for _ in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda s: s.append_keyed(_rows("a", "b", "c"), _key("same")),
+                                stores))
+    assert sum(isinstance(result, list) for result in results) == 1
+    assert sum(isinstance(result, KeyReplay) for result in results) == 3
+    assert stores[0].last_seq() == 3
+    for store in stores:
+        store.close()
 
 
 def test_keys_are_bounded_in_number_and_time(tmp_path: Path) -> None:
-    keys = _keys(tmp_path, max_keys=3)
+    store = ChainStore(tmp_path / "audit.db")
+    store.key_limits = KeyLimits(keep_seconds=3600, max_keys=3)
     for number in range(5):
-        assert isinstance(keys.claim(f"k{number}", "d"), Claimed)
-        keys.record(f"k{number}", 200, b"{}")
-        keys._swept = 0.0  # sweep on every claim, not once a second
-    with sqlite3.connect(tmp_path / "audit.db.idempotency") as db:
-        remaining = {key for (key,) in db.execute("SELECT key FROM idempotency_keys")}
+        assert isinstance(store.append_keyed(_rows("a"), _key(f"k{number}")), list)
+        store._key_sweeper.swept = 0.0  # sweep on every append, not once a second
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        remaining = {key for (key,) in db.execute("SELECT key FROM ingest_keys")}
     assert len(remaining) <= 3
     assert "k4" in remaining
     assert "k0" not in remaining
-    keys.close()
-    expiring = _keys(tmp_path, keep_seconds=0.0)
-    expiring._swept = 0.0
-    assert isinstance(expiring.claim("k4", "other digest"), Claimed)  # k4 had expired
-    expiring.close()
+    store.key_limits = KeyLimits(keep_seconds=0, max_keys=3)
+    store._key_sweeper.swept = 0.0
+    assert isinstance(store.append_keyed(_rows("b"), _key("k4", "other digest")), list)
+    store.close()

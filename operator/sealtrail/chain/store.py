@@ -63,6 +63,16 @@ from sealtrail.api.event import MAX_EVENT_BYTES, Event, format_timestamp
 from sealtrail.chain.anchor import ANCHOR_SCHEMA, ANCHOR_TABLE, Anchor, read_anchors
 from sealtrail.chain.canonical import GENESIS_HASH, seal
 from sealtrail.chain.checkpoint import CHECKPOINT_EVENT_TYPE, Checkpoint
+from sealtrail.chain.ingest_keys import (
+    INGEST_KEYS_SCHEMA,
+    IngestKey,
+    KeyConflict,
+    KeyLimits,
+    KeyReplay,
+    KeySweeper,
+    find_key,
+    keep_key,
+)
 from sealtrail.chain.keys import Signer
 
 __all__ = [
@@ -138,7 +148,7 @@ CREATE TABLE IF NOT EXISTS audit_export_cursor (
     last_seq     INTEGER NOT NULL,         -- every row with seq <= last_seq is delivered
     updated_at   TEXT    NOT NULL
 ) WITHOUT ROWID;
-""" + ANCHOR_SCHEMA
+""" + ANCHOR_SCHEMA + ";" + INGEST_KEYS_SCHEMA
 
 _INSERT_ROW: Final = (
     "INSERT INTO audit_rows "
@@ -276,6 +286,9 @@ class ChainStore:
         self._pending_since: dict[str, float] = {}
         #: Set by `close`: a prune running in another thread stops at its next transaction.
         self._closing = False
+        #: How long and how many ingest `Idempotency-Key`s to keep (chain/ingest_keys.py).
+        self.key_limits = KeyLimits()
+        self._key_sweeper = KeySweeper()
         _create_private(self.path)
         try:
             self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
@@ -361,22 +374,55 @@ class ChainStore:
         Returns only after the commit, so a caller may acknowledge the events. If anything
         fails, nothing of the batch is stored.
         """
-        if not events:
+        return self.append_fields([event.row_fields() for event in events])
+
+    def append_fields(self, rows: list[dict[str, Any]]) -> list[Stored]:
+        """`append` for events already validated into their row fields (`Event.row_fields`).
+
+        The dicts are completed in place into the rows they become.
+        """
+        stored = self._append_fields(rows, None)
+        assert isinstance(stored, list)  # noqa: S101 - no key, so no replay or conflict
+        return stored
+
+    def append_keyed(self, rows: list[dict[str, Any]],
+                     key: IngestKey) -> list[Stored] | KeyReplay | KeyConflict:
+        """`append_fields` under an `Idempotency-Key`, kept in the same transaction.
+
+        If the key is already stored, nothing is appended and its answer (or the conflict) is
+        returned instead; otherwise the rows and the key with `key.answer(stored)` commit
+        together (chain/ingest_keys.py says why).
+        """
+        return self._append_fields(rows, key)
+
+    def find_key(self, key: str, digest: str) -> KeyReplay | KeyConflict | None:
+        """Look an `Idempotency-Key` up without the write lock (a retry answered at once)."""
+        with self._read_lock:
+            return find_key(self._reader_db(), key, digest)
+
+    def _append_fields(self, rows: list[dict[str, Any]],
+                       key: IngestKey | None) -> list[Stored] | KeyReplay | KeyConflict:
+        if not rows:
             return []
-        prepared = []
-        for index, event in enumerate(events):
-            fields = event.row_fields()
+        for index, fields in enumerate(rows):
             size = len(orjson.dumps(fields))
             if size > MAX_EVENT_BYTES:
                 raise EventTooLargeError(index, size)
-            prepared.append(fields)
         now = self._clock()
         stamp = format_timestamp(now)
         with self._lock, self._transaction():
-            stored = self._append_rows(prepared, stamp)
+            wall = time.time()
+            if key is not None:
+                self._key_sweeper.sweep(self._db, self.key_limits, wall)
+                known = find_key(self._db, key.key, key.digest)
+                if known is not None:
+                    return known
+            stored = self._append_rows(rows, stamp)
             if self.checkpoint_policy is not None:
                 touched = {item.tenant_id for item in stored}
                 self._checkpoint_due(touched, now)
+            if key is not None:
+                keep_key(self._db, key, key.answer(stored), wall)
         return stored
 
     def _append_rows(self, rows: Iterable[dict[str, Any]], stamp: str) -> list[Stored]:

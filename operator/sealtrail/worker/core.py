@@ -39,6 +39,7 @@ from sealtrail.api.worker_api import (
     credential_digest,
 )
 from sealtrail.api.worker_config import WorkerConfig
+from sealtrail.chain.ingest_keys import IngestKey, KeyConflict, KeyReplay
 from sealtrail.chain.keys import KeyFileError, ReloadingSigner
 from sealtrail.chain.store import ChainStore, CheckpointPolicy, Stored, StoreError
 from sealtrail.export.credentials import Credential, CredentialError
@@ -160,11 +161,27 @@ class IngestCore:
 
         `size_hint`: the bytes the events came in (a request body), for the byte budget.
         """
+        stored = await self.append_fields([event.row_fields() for event in events], size_hint)
+        assert isinstance(stored, list)  # noqa: S101 - no key, so no replay or conflict
+        return stored
+
+    async def append_fields(self, rows: list[dict[str, Any]], size_hint: int = 0,
+                            key: IngestKey | None = None,
+                            ) -> list[Stored] | KeyReplay | KeyConflict:
+        """`append` for validated row fields, under an `Idempotency-Key` if one is given.
+
+        With a key that another request committed first, nothing is stored and its answer
+        (or the conflict) comes back instead (`ChainStore.append_keyed`).
+        """
         await self.backpressure.admit(size_hint)
         async with self.cpu:
             self.follow_signing_key()
-            stored = await asyncio.to_thread(self.store.append, list(events))
-        if stored:
+            stored: list[Stored] | KeyReplay | KeyConflict
+            if key is None:
+                stored = await asyncio.to_thread(self.store.append_fields, rows)
+            else:
+                stored = await asyncio.to_thread(self.store.append_keyed, rows, key)
+        if isinstance(stored, list) and stored:
             self.last_seq = max(self.last_seq, stored[-1].seq)
             self.ingested.inc(len(stored))
             self.appended(self.last_seq)

@@ -43,12 +43,12 @@ from sealtrail.api.worker_api import (
 )
 from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.chain.handoff_store import HandoffRefusedError
-from sealtrail.chain.store import EventTooLargeError, StoreError
+from sealtrail.chain.ingest_keys import IngestKey, KeyConflict, KeyLimits, KeyReplay
+from sealtrail.chain.store import EventTooLargeError, Stored, StoreError
 from sealtrail.export.credentials import Credential, CredentialError
 from sealtrail.worker.backpressure import RefusedError
 from sealtrail.worker.core import IngestCore, WorkerCore, tokens_of
 from sealtrail.worker.handoff_receiver import HANDOFF_PATH
-from sealtrail.worker.idempotency import Conflict, IdempotencyKeys, InFlight, Replay
 from sealtrail.worker.k8s_audit import K8sAuditError, map_event_list
 from sealtrail.worker.termination import MAX_GRACE_SECONDS
 from sealtrail.worker.ui_mount import mount_ui
@@ -70,7 +70,6 @@ log = logging.getLogger("sealtrail.worker")
 CORE: Final = web.AppKey("core", WorkerCore)
 INGEST: Final = web.AppKey("ingest", IngestCore)
 TOKENS: Final = web.AppKey("tokens", list)
-IDEMPOTENCY: Final = web.AppKey("idempotency", IdempotencyKeys)
 _PRIMARY: Final = web.AppKey("primary", aiohttp.ClientSession)
 
 #: Headers a forwarded request or answer keeps; nothing else crosses between processes.
@@ -184,12 +183,16 @@ def _matching(given: str, candidates: list[tuple[Credential, _T]],
     return _problem(401, "the bearer token is not valid", headers=_INVALID)
 
 
-def _check_tenants(events: list[Event], allowed: list[str] | None,
+#: Events as the store takes them: each one's row fields (`Event.row_fields`).
+Rows = list[dict[str, Any]]
+
+
+def _check_tenants(rows: Rows, allowed: list[str] | None,
                    default_tenant: str) -> web.Response | None:
     if allowed is None:
         return None
-    for index, event in enumerate(events):
-        tenant = event.tenant_id or default_tenant
+    for index, row in enumerate(rows):
+        tenant = row.get("tenant_id") or default_tenant
         if not any(fnmatchcase(tenant, glob) for glob in allowed):
             return _problem(403, "this token may not write for that tenant", [
                 {"index": index, "field": "tenant_id", "message": f"tenant {tenant!r} is not "
@@ -224,22 +227,22 @@ def _invalid(error: ValidationError, index: int | None = None) -> web.Response:
     return _problem(400, "invalid events; nothing of this batch was stored", problems)
 
 
-def _parse_ndjson(raw: bytes) -> list[Event] | web.Response:
-    events = []
+def _parse_ndjson(raw: bytes) -> Rows | web.Response:
+    rows = []
     for number, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            events.append(Event.model_validate_json(line))
+            rows.append(Event.model_validate_json(line).row_fields())
         except ValidationError as error:
             if any(detail["type"] == "json_invalid" for detail in error.errors()):
                 return _problem(400, "malformed NDJSON", [
                     {"line": number, "field": "", "message": "not valid JSON"}])
-            return _invalid(error, len(events))
-    return events
+            return _invalid(error, len(rows))
+    return rows
 
 
-def _parse_events(raw: bytes, content_type: str) -> list[Event] | web.Response:  # noqa: PLR0911
+def _parse_events(raw: bytes, content_type: str) -> Rows | web.Response:  # noqa: PLR0911
     """One object, a JSON array, or NDJSON; every event validated, every problem named.
 
     Validation runs in pydantic's core straight from the request bytes (no intermediate
@@ -252,8 +255,8 @@ def _parse_events(raw: bytes, content_type: str) -> list[Event] | web.Response: 
         return _parse_ndjson(raw)
     try:
         if text[:1] == b"[":
-            return _EVENT_LIST.validate_json(text)
-        return [Event.model_validate_json(text)]
+            return [event.row_fields() for event in _EVENT_LIST.validate_json(text)]
+        return [Event.model_validate_json(text).row_fields()]
     except ValidationError as error:
         malformed = any(detail["type"] == "json_invalid" for detail in error.errors())
         if malformed and text[:1] == b"{" and b"\n" in text:
@@ -284,16 +287,34 @@ async def _body(request: web.Request, core: IngestCore) -> bytes | web.Response:
 # -- handlers --------------------------------------------------------------------------------
 
 
-async def _store(request: web.Request, events: list[Event]) -> web.Response:
+def _answer(stored: list[Stored]) -> bytes:
+    """The 200 answer's body: where each event landed."""
+    return orjson.dumps({
+        "stored": len(stored),
+        "events": [{"seq": s.seq, "tenant_id": s.tenant_id, "tenant_seq": s.tenant_seq,
+                    "record_hash": s.record_hash} for s in stored],
+    })
+
+
+def _replayed(known: KeyReplay | KeyConflict) -> web.Response:
+    if isinstance(known, KeyConflict):
+        return _problem(422, "Idempotency-Key: was used for a different request (another "
+                             "body); use a new key for new events")
+    return web.Response(status=200, body=known.answer, content_type="application/json",
+                        headers={"Idempotent-Replayed": "true"})
+
+
+async def _store(request: web.Request, rows: Rows,  # noqa: PLR0911
+                 key: IngestKey | None) -> web.Response:
     core = request.app[INGEST]
     limit = core.config.ingest.max_events_per_request
-    if len(events) > limit:
-        return _problem(413, f"{len(events)} events in one request; the limit is {limit}")
+    if len(rows) > limit:
+        return _problem(413, f"{len(rows)} events in one request; the limit is {limit}")
     if not core.ready:
         return _problem(503, "the worker is shutting down; nothing was stored",
                         headers={"Retry-After": "5"})
     try:
-        stored = await core.append(events, request.content_length or 0)
+        stored = await core.append_fields(rows, request.content_length or 0, key)
     except RefusedError as refused:
         return _problem(429, str(refused),
                         headers={"Retry-After": str(refused.retry_after_seconds)})
@@ -303,18 +324,16 @@ async def _store(request: web.Request, events: list[Event]) -> web.Response:
     except StoreError:
         log.exception("store write failed")
         return _problem(500, "the store could not be written; nothing of this batch was stored")
-    return _json(200, {
-        "stored": len(stored),
-        "events": [{"seq": s.seq, "tenant_id": s.tenant_id, "tenant_seq": s.tenant_seq,
-                    "record_hash": s.record_hash} for s in stored],
-    })
+    if not isinstance(stored, list):  # the key's request committed first, in another request
+        return _replayed(stored)
+    return web.Response(status=200, body=_answer(stored), content_type="application/json")
 
 
 async def _ingest(  # noqa: PLR0911
-    request: web.Request, parse: Callable[[bytes], list[Event] | web.Response],
+    request: web.Request, parse: Callable[[bytes], Rows | web.Response],
     *, idempotent: bool = False,
 ) -> web.Response:
-    """Authenticate, read the body, parse it into events, check tenants, store."""
+    """Authenticate, read the body, parse it into rows, check tenants, store."""
     core = request.app[INGEST]
     allowed = _tenants_allowed(request)
     if isinstance(allowed, web.Response):
@@ -327,48 +346,34 @@ async def _ingest(  # noqa: PLR0911
     if isinstance(raw, web.Response):
         return raw
     async with core.cpu:
-        events = parse(raw)
-    if isinstance(events, web.Response):
-        return events
-    refused = _check_tenants(events, allowed, core.config.store.default_tenant)
+        rows = parse(raw)
+    if isinstance(rows, web.Response):
+        return rows
+    refused = _check_tenants(rows, allowed, core.config.store.default_tenant)
     if refused is not None:
         return refused
     if key is None:
-        return await _store(request, events)
-    return await _store_once(request, events, key, raw)
+        return await _store(request, rows, None)
+    return await _store_once(request, rows, key, raw)
 
 
-async def _store_once(request: web.Request, events: list[Event], key: str,
-                      raw: bytes) -> web.Response:
-    """Store under an `Idempotency-Key`: a retry of a stored request gets the first answer."""
-    keys = request.app[IDEMPOTENCY]
+async def _store_once(request: web.Request, rows: Rows, key: str, raw: bytes) -> web.Response:
+    """Store under an `Idempotency-Key`: a retry of a stored request gets the first answer.
+
+    The key and its answer commit in the transaction of the rows (chain/ingest_keys.py); the
+    look-up first answers a retry without the write lock, and past back-pressure.
+    """
+    core = request.app[INGEST]
     digest = hashlib.sha256(request.content_type.encode() + b"\n" + raw).hexdigest()
     try:
-        claim = await asyncio.to_thread(keys.claim, key, digest)
+        known = await asyncio.to_thread(core.store.find_key, key, digest)
     except sqlite3.Error:
         log.exception("cannot read the idempotency keys")
         return _problem(503, "idempotency keys cannot be read; nothing was stored",
                         headers={"Retry-After": "5"})
-    if isinstance(claim, Replay):
-        return web.Response(status=claim.status, body=claim.answer,
-                            content_type="application/json",
-                            headers={"Idempotent-Replayed": "true"})
-    if isinstance(claim, Conflict):
-        return _problem(422, "Idempotency-Key: was used for a different request (another "
-                             "body); use a new key for new events")
-    if isinstance(claim, InFlight):
-        return _problem(409, "Idempotency-Key: a request with this key is being stored right "
-                             "now; retry after a moment", headers={"Retry-After": "1"})
-    answer = await _store(request, events)
-    try:
-        if answer.status == 200 and isinstance(answer.body, bytes):
-            await asyncio.to_thread(keys.record, key, answer.status, answer.body)
-        else:  # nothing was stored: a retry may try again
-            await asyncio.to_thread(keys.release, key)
-    except sqlite3.Error:
-        # Stored, but the answer not kept: the claim stays in flight until abandoned.
-        log.exception("cannot record the answer of an idempotency key")
-    return answer
+    if known is not None:
+        return _replayed(known)
+    return await _store(request, rows, IngestKey(key, digest, _answer))
 
 
 async def post_events(request: web.Request) -> web.Response:
@@ -382,7 +387,7 @@ async def post_k8s_audit(request: web.Request) -> web.Response:
     return await _ingest(request, _parse_k8s_audit)
 
 
-def _parse_k8s_audit(raw: bytes) -> list[Event] | web.Response:
+def _parse_k8s_audit(raw: bytes) -> Rows | web.Response:
     try:
         events = map_event_list(orjson.loads(raw))
     except orjson.JSONDecodeError as error:
@@ -392,7 +397,7 @@ def _parse_k8s_audit(raw: bytes) -> list[Event] | web.Response:
             return _problem(400, str(error))
         return _problem(400, str(error), [{"index": error.index or 0, "field": error.field,
                                            "message": error.message}])
-    return events
+    return [event.row_fields() for event in events]
 
 
 async def get_events(request: web.Request) -> web.Response:  # noqa: PLR0911
@@ -573,11 +578,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 def _ingest_routes(app: web.Application, core: IngestCore) -> None:
     app[INGEST] = core
     spec = core.config.ingest
-    app[IDEMPOTENCY] = IdempotencyKeys(
-        f"{core.config.store.path}.idempotency", keep_seconds=spec.idempotency.keep_seconds,
-        max_keys=spec.idempotency.max_keys, synchronous=core.config.store.synchronous,
-        # Past any wait a request can have (back-pressure, the store's lock): abandoned.
-        abandon_after_seconds=spec.backpressure.block_timeout_seconds + 120)
+    core.store.key_limits = KeyLimits(spec.idempotency.keep_seconds, spec.idempotency.max_keys)
     # The core's own list: every app of this process sees a config change's new tokens.
     app[TOKENS] = core.tokens
     app.router.add_post("/v1/events", post_events)
