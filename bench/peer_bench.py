@@ -708,7 +708,7 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         rate = row["events_per_second"]
         note = "" if row["complete"] else " (incomplete)"
         lost = ", ".join(f"{run['lost']:,} ({run['accepted_before_kill']:,})"
-                         for run in row["kill_runs"])
+                         for run in row["kill_runs"]) or "not run"
         print(f"| {name} | {rate:,}{note} | {ratio(rate, base['events_per_second'])} | {lost} "
               f"| {row['cpu_us_per_event']} | "
               f"{ratio(row['cpu_us_per_event'], base['cpu_us_per_event'])} |")
@@ -743,6 +743,8 @@ def main() -> int:
     parser.add_argument("--run-timeout", type=float, default=120.0,
                         help="seconds a run may take to deliver everything")
     parser.add_argument("--only", default="", help="comma-separated name fragments to run")
+    parser.add_argument("--no-kill", action="store_true",
+                        help="throughput runs only (for tuning; the table then has no loss column)")
     parser.add_argument("--dir", type=Path)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peers.json")
     args = parser.parse_args()
@@ -772,7 +774,7 @@ def main() -> int:
     started = time.perf_counter()
     try:
         for number in range(args.rounds):
-            for kind in ("throughput", "kill"):
+            for kind in ("throughput",) if args.no_kill else ("throughput", "kill"):
                 for key, make in makers:
                     shipper = make(directory / f"{key}-{kind}-{number}")
                     names[key] = shipper.name
@@ -799,7 +801,8 @@ def main() -> int:
         shutil.rmtree(directory, ignore_errors=True)
     figures["loadavg_after"] = loadavg()
     figures["wall_seconds"] = round(time.perf_counter() - started, 1)
-    figures["shippers"] = {names[key]: summarize(runs[key], kills[key]) for key, _ in makers}
+    figures["shippers"] = {names[key]: summarize(runs[key], kills.get(key, []))
+                           for key, _ in makers}
     report(args, figures)
     return 0
 

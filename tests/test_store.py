@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from sealtrail.api.event import Event
+from sealtrail.chain import store as store_module
 from sealtrail.chain.checkpoint import Checkpoint
 from sealtrail.chain.keys import Signer
 from sealtrail.chain.store import (
@@ -71,6 +72,29 @@ def test_a_failing_batch_stores_nothing(db_path: Path) -> None:
         assert caught.value.index == 2
         assert store.last_seq() == 1
         assert [s.tenant_seq for s in store.append([make("a")])] == [2]
+
+
+@pytest.mark.parametrize("timestamp", ["20260101T00Z", "2026W011T00Z", "2026-01-01T00:00:00Z"])
+def test_a_row_never_outgrows_its_source_by_more_than_the_margin(timestamp: str) -> None:
+    """What lets the store skip measuring each row of a small body (`source_bytes`)."""
+    source = (b'{"event_type":"a.b","severity":"INFO","timestamp":"' + timestamp.encode()
+              + b'","reason":"\\u00e9\\/\\u000a\\ud83d\\ude00 x","extra":{"k":""}}')
+    fields = Event.model_validate_json(source).row_fields()
+    assert len(orjson.dumps(fields)) <= len(source) + store_module._MAX_GROWTH_BYTES
+    assert len(orjson.dumps(fields)) - len(source) <= 15  # the most a timestamp grows
+
+
+def test_a_row_over_the_limit_is_refused_whatever_its_source_size(db_path: Path) -> None:
+    too_big = Event.model_validate({
+        "event_type": "a.b", "severity": "INFO", "tenant_id": "a",
+        "extra": {f"k{i}": "y" * 8000 for i in range(40)}}).row_fields()
+    with ChainStore(db_path) as store:
+        source = len(orjson.dumps(too_big))
+        with pytest.raises(EventTooLargeError):
+            store.append_fields([dict(too_big)], source_bytes=source)
+        assert store.last_seq() == 0
+        small = make("a").row_fields()
+        assert len(store.append_fields([small], source_bytes=1000)) == 1
 
 
 def test_a_failure_inside_the_transaction_rolls_back(db_path: Path) -> None:

@@ -175,7 +175,11 @@ class EventTooLargeError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """Where an appended event landed."""
+    """Where an appended event landed.
+
+    Ingest answers with these as they are (orjson writes a dataclass's fields in this order):
+    the fields and their order are the API's `events` items.
+    """
 
     seq: int
     tenant_id: str
@@ -376,38 +380,38 @@ class ChainStore:
         """
         return self.append_fields([event.row_fields() for event in events])
 
-    def append_fields(self, rows: list[dict[str, Any]]) -> list[Stored]:
+    def append_fields(self, rows: list[dict[str, Any]], source_bytes: int | None = None,
+                      ) -> list[Stored]:
         """`append` for events already validated into their row fields (`Event.row_fields`).
 
-        The dicts are completed in place into the rows they become.
+        The dicts are completed in place into the rows they become. `source_bytes`: the size
+        of the JSON the rows were decoded from, if known (see `_over_limit`).
         """
-        stored = self._append_fields(rows, None)
+        stored = self._append_fields(rows, None, source_bytes)
         assert isinstance(stored, list)  # noqa: S101 - no key, so no replay or conflict
         return stored
 
-    def append_keyed(self, rows: list[dict[str, Any]],
-                     key: IngestKey) -> list[Stored] | KeyReplay | KeyConflict:
+    def append_keyed(self, rows: list[dict[str, Any]], key: IngestKey,
+                     source_bytes: int | None = None) -> list[Stored] | KeyReplay | KeyConflict:
         """`append_fields` under an `Idempotency-Key`, kept in the same transaction.
 
         If the key is already stored, nothing is appended and its answer (or the conflict) is
         returned instead; otherwise the rows and the key with `key.answer(stored)` commit
         together (chain/ingest_keys.py says why).
         """
-        return self._append_fields(rows, key)
+        return self._append_fields(rows, key, source_bytes)
 
     def find_key(self, key: str, digest: str) -> KeyReplay | KeyConflict | None:
         """Look an `Idempotency-Key` up without the write lock (a retry answered at once)."""
         with self._read_lock:
             return find_key(self._reader_db(), key, digest)
 
-    def _append_fields(self, rows: list[dict[str, Any]],
-                       key: IngestKey | None) -> list[Stored] | KeyReplay | KeyConflict:
+    def _append_fields(self, rows: list[dict[str, Any]], key: IngestKey | None,
+                       source_bytes: int | None) -> list[Stored] | KeyReplay | KeyConflict:
         if not rows:
             return []
-        for index, fields in enumerate(rows):
-            size = len(orjson.dumps(fields))
-            if size > MAX_EVENT_BYTES:
-                raise EventTooLargeError(index, size)
+        if source_bytes is None or source_bytes + _MAX_GROWTH_BYTES > MAX_EVENT_BYTES:
+            _check_sizes(rows)
         now = self._clock()
         stamp = format_timestamp(now)
         with self._lock, self._transaction():
@@ -969,6 +973,25 @@ _AUTO_VACUUM_INCREMENTAL: Final = 2
 #: Mode of the store and (SQLite gives them its mode) its -wal and -shm files.
 STORE_FILE_MODE: Final = 0o600
 _INT64_MAX: Final = 2**63 - 1
+
+
+#: How much larger an event's row fields can serialize than the JSON it was decoded from:
+#: only a timestamp grows (normalised to 27 characters; the shortest RFC 3339 form accepted is
+#: 12); whitespace, nulls and escapes (`\u00e9`, `\u000a`, `\/`) only shrink, since orjson
+#: writes each character in its shortest JCS form.
+_MAX_GROWTH_BYTES: Final = 64
+
+
+def _check_sizes(rows: list[dict[str, Any]]) -> None:
+    """Refuse a batch with a row over `MAX_EVENT_BYTES` serialized, naming the first.
+
+    Skipped when the body the rows came from is itself small enough that no row in it can be
+    over (`_MAX_GROWTH_BYTES`): measuring costs a serialization per row.
+    """
+    for index, fields in enumerate(rows):
+        size = len(orjson.dumps(fields))
+        if size > MAX_EVENT_BYTES:
+            raise EventTooLargeError(index, size)
 
 
 def _create_private(path: Path) -> None:

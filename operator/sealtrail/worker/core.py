@@ -166,21 +166,23 @@ class IngestCore:
         return stored
 
     async def append_fields(self, rows: list[dict[str, Any]], size_hint: int = 0,
-                            key: IngestKey | None = None,
+                            key: IngestKey | None = None, source_bytes: int | None = None,
                             ) -> list[Stored] | KeyReplay | KeyConflict:
         """`append` for validated row fields, under an `Idempotency-Key` if one is given.
 
         With a key that another request committed first, nothing is stored and its answer
-        (or the conflict) comes back instead (`ChainStore.append_keyed`).
+        (or the conflict) comes back instead (`ChainStore.append_keyed`). `source_bytes`: the
+        size of the JSON the rows were decoded from (`ChainStore.append_fields`).
         """
         await self.backpressure.admit(size_hint)
         async with self.cpu:
             self.follow_signing_key()
             stored: list[Stored] | KeyReplay | KeyConflict
             if key is None:
-                stored = await asyncio.to_thread(self.store.append_fields, rows)
+                stored = await asyncio.to_thread(self.store.append_fields, rows, source_bytes)
             else:
-                stored = await asyncio.to_thread(self.store.append_keyed, rows, key)
+                stored = await asyncio.to_thread(self.store.append_keyed, rows, key,
+                                                 source_bytes)
         if isinstance(stored, list) and stored:
             self.last_seq = max(self.last_seq, stored[-1].seq)
             self.ingested.inc(len(stored))

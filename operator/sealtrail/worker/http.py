@@ -288,12 +288,12 @@ async def _body(request: web.Request, core: IngestCore) -> bytes | web.Response:
 
 
 def _answer(stored: list[Stored]) -> bytes:
-    """The 200 answer's body: where each event landed."""
-    return orjson.dumps({
-        "stored": len(stored),
-        "events": [{"seq": s.seq, "tenant_id": s.tenant_id, "tenant_seq": s.tenant_seq,
-                    "record_hash": s.record_hash} for s in stored],
-    })
+    """The 200 answer's body: where each event landed.
+
+    orjson writes each `Stored` as an object of its fields, in order (`seq`, `tenant_id`,
+    `tenant_seq`, `record_hash`): no dict per event on the way.
+    """
+    return orjson.dumps({"stored": len(stored), "events": stored})
 
 
 def _replayed(known: KeyReplay | KeyConflict) -> web.Response:
@@ -305,7 +305,7 @@ def _replayed(known: KeyReplay | KeyConflict) -> web.Response:
 
 
 async def _store(request: web.Request, rows: Rows,  # noqa: PLR0911
-                 key: IngestKey | None) -> web.Response:
+                 key: IngestKey | None, source_bytes: int | None) -> web.Response:
     core = request.app[INGEST]
     limit = core.config.ingest.max_events_per_request
     if len(rows) > limit:
@@ -314,7 +314,7 @@ async def _store(request: web.Request, rows: Rows,  # noqa: PLR0911
         return _problem(503, "the worker is shutting down; nothing was stored",
                         headers={"Retry-After": "5"})
     try:
-        stored = await core.append_fields(rows, request.content_length or 0, key)
+        stored = await core.append_fields(rows, request.content_length or 0, key, source_bytes)
     except RefusedError as refused:
         return _problem(429, str(refused),
                         headers={"Retry-After": str(refused.retry_after_seconds)})
@@ -331,14 +331,18 @@ async def _store(request: web.Request, rows: Rows,  # noqa: PLR0911
 
 async def _ingest(  # noqa: PLR0911
     request: web.Request, parse: Callable[[bytes], Rows | web.Response],
-    *, idempotent: bool = False,
+    *, events_api: bool = False,
 ) -> web.Response:
-    """Authenticate, read the body, parse it into rows, check tenants, store."""
+    """Authenticate, read the body, parse it into rows, check tenants, store.
+
+    `events_api`: the body is the events themselves (`POST /v1/events`), which takes an
+    `Idempotency-Key`, and whose size bounds every row's (`ChainStore.append_fields`).
+    """
     core = request.app[INGEST]
     allowed = _tenants_allowed(request)
     if isinstance(allowed, web.Response):
         return allowed
-    key = request.headers.get("Idempotency-Key") if idempotent else None
+    key = request.headers.get("Idempotency-Key") if events_api else None
     if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
         return _problem(400, "Idempotency-Key: must be 1-255 printable ASCII characters "
                              "without spaces (a UUID, say)")
@@ -352,8 +356,9 @@ async def _ingest(  # noqa: PLR0911
     refused = _check_tenants(rows, allowed, core.config.store.default_tenant)
     if refused is not None:
         return refused
+    source_bytes = len(raw) if events_api else None
     if key is None:
-        return await _store(request, rows, None)
+        return await _store(request, rows, None, source_bytes)
     return await _store_once(request, rows, key, raw)
 
 
@@ -373,13 +378,13 @@ async def _store_once(request: web.Request, rows: Rows, key: str, raw: bytes) ->
                         headers={"Retry-After": "5"})
     if known is not None:
         return _replayed(known)
-    return await _store(request, rows, IngestKey(key, digest, _answer))
+    return await _store(request, rows, IngestKey(key, digest, _answer), len(raw))
 
 
 async def post_events(request: web.Request) -> web.Response:
     """`POST /v1/events`: one event, a JSON array of events, or NDJSON."""
     return await _ingest(request, lambda raw: _parse_events(raw, request.content_type),
-                         idempotent=True)
+                         events_api=True)
 
 
 async def post_k8s_audit(request: web.Request) -> web.Response:
