@@ -28,6 +28,7 @@ from sealtrail.worker.config_watch import watch_config
 from sealtrail.worker.core import IngestCore
 from sealtrail.worker.http import TOKENS, build_ingest_app, make_runner, tokens_of
 from sealtrail.worker.ingest_tls import listening_context
+from sealtrail.worker.memory import settle_after_start
 from sealtrail.worker.processes import REPORT_PATH, listen_socket
 
 __all__ = ["run_ingest_process"]
@@ -104,6 +105,7 @@ async def _serve(config_path: Path, config: WorkerConfig, parent: int, control: 
     site = web.SockSite(runner, listen_socket(config.ingest.listen, shared=True),
                         ssl_context=listening_context(config_path, config))
     await site.start()
+    settle_after_start()
     core.ready = True
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

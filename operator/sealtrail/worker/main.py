@@ -32,6 +32,7 @@ from sealtrail.worker.core import WorkerCore
 from sealtrail.worker.http import TOKENS, build_admin_app, build_app, make_runner, tokens_of
 from sealtrail.worker.ingest_process import run_ingest_process
 from sealtrail.worker.ingest_tls import listening_context
+from sealtrail.worker.memory import settle_after_start
 from sealtrail.worker.nats_source import NatsSource
 from sealtrail.worker.processes import IngestProcesses, listen_socket
 
@@ -60,13 +61,9 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     except ConfigError as error:
         raise ConfigFileError(config_path, [str(error)]) from None
     app = build_app(core)
-    runner = make_runner(app, config)
-    await runner.setup()
-    site = web.SockSite(runner, listen_socket(config.ingest.listen,
-                                              shared=config.ingest.processes > 1),
-                        ssl_context=listening_context(config_path, config))
-    await site.start()
+    runner, site = await _start_ingest(app, config_path, config)
     admin = await _start_admin(core, config)
+    settle_after_start()
     core.start()
     others = None
     if config.ingest.processes > 1:
@@ -117,6 +114,18 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     log.info("stopped; %s", "every row delivered or handed off" if drained
              else "a backlog stays on disk and resumes from each cursor on the next start")
     return 0
+
+
+async def _start_ingest(app: web.Application, config_path: Path,
+                        config: WorkerConfig) -> tuple[web.AppRunner, web.SockSite]:
+    """Serve the ingest listener (shared with the other ingest processes, if any)."""
+    runner = make_runner(app, config)
+    await runner.setup()
+    site = web.SockSite(runner, listen_socket(config.ingest.listen,
+                                              shared=config.ingest.processes > 1),
+                        ssl_context=listening_context(config_path, config))
+    await site.start()
+    return runner, site
 
 
 async def _start_admin(core: WorkerCore, config: WorkerConfig) -> web.AppRunner | None:
