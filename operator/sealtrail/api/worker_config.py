@@ -154,7 +154,9 @@ class IngestSpec(_Model):
     max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     backpressure: BackpressureSpec = Field(default_factory=BackpressureSpec)
     #: Processes taking ingest requests on the listen address. One Python process validates and
-    #: appends on one core; more share the port and the store (the first also runs the exports).
+    #: appends on one core; more share the port and the store. With more than one, the worker
+    #: starts that many besides its first process, which takes no ingest itself and runs the
+    #: exports, status, metrics and the UI (each process needs ~70-90 MiB).
     processes: Annotated[int, Field(ge=1, le=32)] = 1
     #: A client must send a request's line and headers within this many seconds of connecting
     #: (or of its previous answer), and its body within as many again; idle keep-alive

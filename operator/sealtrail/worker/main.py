@@ -61,14 +61,12 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     except ConfigError as error:
         raise ConfigFileError(config_path, [str(error)]) from None
     app = build_app(core)
-    runner, site = await _start_ingest(app, config_path, config)
+    ingest = _Ingest(config_path, core, app)
+    await ingest.start()
     admin = await _start_admin(core, config)
+    await ingest.listening()
     settle_after_start()
     core.start()
-    others = None
-    if config.ingest.processes > 1:
-        others = IngestProcesses(config_path, core, config.ingest.processes - 1)
-        await others.start()
     nats = _NatsRunner(core)
     nats.start(config.nats)
     log.info("worker listening on %s%s, %d exports", config.ingest.listen,
@@ -103,12 +101,9 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
     await nats.stop()  # its last batch is committed and acked while the store is open
-    if others is not None:
-        await others.stop(max(1.0, deadline - loop.time()))
-    core.ready = False  # requests still in flight finish; new ones get 503
-    await site.stop()
+    await ingest.stop(max(1.0, deadline - loop.time()))
     drained = await core.drain_and_stop(max(0.0, deadline - loop.time()))
-    await runner.cleanup()
+    await ingest.cleanup()
     if admin is not None:
         await admin.cleanup()
     log.info("stopped; %s", "every row delivered or handed off" if drained
@@ -116,16 +111,52 @@ async def _serve(config_path: Path, config: WorkerConfig) -> int:
     return 0
 
 
-async def _start_ingest(app: web.Application, config_path: Path,
-                        config: WorkerConfig) -> tuple[web.AppRunner, web.SockSite]:
-    """Serve the ingest listener (shared with the other ingest processes, if any)."""
-    runner = make_runner(app, config)
-    await runner.setup()
-    site = web.SockSite(runner, listen_socket(config.ingest.listen,
-                                              shared=config.ingest.processes > 1),
-                        ssl_context=listening_context(config_path, config))
-    await site.start()
-    return runner, site
+class _Ingest:
+    """Who takes ingest connections: this process alone, or `ingest.processes` others.
+
+    With one process it does everything. With more, they take ingest and this one runs the
+    exports, status, metrics and the UI, and answers what they forward (worker/processes.py).
+    """
+
+    def __init__(self, config_path: Path, core: WorkerCore, app: web.Application) -> None:
+        self._config_path = config_path
+        self._core = core
+        self._app = app
+        self._runner: web.AppRunner | None = None
+        self._site: web.SockSite | None = None
+        self._others: IngestProcesses | None = None
+
+    async def start(self) -> None:
+        """Listen, or start the ingest processes."""
+        config = self._core.config
+        if config.ingest.processes > 1:
+            self._others = IngestProcesses(self._config_path, self._core,
+                                           config.ingest.processes)
+            await self._others.start()
+            return
+        self._runner = make_runner(self._app, config)
+        await self._runner.setup()
+        self._site = web.SockSite(self._runner, listen_socket(config.ingest.listen, shared=False),
+                                  ssl_context=listening_context(self._config_path, config))
+        await self._site.start()
+
+    async def listening(self) -> None:
+        """Return once ingest is served (at once, unless other processes serve it)."""
+        if self._others is not None:
+            await self._others.listening()
+
+    async def stop(self, timeout_seconds: float) -> None:
+        """Take no new requests; those in flight finish (new ones on a kept connection: 503)."""
+        if self._others is not None:
+            await self._others.stop(timeout_seconds)
+        self._core.ready = False
+        if self._site is not None:
+            await self._site.stop()
+
+    async def cleanup(self) -> None:
+        """Close what is left of the listener."""
+        if self._runner is not None:
+            await self._runner.cleanup()
 
 
 async def _start_admin(core: WorkerCore, config: WorkerConfig) -> web.AppRunner | None:

@@ -2,11 +2,14 @@
 
 Why processes: one Python process validates and appends on one core (the GIL holds HTTP,
 validation and the chain together), so ingest stops at what one core does. The first process
-(the one `sealtrail worker` starts) runs the exports, status and metrics, and starts the
-others. Each binds the listen address with `SO_REUSEPORT`, and the kernel spreads new
-connections over them by a hash of the client's address and port. (A shared, inherited
-socket was tried first: asyncio accepts every pending connection at once, so one process took
-them all.) Keep-alive clients should open a few connections, as HTTP client pools do.
+(the one `sealtrail worker` starts) runs the exports, status, metrics and the UI, and starts
+`ingest.processes` others, which take every ingest connection: the first takes none itself.
+(It used to take its share too; with an export in the same process, it then ran out of core
+long before the others did, and an export's work waited behind ingest requests.) Each binds
+the listen address with `SO_REUSEPORT`, and the kernel spreads new connections over them by a
+hash of the client's address and port. (A shared, inherited socket was tried first: asyncio
+accepts every pending connection at once, so one process took them all.) Keep-alive clients
+should open a few connections, as HTTP client pools do.
 
 What keeps this simple and safe:
 
@@ -52,6 +55,11 @@ log = logging.getLogger("sealtrail.worker")
 REPORT_PATH: Final = "/internal/v1/ingest-report"
 
 _RESTART_DELAY_SECONDS: Final = 1.0
+#: How long the first process waits for an ingest process to listen before it says it is ready.
+LISTENING_TIMEOUT_SECONDS: Final = 60.0
+#: Set at the first report of any ingest process: one is listening (it reports once it does).
+_HEARD: Final = web.AppKey("heard", asyncio.Event)
+
 #: What binding `::` fails with where the kernel has no IPv6 (module absent, or disabled).
 _NO_IPV6: Final = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT})
 
@@ -85,6 +93,7 @@ def listen_socket(listen: str, *, shared: bool) -> socket.socket:
 async def _report(request: web.Request) -> web.Response:
     """Take another process's counts; answer with the lag its gate should see."""
     core = request.app[CORE]
+    request.app[_HEARD].set()
     counts = orjson.loads(await request.read())
     core.ingested.inc(max(0, int(counts.get("ingested", 0))))
     core.backpressure.refused.inc(max(0, int(counts.get("backpressure_paused", 0))))
@@ -107,6 +116,7 @@ class IngestProcesses:
         self._runner: web.AppRunner | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
+        self._heard = asyncio.Event()
 
     @property
     def pids(self) -> list[int]:
@@ -118,6 +128,7 @@ class IngestProcesses:
         """Serve the private socket, then start the others and watch them."""
         self._directory = Path(tempfile.mkdtemp(prefix="sealtrail-worker-"))
         app = build_app(self._core)
+        app[_HEARD] = self._heard
         app.middlewares.append(_forwarded_tls)
         app.router.add_post(REPORT_PATH, _report)
         self._runner = web.AppRunner(app, access_log=None)
@@ -128,6 +139,19 @@ class IngestProcesses:
         self._supervisor = asyncio.create_task(self._supervise(), name="ingest-processes")
         log.info("%d further ingest processes: %s", self._count,
                  ", ".join(str(pid) for pid in self.pids))
+
+    async def listening(self) -> None:
+        """Return once an ingest process listens (it has reported), or after a minute.
+
+        The first process takes no ingest connections itself, so it must not say it is ready
+        (`/readyz`, which gates the application's start in a pod) before one does.
+        """
+        try:
+            async with asyncio.timeout(LISTENING_TIMEOUT_SECONDS):
+                await self._heard.wait()
+        except TimeoutError:
+            log.error("no ingest process reported within %.0f s; see their log",  # noqa: TRY400 - a timeout, not a fault with a useful traceback
+                      LISTENING_TIMEOUT_SECONDS)
 
     @property
     def _control_path(self) -> Path:
