@@ -153,7 +153,7 @@ def test_a_full_disk_answers_ingest_with_the_documented_json_500(tmp_path: Path)
 
 
 class _FullOnCursor:
-    """The store's connection, but a cursor write fails as SQLite fails on a full disk.
+    """The store's cursor connection, but a cursor write fails as SQLite fails on a full disk.
 
     SQLITE_FULL makes SQLite roll the whole transaction back by itself; the statement then
     raises. That is what made our own ROLLBACK raise "cannot rollback - no transaction is
@@ -182,8 +182,8 @@ def test_an_export_survives_a_failed_cursor_write_and_says_so(tmp_path: Path) ->
         async with receiver() as siem:
             with ChainStore(tmp_path / "audit.db") as store:
                 store.append(events(20))
-                full = _FullOnCursor(store._db)
-                store._db = full  # type: ignore[assignment]
+                full = _FullOnCursor(store._cursor_db)
+                store._cursor_db = full  # type: ignore[assignment]
                 config = ExportsConfig.model_validate({"exports": [elastic_export(siem.url)]})
                 engine = ExportEngine(store, config, registry)
                 engine.start()

@@ -133,7 +133,7 @@ def store_rows(db: Path) -> list[bytes]:
 
 
 def cursor(db: Path, name: str) -> int | None:
-    reader = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    reader = sqlite3.connect(f"file:{db}.cursors?mode=ro", uri=True)
     try:
         found = reader.execute("SELECT last_seq FROM audit_export_cursor WHERE export_name = ?",
                                (name,)).fetchone()

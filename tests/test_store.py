@@ -210,3 +210,32 @@ def test_checkpoint_policy_refuses_nonsense(signer: Signer) -> None:
         CheckpointPolicy(signer, 0)
     with pytest.raises(ValueError, match="every_seconds"):
         CheckpointPolicy(signer, 10, 0)
+
+
+def test_a_cursor_is_recorded_while_an_append_holds_the_store(db_path: Path) -> None:
+    """Cursors have their own file: an export never waits behind ingest's transactions."""
+    with ChainStore(db_path) as store, ChainStore(db_path) as other:
+        store.append([make("a")])
+        with other._lock, other._transaction():  # another process mid-append, lock held
+            store.set_cursor("es", 1)
+            assert store.cursor("es") == 1
+        store.set_cursor("es", 0)  # never backwards
+        assert store.cursor("es") == 1
+    assert (db_path.parent / f"{db_path.name}.cursors").stat().st_mode & 0o777 == 0o600
+    with ChainStore(db_path) as reopened:
+        assert reopened.cursor("es") == 1
+
+
+def test_a_store_from_before_the_cursor_file_keeps_its_cursors(db_path: Path) -> None:
+    with ChainStore(db_path) as store:
+        store.append([make("a"), make("a"), make("a")])
+    with sqlite3.connect(db_path) as db:  # as an older sealtrail wrote it
+        db.execute("INSERT INTO audit_export_cursor VALUES ('es', 2, '2026-01-01T00:00:00Z')")
+    (db_path.parent / f"{db_path.name}.cursors").unlink()
+    with ChainStore(db_path) as store:
+        assert store.cursor("es") == 2
+        assert store.cursor("other") == 0
+        store.set_cursor("es", 1)  # still never backwards, across the move
+        assert store.cursor("es") == 2
+        store.set_cursor("es", 3)
+        assert store.cursor("es") == 3

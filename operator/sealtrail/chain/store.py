@@ -17,6 +17,16 @@ no faster than one). A blocking `flock` wakes the waiter the moment the holder c
 kernel releases it when a holder dies, even by SIGKILL. Writers that don't take it (the
 `sqlite3` shell) are still kept out by SQLite's own lock; only their speed differs.
 
+Why export cursors live in a file of their own (`<store>.cursors`, table `audit_export_cursor`,
+`synchronous=NORMAL`): SQLite has one writer per database file, so a cursor written into the
+store waited for every ingest transaction ahead of it (and their fsyncs); with two ingest
+processes appending, the export loop spent most of its time waiting for that lock. The cursor
+file has no other writer. NORMAL, because a cursor is delivery state, not evidence: a process
+crash loses nothing (WAL), and a power loss can only take it back to an earlier position, so
+rows are sent again (at least once), never skipped; every row a cursor names was committed,
+with FULL, before it was delivered. A store from before this keeps its old cursors in the
+store's own table; they are read from there until the cursor file has its own.
+
 A row is stored as its canonical JSON bytes (`body`), exactly as it is exported and hashed;
 the other columns are indexes into it, and `verify` checks that they agree with it.
 
@@ -149,6 +159,14 @@ CREATE TABLE IF NOT EXISTS audit_export_cursor (
     updated_at   TEXT    NOT NULL
 ) WITHOUT ROWID;
 """ + ANCHOR_SCHEMA + ";" + INGEST_KEYS_SCHEMA
+
+_CURSOR_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS audit_export_cursor (
+    export_name  TEXT    PRIMARY KEY,
+    last_seq     INTEGER NOT NULL,         -- every row with seq <= last_seq is delivered
+    updated_at   TEXT    NOT NULL
+) WITHOUT ROWID;
+"""
 
 _INSERT_ROW: Final = (
     "INSERT INTO audit_rows "
@@ -317,6 +335,8 @@ class ChainStore:
             #: True when freed pages can be handed back (a store made before retention: False).
             self.incremental_vacuum = (
                 self._db.execute("PRAGMA auto_vacuum").fetchone()[0] == _AUTO_VACUUM_INCREMENTAL)
+            self._cursor_lock = threading.Lock()
+            self._cursor_db = _open_cursors(Path(f"{self.path}.cursors"), busy_timeout_seconds)
         except sqlite3.Error as error:
             os.close(self._lock_fd)
             raise StoreError(f"cannot open store {self.path}: {error}") from None
@@ -354,6 +374,8 @@ class ChainStore:
             self._db.close()
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
+        with self._cursor_lock:
+            self._cursor_db.close()
         with self._read_lock:
             if self._reader is not None:
                 self._reader.close()
@@ -608,9 +630,13 @@ class ChainStore:
             return int(self._reader_db().execute("PRAGMA data_version").fetchone()[0])
 
     def last_seq(self) -> int:
-        """The global seq of the newest row (0 for an empty store)."""
-        with self._lock:
-            found = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_rows").fetchone()
+        """The global seq of the newest row (0 for an empty store).
+
+        On the reader connection: it sees every commit, and never waits for an append.
+        """
+        with self._read_lock:
+            found = self._reader_db().execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM audit_rows").fetchone()
         return int(found[0])
 
     def rows(
@@ -698,22 +724,43 @@ class ChainStore:
 
     def cursor(self, export_name: str) -> int:
         """The seq up to which `export_name` has delivered (0 if it never has)."""
-        with self._lock:
-            found = self._db.execute(
+        with self._cursor_lock:
+            found = self._cursor_db.execute(
                 "SELECT last_seq FROM audit_export_cursor WHERE export_name = ?", (export_name,)
             ).fetchone()
-        return int(found[0]) if found else 0
+        if found is not None:
+            return int(found[0])
+        with self._lock:  # a store from before the cursor file: its own table, if it has one
+            legacy = self._db.execute(
+                "SELECT last_seq FROM audit_export_cursor WHERE export_name = ?", (export_name,)
+            ).fetchone()
+        return int(legacy[0]) if legacy else 0
 
     def set_cursor(self, export_name: str, last_seq: int) -> None:
-        """Record delivery up to `last_seq`; a cursor never moves backwards."""
+        """Record delivery up to `last_seq`; a cursor never moves backwards.
+
+        In the cursor file, so it never waits for an append (see the module docstring).
+        """
         stamp = format_timestamp(self._clock())
-        with self._lock, self._transaction():
-            self._db.execute(
+        with self._cursor_lock, _Transaction(self._cursor_db, None):
+            self._cursor_db.execute(
                 "INSERT INTO audit_export_cursor (export_name, last_seq, updated_at) "
                 "VALUES (?, ?, ?) ON CONFLICT (export_name) DO UPDATE SET "
                 "last_seq = MAX(last_seq, excluded.last_seq), updated_at = excluded.updated_at",
-                (export_name, last_seq, stamp),
+                (export_name, max(last_seq, self._legacy_cursor(export_name)), stamp),
             )
+
+    def _legacy_cursor(self, export_name: str) -> int:
+        """What the store's own table says (0 once the cursor file has the cursor)."""
+        found = self._cursor_db.execute(
+            "SELECT 1 FROM audit_export_cursor WHERE export_name = ?", (export_name,)).fetchone()
+        if found is not None:
+            return 0
+        with self._lock:
+            legacy = self._db.execute(
+                "SELECT last_seq FROM audit_export_cursor WHERE export_name = ?", (export_name,)
+            ).fetchone()
+        return int(legacy[0]) if legacy else 0
 
     # -- retention ---------------------------------------------------------------------------
 
@@ -994,6 +1041,17 @@ def _check_sizes(rows: list[dict[str, Any]]) -> None:
             raise EventTooLargeError(index, size)
 
 
+def _open_cursors(path: Path, busy_timeout_seconds: float) -> sqlite3.Connection:
+    """Open (creating, owner-only) the cursor file beside a store (see the module docstring)."""
+    _create_private(path)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                         timeout=busy_timeout_seconds)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_CURSOR_SCHEMA)
+    return db
+
+
 def _create_private(path: Path) -> None:
     """Create the store file, if it does not exist, readable and writable by its owner only.
 
@@ -1043,19 +1101,23 @@ class _FileLock:
 
 
 class _Transaction:
-    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` if the block raises."""
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` if the block raises.
 
-    def __init__(self, db: sqlite3.Connection, lock_fd: int) -> None:
+    With the store's lock file held throughout (`lock_fd`; None for the cursor file, which
+    has no other writer to wake).
+    """
+
+    def __init__(self, db: sqlite3.Connection, lock_fd: int | None) -> None:
         self._db = db
         self._lock_fd = lock_fd
 
     def __enter__(self) -> None:
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # other processes' writers: see the module doc
+        self._flock(fcntl.LOCK_EX)  # other processes' writers: see the module doc
         try:
             self._rollback()  # what a failed ROLLBACK may have left open
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._flock(fcntl.LOCK_UN)
             raise StoreError(f"cannot start a write transaction: {error}") from None
 
     def __exit__(
@@ -1064,7 +1126,11 @@ class _Transaction:
         try:
             self._finish(kind, error)
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._flock(fcntl.LOCK_UN)
+
+    def _flock(self, operation: int) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, operation)
 
     def _finish(self, kind: type[BaseException] | None, error: BaseException | None) -> None:
         if kind is None:

@@ -7,7 +7,7 @@ for this: once the time left is no more than the reserve, the exports stop and e
 export has not delivered (everything after the smallest cursor, paused exports included) is
 posted to the collector (`POST <url>/v1/handoff`), in batches, as the store holds it. A batch
 counts as safe only when the collector answers that it has committed it; the worker then records
-so in its store (the cursor `:handoff` in `audit_export_cursor`, a name no export can have), so
+so in its store (the cursor `:handoff` in its cursor file, a name no export can have), so
 that a restart with the store kept does not send it again.
 
 The reserve (`reserve_seconds`): `RESERVE_FLOOR_SECONDS` plus the backlog at
