@@ -16,6 +16,12 @@ receivers take one there). While clients built here exist, the `httpx` logger ca
 httpcore, at DEBUG, logs each response's headers: a peer can put anything there, an echoed
 `Authorization` header included, so its loggers carry `RedactUrls` too, which drops the
 `return_value=` part of their records.
+
+A response that has been read is cut loose from its stream (`_Client.send`): httpx binds the
+two to each other (`Response.stream` is a `BoundAsyncStream` holding the response), a reference
+cycle that keeps the response, its request and the request body (a whole batch, up to 10 MB)
+alive until the cyclic garbage collector runs. Cut, they go as soon as the backend drops the
+response, and the collector has nothing of ours to find.
 """
 
 from __future__ import annotations
@@ -95,6 +101,10 @@ def _redact_httpx_logs() -> None:
             logger.addFilter(RedactUrls())
 
 
+#: What a read and closed response holds as its stream instead of httpx's `BoundAsyncStream`.
+_SPENT: Final = httpx.ByteStream(b"")
+
+
 class _Client(httpx.AsyncClient):
     """An `AsyncClient` that counts the requests in flight on it and knows when it was used."""
 
@@ -108,10 +118,15 @@ class _Client(httpx.AsyncClient):
         self.in_flight += 1
         self.last_used = time.monotonic()
         try:
-            return await super().send(request, *args, **kwargs)
+            response = await super().send(request, *args, **kwargs)
         finally:
             self.in_flight -= 1
             self.last_used = time.monotonic()
+        if response.is_closed:
+            # Read whole and closed (`stream=False`): its stream is spent, and holding httpx's
+            # `BoundAsyncStream` would keep the cycle described in the module docstring.
+            response.stream = _SPENT
+        return response
 
 
 @dataclass

@@ -49,6 +49,12 @@ log = logging.getLogger("sealtrail.export")
 READ_BATCHES: Final = 2
 #: While paused, how often to look whether the credential changed (which resumes).
 PAUSED_POLL_SECONDS: Final = 1.0
+#: Where rows go, kept per (tenant, event type, severity) up to this many; then afresh.
+_PLACEMENTS_LIMIT: Final = 4096
+
+#: A row's place in this export: its rendered destination and its route's sourcetype; None
+#: when its route does not lead here.
+_Placement = tuple[str | None, str | None] | None
 
 
 class RowSource(Protocol):
@@ -138,6 +144,9 @@ class ExportLoop:
         self._default_destination = backend.default_destination()
         self._on_advance = on_advance
         self._cursor_failures = 0  # consecutive failed cursor writes
+        # Route and rendered destination by (tenant, type, severity), for `self._placed_by`.
+        self._placements: dict[tuple[str, str, str], _Placement] = {}
+        self._placed_by: Router | None = None
         metrics.export_last_seq.labels(self.label).set(self.cursor)
         metrics.interval.labels(self.label).set(self.interval.current_ms)
         metrics.interval_max.labels(self.label).set(self.interval.max_ms)
@@ -280,7 +289,7 @@ class ExportLoop:
 
     async def _ship(self, rows: Sequence[StoredRow]) -> bool:
         """Send what of `rows` is routed here; True once every row is done."""
-        routed = [item for item in (self._export_row(row) for row in rows) if item is not None]
+        routed = self._export_rows(rows)
         for batch in plan_batches(routed, self.backend.row_size, self.backend.limits,
                                   self.spec.batch):
             if not await self._deliver(batch):
@@ -288,20 +297,45 @@ class ExportLoop:
         await self._advance(rows[-1].seq)  # rows routed elsewhere are done for this export
         return True
 
-    def _export_row(self, row: StoredRow) -> ExportRow | None:
-        route = self.router.route_for(self.name, row.tenant_id, row.event_type, row.severity)
+    def _export_rows(self, rows: Sequence[StoredRow]) -> list[ExportRow]:
+        """The rows routed here, with their destinations, in order.
+
+        Routing and rendering depend only on (tenant, type, severity), which a backlog repeats
+        endlessly, so each is decided once per router (`_placement`) and then looked up.
+        """
+        if self._placed_by is not self.router:  # a new config: decide afresh
+            self._placements.clear()
+            self._placed_by = self.router
+        placements = self._placements
+        routed: list[ExportRow] = []
+        for row in rows:
+            key = (row.tenant_id, row.event_type, row.severity)
+            try:
+                placement = placements[key]
+            except KeyError:
+                if len(placements) >= _PLACEMENTS_LIMIT:
+                    placements.clear()
+                placement = placements[key] = self._placement(*key)
+            if placement is not None:
+                routed.append(ExportRow(row.seq, row.tenant_id, row.tenant_seq,
+                                        row.record_hash, row.event_type, row.severity,
+                                        row.timestamp, row.body, placement[0], placement[1],
+                                        row.store_id, row.row_seq))
+        return routed
+
+    def _placement(self, tenant: str, event_type: str, severity: str) -> _Placement:
+        """Where this export sends a row with these attributes (None: it does not)."""
+        route = self.router.route_for(self.name, tenant, event_type, severity)
         if route is None:
             return None
         template = route.index or self._default_destination
         rule = self.backend.destination_rule
         destination = (
-            render_template(template, row.tenant_id, row.event_type, rule)
+            render_template(template, tenant, event_type, rule)
             if template is not None and rule is not None
             else template
         )
-        return ExportRow(row.seq, row.tenant_id, row.tenant_seq, row.record_hash,
-                         row.event_type, row.severity, row.timestamp, row.body, destination,
-                         route.sourcetype, row.store_id, row.row_seq)
+        return destination, route.sourcetype
 
     async def _deliver(self, batch: list[ExportRow]) -> bool:
         """Send one batch until every row is delivered; False if paused or stopped first."""

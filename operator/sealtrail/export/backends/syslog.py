@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import socket
 import ssl
@@ -108,6 +109,8 @@ _TIMESTAMP: Final = re.compile(
     r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
 )
 _SD_ESCAPE: Final = re.compile(r'(["\\\]])')
+#: Messages kept between sizing and sending, at most (ten full batches).
+_ENCODED_LIMIT: Final = 10_000
 
 
 def _printable(value: str, limit: int) -> str:
@@ -118,7 +121,15 @@ def _printable(value: str, limit: int) -> str:
 
 def _sd_value(value: str) -> str:
     r"""An SD-PARAM value with `"`, `\` and `]` escaped (RFC 5424 section 6.3.3)."""
+    if '"' not in value and "\\" not in value and "]" not in value:
+        return value  # the usual case, without a regular expression's cost
     return _SD_ESCAPE.sub(r"\\\1", value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _msgid(event_type: str) -> str:
+    """MSGID: the event type fitted to 32 printable US-ASCII characters (few types, cached)."""
+    return _printable(event_type, _MSGID_MAX)
 
 
 def local_hostname() -> str:
@@ -136,15 +147,11 @@ def format_message(row: ExportRow, spec: SyslogSpec, hostname: str) -> bytes:
     severity = SEVERITY_CODES.get(row.severity, _DEFAULT_SEVERITY)
     pri = spec.facility * 8 + severity
     timestamp = row.timestamp if _TIMESTAMP.fullmatch(row.timestamp) else NILVALUE
-    msgid = _printable(row.event_type, _MSGID_MAX)
-    params = (
-        *((("store_id", row.store_id),) if row.store_id is not None else ()),
-        ("tenant", row.tenant_id),
-        ("seq", str(row.own_seq)),
-        ("tenant_seq", str(row.tenant_seq)),
-        ("record_hash", row.record_hash),
-    )
-    structured = "[" + SD_ID + "".join(f' {name}="{_sd_value(v)}"' for name, v in params) + "]"
+    msgid = _msgid(row.event_type)
+    # SD-PARAMs store_id (if any), tenant, seq, tenant_seq, record_hash; numbers need no escape.
+    store = f' store_id="{_sd_value(row.store_id)}"' if row.store_id is not None else ""
+    structured = (f'[{SD_ID}{store} tenant="{_sd_value(row.tenant_id)}" seq="{row.own_seq}" '
+                  f'tenant_seq="{row.tenant_seq}" record_hash="{_sd_value(row.record_hash)}"]')
     header = (
         f"<{pri}>1 {timestamp} {hostname} {spec.app_name} {NILVALUE} {msgid} {structured} "
     )
@@ -210,6 +217,8 @@ class SyslogBackend(Backend):
         self._writer: asyncio.StreamWriter | None = None
         self._udp: socket.socket | None = None
         self._lock = asyncio.Lock()
+        #: What `row_size` encoded, for `send` (the loop sends right after sizing).
+        self._encoded: dict[tuple[int, str], bytes] = {}
         #: The TLS context, following the mounted files (used from the next connection).
         self._tls = FollowedTls(spec.tls, _ssl_context, check_seconds=clients.check_seconds)
 
@@ -222,16 +231,28 @@ class SyslogBackend(Backend):
         """The unframed RFC 5424 message for `row`."""
         return format_message(row, self.syslog, self.hostname)
 
-    def row_size(self, row: ExportRow) -> int:
-        """Bytes on the wire: the framed message (TCP/TLS) or the datagram (UDP)."""
+    def _payload(self, row: ExportRow) -> bytes:
+        """The framed message (TCP/TLS) or the datagram (UDP) for `row`."""
         message = self.message(row)
-        return len(message) if self.syslog.transport == "udp" else len(frame(message))
+        return message if self.syslog.transport == "udp" else frame(message)
+
+    def row_size(self, row: ExportRow) -> int:
+        """Bytes on the wire: the framed message (TCP/TLS) or the datagram (UDP).
+
+        The payload is kept for `send`, so that a row is formatted once.
+        """
+        payload = self._payload(row)
+        if len(self._encoded) >= _ENCODED_LIMIT:
+            self._encoded.clear()  # rows sized but never sent (a pause): start afresh
+        self._encoded[(row.seq, row.record_hash)] = payload
+        return len(payload)
 
     async def send(self, rows: Sequence[ExportRow]) -> Outcome:
         """Write every row, in order, and flush; see the module docstring for what that means."""
-        messages = [self.message(row) for row in rows]
+        encoded = self._encoded
+        payloads = [encoded.pop((row.seq, row.record_hash), b"") or self._payload(row)
+                    for row in rows]
         udp = self.syslog.transport == "udp"
-        payloads = messages if udp else [frame(message) for message in messages]
         limit = self.limits.max_row_bytes
         for index, payload in enumerate(payloads):
             if len(payload) > limit:
