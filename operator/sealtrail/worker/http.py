@@ -32,6 +32,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from sealtrail.api.errors import UNKNOWN_EVENT_FIELD, format_path
 from sealtrail.api.event import Event, Severity, parse_timestamp
+from sealtrail.api.event_fast import rows_from_json, rows_from_ndjson
 from sealtrail.api.worker_api import (
     ADMIN_REALM,
     HEALTH_PATH,
@@ -245,14 +246,20 @@ def _parse_ndjson(raw: bytes) -> Rows | web.Response:
 def _parse_events(raw: bytes, content_type: str) -> Rows | web.Response:  # noqa: PLR0911
     """One object, a JSON array, or NDJSON; every event validated, every problem named.
 
-    Validation runs in pydantic's core straight from the request bytes (no intermediate
-    Python objects), which is most of what ingest costs per event.
+    Two validators, one meaning (api/event_fast.py): msgspec first, straight from the request
+    bytes into row fields, for what is surely valid; pydantic (`Event`) for the rest, which
+    either accepts it or names each problem precisely. Validation was most of what ingest cost
+    per event; msgspec does the same checks in a fraction of the time.
     """
     text = raw.strip()
     if not text:
         return _problem(400, "the body is empty; send an event, a JSON array or NDJSON")
     if "ndjson" in content_type:
-        return _parse_ndjson(raw)
+        fast = rows_from_ndjson(raw)
+        return fast if fast is not None else _parse_ndjson(raw)
+    fast = rows_from_json(text)
+    if fast is not None:
+        return fast
     try:
         if text[:1] == b"[":
             return [event.row_fields() for event in _EVENT_LIST.validate_json(text)]
