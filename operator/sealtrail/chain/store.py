@@ -193,11 +193,7 @@ class EventTooLargeError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """Where an appended event landed.
-
-    Ingest answers with these as they are (orjson writes a dataclass's fields in this order):
-    the fields and their order are the API's `events` items.
-    """
+    """Where an appended event landed."""
 
     seq: int
     tenant_id: str
