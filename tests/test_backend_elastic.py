@@ -559,3 +559,38 @@ def test_elastic_case_contract(store: ChainStore, tmp_path: Path) -> None:
         sender.close()
         http503.close()
     assert (outcome.kind, outcome.status) == (OutcomeKind.RETRYABLE, 503)
+
+
+ITEM_201 = {"create": {"_index": "sealtrail-audit", "status": 201}}
+
+
+@pytest.mark.parametrize(("answer", "kind", "reason"), [
+    # `errors` first among plain members, as Elasticsearch writes it: items never parsed
+    ({"took": 3, "errors": False, "items": []}, OutcomeKind.SUCCESS, "3 created"),
+    ({"errors": False, "took": 3, "items": [ITEM_201] * 3}, OutcomeKind.SUCCESS, "3 created"),
+    # `errors` after the items: parsed whole, same answer
+    ({"items": [ITEM_201] * 3, "errors": False}, OutcomeKind.SUCCESS, "3 created"),
+    # an `errors: false` nested before the real flag does not pass for a clean answer
+    ({"took": 1, "meta": {"errors": False}, "errors": True,
+      "items": [ITEM_201, {"create": {"status": 400, "error": {"type": "mapper_parsing_exception",
+                                                               "reason": "bad"}}}, ITEM_201]},
+     OutcomeKind.PERMANENT, ("item 1 refused: 400 mapper_parsing_exception: bad (1 refused, "
+                             "0 to retry, 2 delivered)")),
+])
+def test_a_clean_answer_is_known_from_its_first_bytes(
+        store: ChainStore, receiver: ElasticReceiver, sender: Sender, answer: dict[str, object],
+        kind: OutcomeKind, reason: str) -> None:
+    rows = export_rows(store)[:3]
+    receiver.fail_next(1, 200, orjson.dumps(answer))
+    outcome = sender.send(rows)
+    assert (outcome.kind, outcome.reason) == (kind, reason)
+    if kind is OutcomeKind.SUCCESS:
+        assert outcome.delivered == frozenset(range(3))
+
+
+def test_a_clean_looking_but_cut_answer_is_retryable(store: ChainStore, receiver: ElasticReceiver,
+                                                     sender: Sender) -> None:
+    rows = export_rows(store)[:3]
+    receiver.fail_next(1, 200, b'{"took":1,"errors":false,"items":[{"create":')
+    outcome = sender.send(rows)
+    assert (outcome.kind, outcome.reason) == (OutcomeKind.RETRYABLE, "unreadable bulk response")

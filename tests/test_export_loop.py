@@ -325,3 +325,29 @@ def test_steady_load_fills_requests_instead_of_sending_each_write(
 
     requests, _ = engine_run(db, ExportsConfig(exports=[spec]), body)
     assert requests <= 20, f"{requests} requests for 60 writes: the interval did not batch"
+
+
+def test_a_new_router_is_followed_at_once(tmp_path: Path, webhook: WebhookCase,
+                                          credential: Path) -> None:
+    """The loop keeps where rows go per (tenant, type, severity); new routes replace all of it."""
+    db = tmp_path / "audit.db"
+    spec = webhook.export_spec("hook", credential)
+    only = {tenant: ExportsConfig(exports=[spec], routes=[RouteRule(tenants=[tenant],
+                                                                    exports=["hook"])])
+            for tenant in ("acme", "globex")}
+    with ChainStore(db) as store:
+        store.append(events(40, tenants=("acme", "globex")))
+
+    async def body(engine: ExportEngine, store: ChainStore) -> None:
+        assert await engine.drain(30)
+        assert await engine.apply_config(only["globex"]) == []  # same export: same loop
+        store.append(events(40, tenants=("acme", "globex")))
+        assert await engine.drain(30)
+
+    engine_run(db, only["acme"], body)
+    with ChainStore(db) as store:
+        stored = [orjson.loads(row) for row in store.rows()]
+    expected = [row["seq"] for row in stored if (row["tenant_id"], row["seq"] > 40) in {
+        ("acme", False), ("globex", True)}]
+    assert [orjson.loads(row)["seq"] for row in webhook.received()] == expected
+    assert {row["tenant_id"] for row in stored if row["seq"] > 40} == {"acme", "globex"}

@@ -4,12 +4,14 @@ Covers, with a Standard Webhooks receiver on loopback: HTTPS to a server whose c
 a private CA vouches for, and that demands a client certificate, delivers when the export names
 the CA and its certificate; without the client certificate, or trusting another CA, every attempt
 fails as retryable and nothing is delivered; an export's `proxyUrl` is used, and so is
-`HTTPS_PROXY` from the environment when it names none (CONNECT through the proxy).
+`HTTPS_PROXY` from the environment when it names none (CONNECT through the proxy); a finished
+request leaves no reference cycle behind that would hold its body until a collection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,8 @@ from prometheus_client import CollectorRegistry
 from sealtrail.api.export import ExportsConfig, ExportSpec, TLSSpec
 from sealtrail.chain.store import ChainStore
 from sealtrail.export.engine import ExportEngine
+from sealtrail.export.http import HttpClients, post
+from sealtrail.export.outcome import Outcome
 
 from .conftest import events
 from .receivers.pki import TlsFiles, make_tls_files
@@ -145,3 +149,40 @@ def test_https_proxy_from_the_environment_is_honoured(
         assert sum(len(d.rows) for d in https_receiver.deliveries) == 25
     finally:
         proxy.close()
+
+
+def test_a_finished_request_leaves_no_cycle_holding_its_body() -> None:
+    """A response and its stream hold each other in httpx; `HttpClients` cuts that cycle.
+
+    Left, it keeps the response, its request and the request body (a whole batch) alive until
+    the cyclic collector runs. Cut, a request leaves the collector nothing to find.
+    """
+    receiver = WebhookReceiver([SECRET])
+    receiver.start()
+    body = b"[" + b",".join([b'{"row":"' + b"x" * 500 + b'"}'] * 200) + b"]"
+
+    async def main() -> int:
+        clients = HttpClients()
+        client = clients.get(TLSSpec())
+        try:
+            await post(client, receiver.url + "/", content=body, headers={}, timeout_seconds=10,
+                       peer="test")  # connections and caches made, once
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(5):
+                    answer = await post(client, receiver.url + "/", content=bytes(body),
+                                        headers={}, timeout_seconds=10, peer="test")
+                    assert not isinstance(answer, Outcome)
+                    assert answer.status_code == 401  # unsigned: read whole all the same
+                    del answer
+                return gc.collect()
+            finally:
+                gc.enable()
+        finally:
+            await clients.aclose()
+
+    try:
+        assert asyncio.run(main()) == 0
+    finally:
+        receiver.stop()
