@@ -99,6 +99,7 @@ __all__ = [
     "Stored",
     "StoredRow",
     "Synchronous",
+    "check_sizes",
 ]
 
 #: 1: rows; 2: `store_id`; 3: `audit_pruned` (retention). A store is upgraded when opened; an
@@ -403,7 +404,7 @@ class ChainStore:
         """`append` for events already validated into their row fields (`Event.row_fields`).
 
         The dicts are completed in place into the rows they become. `source_bytes`: the size
-        of the JSON the rows were decoded from, if known (see `_over_limit`).
+        of the JSON the rows were decoded from, if known (see `check_sizes`).
         """
         stored = self._append_fields(rows, None, source_bytes)
         assert isinstance(stored, list)  # noqa: S101 - no key, so no replay or conflict
@@ -428,24 +429,42 @@ class ChainStore:
                        source_bytes: int | None) -> list[Stored] | KeyReplay | KeyConflict:
         if not rows:
             return []
-        if source_bytes is None or source_bytes + _MAX_GROWTH_BYTES > MAX_EVENT_BYTES:
-            _check_sizes(rows)
+        check_sizes(rows, source_bytes)
+        return self.append_group(lambda: [(rows, key)])[0]
+
+    def append_group(self, take: Callable[[], list[tuple[list[dict[str, Any]], IngestKey | None]]],
+                     ) -> list[list[Stored] | KeyReplay | KeyConflict]:
+        """Several batches in one transaction (one commit, one fsync); each one's outcome.
+
+        `take` is called once the write lock is held and says what to append: a worker's
+        ingest process hands over every request that finished validating while it waited
+        for the lock (worker/group_commit.py). Each batch is what `append_keyed` (with a key)
+        or `append_fields` would do alone, sizes already checked (`check_sizes`); if anything
+        fails, nothing of any batch is stored.
+        """
         now = self._clock()
         stamp = format_timestamp(now)
         with self._lock, self._transaction():
+            group = take()
             wall = time.time()
-            if key is not None:
+            if any(key is not None for _, key in group):
                 self._key_sweeper.sweep(self._db, self.key_limits, wall)
-                known = find_key(self._db, key.key, key.digest)
-                if known is not None:
-                    return known
-            stored = self._append_rows(rows, stamp)
-            if self.checkpoint_policy is not None:
-                touched = {item.tenant_id for item in stored}
+            outcomes: list[list[Stored] | KeyReplay | KeyConflict] = []
+            touched: set[str] = set()
+            for rows, key in group:
+                if key is not None:
+                    known = find_key(self._db, key.key, key.digest)
+                    if known is not None:
+                        outcomes.append(known)
+                        continue
+                stored = self._append_rows(rows, stamp)
+                touched.update(item.tenant_id for item in stored)
+                if key is not None:
+                    keep_key(self._db, key, key.answer(stored), wall)
+                outcomes.append(stored)
+            if self.checkpoint_policy is not None and touched:
                 self._checkpoint_due(touched, now)
-            if key is not None:
-                keep_key(self._db, key, key.answer(stored), wall)
-        return stored
+        return outcomes
 
     def _append_rows(self, rows: Iterable[dict[str, Any]], stamp: str) -> list[Stored]:
         """Chain and insert rows; the caller holds the lock and the write transaction."""
@@ -1025,12 +1044,15 @@ _INT64_MAX: Final = 2**63 - 1
 _MAX_GROWTH_BYTES: Final = 64
 
 
-def _check_sizes(rows: list[dict[str, Any]]) -> None:
+def check_sizes(rows: list[dict[str, Any]], source_bytes: int | None = None) -> None:
     """Refuse a batch with a row over `MAX_EVENT_BYTES` serialized, naming the first.
 
-    Skipped when the body the rows came from is itself small enough that no row in it can be
-    over (`_MAX_GROWTH_BYTES`): measuring costs a serialization per row.
+    `source_bytes`: the size of the JSON the rows were decoded from, if known; when it is
+    small enough that no row in it can be over (`_MAX_GROWTH_BYTES`), nothing is measured
+    (measuring costs a serialization per row).
     """
+    if source_bytes is not None and source_bytes + _MAX_GROWTH_BYTES <= MAX_EVENT_BYTES:
+        return
     for index, fields in enumerate(rows):
         size = len(orjson.dumps(fields))
         if size > MAX_EVENT_BYTES:

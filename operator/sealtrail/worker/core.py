@@ -41,11 +41,12 @@ from sealtrail.api.worker_api import (
 from sealtrail.api.worker_config import WorkerConfig
 from sealtrail.chain.ingest_keys import IngestKey, KeyConflict, KeyReplay
 from sealtrail.chain.keys import KeyFileError, ReloadingSigner
-from sealtrail.chain.store import ChainStore, CheckpointPolicy, Stored, StoreError
+from sealtrail.chain.store import ChainStore, CheckpointPolicy, Stored, StoreError, check_sizes
 from sealtrail.export.credentials import Credential, CredentialError
 from sealtrail.export.engine import ExportEngine
 from sealtrail.export.loop import ExportLoop
 from sealtrail.worker.backpressure import Backpressure
+from sealtrail.worker.group_commit import GroupCommit
 from sealtrail.worker.handoff import HandoffSender
 from sealtrail.worker.handoff_receiver import HandoffReceiver
 from sealtrail.worker.retention import Retention
@@ -149,12 +150,9 @@ class IngestCore:
         #: replaces the contents of this very list.
         self.tokens = tokens_of(config)
         self.ready = False
-        # One request at a time validates or appends in this process. Without it, the event
-        # loop validating the next request (pydantic holds the GIL throughout) starves the
-        # store thread of the GIL while it holds the store's write lock, and every other
-        # ingest process waits on that lock: two processes were then barely faster than one.
-        # Concurrency comes from more processes, not from threads fighting over one GIL.
-        self.cpu = asyncio.Lock()
+        #: Validated requests wait here for their transaction, shared with whatever else was
+        #: ready by then (worker/group_commit.py).
+        self.commits = GroupCommit(self.store)
 
     async def append(self, events: Sequence[Event], size_hint: int = 0) -> list[Stored]:
         """Pass back-pressure, store the batch in one transaction, say so.
@@ -175,14 +173,9 @@ class IngestCore:
         size of the JSON the rows were decoded from (`ChainStore.append_fields`).
         """
         await self.backpressure.admit(size_hint)
-        async with self.cpu:
-            self.follow_signing_key()
-            stored: list[Stored] | KeyReplay | KeyConflict
-            if key is None:
-                stored = await asyncio.to_thread(self.store.append_fields, rows, source_bytes)
-            else:
-                stored = await asyncio.to_thread(self.store.append_keyed, rows, key,
-                                                 source_bytes)
+        check_sizes(rows, source_bytes)
+        self.follow_signing_key()
+        stored = await self.commits.append(rows, key) if rows else []
         if isinstance(stored, list) and stored:
             self.last_seq = max(self.last_seq, stored[-1].seq)
             self.ingested.inc(len(stored))

@@ -360,8 +360,7 @@ async def _ingest(  # noqa: PLR0911
     raw = await _body(request, core)
     if isinstance(raw, web.Response):
         return raw
-    async with core.cpu:
-        rows = parse(raw)
+    rows = parse(raw)
     if isinstance(rows, web.Response):
         return rows
     refused = _check_tenants(rows, allowed, core.config.store.default_tenant)
