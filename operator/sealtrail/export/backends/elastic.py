@@ -108,7 +108,10 @@ class ElasticBackend(Backend):
 
     def row_size(self, row: ExportRow) -> int:
         """The action line plus the source line, newlines included: what the body grows by."""
-        return len(self._head(row)) + len(_document_id(row.record_hash)) + len(row.body) + 4
+        record_hash = row.record_hash
+        id_size = (len(record_hash) + 2 if record_hash.isascii() and record_hash.isalnum()
+                   else len(_document_id(record_hash)))  # measured, not built, for a hex hash
+        return len(self._head(row)) + id_size + len(row.body) + 4  # `}}\n` and `\n`
 
     def default_destination(self) -> str | None:
         """The export's `index` (a template), used for rows whose route names none."""
