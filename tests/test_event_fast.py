@@ -15,7 +15,6 @@ import re
 from datetime import datetime
 from typing import Any, get_args
 
-import orjson
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -32,7 +31,7 @@ from sealtrail.api.event import (
     Severity,
 )
 from sealtrail.api.event_fast import rows_from_json, rows_from_ndjson
-from sealtrail.demo import sample_events
+from sealtrail.demo import padded_event_lines
 
 EVENTS = TypeAdapter(list[Event])
 SETTINGS = settings(max_examples=400, deadline=None,
@@ -391,13 +390,8 @@ def test_valid_events_take_the_fast_path(data: st.DataObject) -> None:
 
 
 def ordinary_lines(count: int) -> list[bytes]:
-    """bench/chain_bench.py's `event_lines`: sample events padded to about 500 bytes."""
-    lines = []
-    for raw in sample_events(count, seed=42, tenants=("acme", "globex", "initech", "umbrella")):
-        line = orjson.dumps(raw)
-        raw["extra"]["trace_id"] = "t" * max(1, 500 - len(line) - 14)
-        lines.append(orjson.dumps(raw))
-    return lines
+    """The benchmarks' events (sample events padded to about 500 bytes)."""
+    return padded_event_lines(count)
 
 
 def test_ordinary_events_take_the_fast_path_as_an_object_an_array_and_ndjson() -> None:

@@ -32,7 +32,7 @@ from sealtrail.demo_siem import LocalSiem, SiemCheck, check_received
 from sealtrail.export.engine import ExportEngine
 from sealtrail.export.loop import LoopStatus
 
-__all__ = ["run_demo", "sample_events"]
+__all__ = ["padded_event_lines", "run_demo", "sample_events"]
 
 TENANTS: Final = ("acme", "globex", "initech")
 _FILES: Final = ("checkpoint.key", "checkpoint.key.pub", "checkpoints.json",
@@ -71,6 +71,21 @@ def sample_events(count: int, *, seed: int = 7, tenants: tuple[str, ...] = TENAN
             "identity": f"user:{pick.choice(('alice', 'bob', 'carol'))}@example.com",
             "extra": {"region": pick.choice(("eu-west-1", "us-east-1")), "route": "/v1/jobs"},
         }
+
+
+def padded_event_lines(count: int, *, seed: int = 42,
+                       tenants: tuple[str, ...] = ("acme", "globex", "initech", "umbrella"),
+                       ) -> list[bytes]:
+    """`sample_events` as JSON lines padded to about 500 bytes each (`extra.trace_id`).
+
+    The benchmarks' events, and what tests mean by an ordinary client's.
+    """
+    lines = []
+    for raw in sample_events(count, seed=seed, tenants=tenants):
+        line = orjson.dumps(raw)
+        raw["extra"]["trace_id"] = "t" * max(1, 500 - len(line) - 14)
+        lines.append(orjson.dumps(raw))
+    return lines
 
 
 def _append(store: ChainStore, count: int, seed: int) -> None:
