@@ -39,9 +39,9 @@ class Counted(ChainStore):
 
     transactions = 0
 
-    def append_group(self, take: Any) -> Any:
+    def group_transaction(self) -> Any:
         self.transactions += 1
-        return super().append_group(take)
+        return super().group_transaction()
 
 
 def test_requests_waiting_for_the_lock_commit_together_each_with_its_own_answer(

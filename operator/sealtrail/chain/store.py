@@ -90,10 +90,13 @@ __all__ = [
     "PRUNE_CHUNK_ROWS",
     "SCHEMA_VERSION",
     "Anchor",
+    "Batch",
     "ChainStore",
     "CheckpointPolicy",
     "EventTooLargeError",
+    "GroupTransaction",
     "Head",
+    "Outcome",
     "PruneResult",
     "StoreError",
     "Stored",
@@ -272,6 +275,12 @@ class _Cut:
     row_seq: int
 
 
+#: One request's rows (row fields) and its `Idempotency-Key`, if any.
+Batch = tuple[list[dict[str, Any]], IngestKey | None]
+#: What became of a batch: where its rows landed, or its key's earlier answer, or a conflict.
+Outcome = list[Stored] | KeyReplay | KeyConflict
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -426,44 +435,62 @@ class ChainStore:
             return find_key(self._reader_db(), key, digest)
 
     def _append_fields(self, rows: list[dict[str, Any]], key: IngestKey | None,
-                       source_bytes: int | None) -> list[Stored] | KeyReplay | KeyConflict:
+                       source_bytes: int | None) -> Outcome:
         if not rows:
             return []
         check_sizes(rows, source_bytes)
         return self.append_group(lambda: [(rows, key)])[0]
 
-    def append_group(self, take: Callable[[], list[tuple[list[dict[str, Any]], IngestKey | None]]],
-                     ) -> list[list[Stored] | KeyReplay | KeyConflict]:
+    def append_group(self, take: Callable[[], list[Batch]]) -> list[Outcome]:
         """Several batches in one transaction (one commit, one fsync); each one's outcome.
 
-        `take` is called once the write lock is held and says what to append: a worker's
-        ingest process hands over every request that finished validating while it waited
-        for the lock (worker/group_commit.py). Each batch is what `append_keyed` (with a key)
-        or `append_fields` would do alone, sizes already checked (`check_sizes`); if anything
-        fails, nothing of any batch is stored.
+        `take` is called once the write lock is held and says what to append. Each batch is
+        what `append_keyed` (with a key) or `append_fields` would do alone, sizes already
+        checked (`check_sizes`); if anything fails, nothing of any batch is stored. A worker's
+        ingest process runs the same steps apart (`group_transaction`).
         """
-        now = self._clock()
+        transaction = self.group_transaction()
+        transaction.begin()
+        try:
+            outcomes = transaction.append(take())
+        except BaseException as error:
+            transaction.abort(error)
+            raise
+        transaction.commit()
+        return outcomes
+
+    def group_transaction(self) -> GroupTransaction:
+        """A write transaction in three steps, for a caller that runs each where it costs least.
+
+        `begin` waits for the write lock and `commit` for the disk, both in C with the GIL
+        released: a worker's ingest process runs them in a thread. `append` is pure Python
+        work: it runs them on its event loop, so that no other thread of the process competes
+        for the GIL while the write lock, which every ingest process needs, is held
+        (worker/group_commit.py).
+        """
+        return GroupTransaction(self)
+
+    def _append_group(self, group: list[Batch], now: datetime) -> list[Outcome]:
+        """The body of a group's transaction; the caller holds the lock and the transaction."""
         stamp = format_timestamp(now)
-        with self._lock, self._transaction():
-            group = take()
-            wall = time.time()
-            if any(key is not None for _, key in group):
-                self._key_sweeper.sweep(self._db, self.key_limits, wall)
-            outcomes: list[list[Stored] | KeyReplay | KeyConflict] = []
-            touched: set[str] = set()
-            for rows, key in group:
-                if key is not None:
-                    known = find_key(self._db, key.key, key.digest)
-                    if known is not None:
-                        outcomes.append(known)
-                        continue
-                stored = self._append_rows(rows, stamp)
-                touched.update(item.tenant_id for item in stored)
-                if key is not None:
-                    keep_key(self._db, key, key.answer(stored), wall)
-                outcomes.append(stored)
-            if self.checkpoint_policy is not None and touched:
-                self._checkpoint_due(touched, now)
+        wall = time.time()
+        if any(key is not None for _, key in group):
+            self._key_sweeper.sweep(self._db, self.key_limits, wall)
+        outcomes: list[Outcome] = []
+        touched: set[str] = set()
+        for rows, key in group:
+            if key is not None:
+                known = find_key(self._db, key.key, key.digest)
+                if known is not None:
+                    outcomes.append(known)
+                    continue
+            stored = self._append_rows(rows, stamp)
+            touched.update(item.tenant_id for item in stored)
+            if key is not None:
+                keep_key(self._db, key, key.answer(stored), wall)
+            outcomes.append(stored)
+        if self.checkpoint_policy is not None and touched:
+            self._checkpoint_due(touched, now)
         return outcomes
 
     def _append_rows(self, rows: Iterable[dict[str, Any]], stamp: str) -> list[Stored]:
@@ -1103,6 +1130,48 @@ def _after(after_seq: int) -> int:
 def _limit(limit: int) -> int:
     """A read's row limit clamped to 0..2**63-1 (SQLite reads a negative LIMIT as none)."""
     return min(max(limit, 0), _INT64_MAX)
+
+
+class GroupTransaction:
+    """`ChainStore.group_transaction`: begin, append, then commit (or abort), each a call.
+
+    Between `begin` and `commit` or `abort` the caller holds the store's write lock; exactly
+    one of the two must follow `begin`, from any thread.
+    """
+
+    def __init__(self, store: ChainStore) -> None:
+        """A transaction on `store`, not begun."""
+        self._store = store
+        self._transaction = store._transaction()  # noqa: SLF001 - the store's own helper
+        self._now = _utc_now()
+
+    def begin(self) -> None:
+        """Wait for the write lock and open the transaction (blocks: call it in a thread)."""
+        self._store._lock.acquire()  # noqa: SLF001 - released by commit or abort
+        try:
+            self._transaction.__enter__()
+        except BaseException:
+            self._store._lock.release()  # noqa: SLF001
+            raise
+        self._now = self._store._clock()  # noqa: SLF001
+
+    def append(self, group: list[Batch]) -> list[Outcome]:
+        """Append each batch; their outcomes (pure Python: the caller's own thread)."""
+        return self._store._append_group(group, self._now)  # noqa: SLF001
+
+    def commit(self) -> None:
+        """Commit, durably, and let go of the lock (blocks on the disk: call it in a thread)."""
+        try:
+            self._transaction.__exit__(None, None, None)
+        finally:
+            self._store._lock.release()  # noqa: SLF001
+
+    def abort(self, error: BaseException) -> None:
+        """Roll back after `error` and let go of the lock; nothing of the group is stored."""
+        try:
+            self._transaction.__exit__(type(error), error, None)
+        finally:
+            self._store._lock.release()  # noqa: SLF001
 
 
 class _FileLock:
