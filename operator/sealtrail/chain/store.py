@@ -195,9 +195,9 @@ class EventTooLargeError(ValueError):
         self.size = size
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stored:
-    """Where an appended event landed."""
+    """Where an appended event landed (not frozen: one per stored row, see `StoredRow`)."""
 
     seq: int
     tenant_id: str
@@ -498,35 +498,39 @@ class ChainStore:
         return outcomes
 
     def _append_rows(self, rows: Iterable[dict[str, Any]], stamp: str) -> list[Stored]:
-        """Chain and insert rows; the caller holds the lock and the write transaction."""
-        seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_rows").fetchone()[0]
+        """Chain and insert rows; the caller holds the lock and the write transaction.
+
+        The loop runs once per row with the write lock held, so what it needs is looked up
+        once, before it.
+        """
+        db = self._db
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_rows").fetchone()[0]
         heads: dict[str, tuple[int, str]] = {}
         params = []
         stored = []
+        default_tenant, store_id = self.default_tenant, self.store_id
         for row in rows:
-            tenant = row.get("tenant_id") or self.default_tenant
+            tenant = row.get("tenant_id") or default_tenant
             head = heads.get(tenant)
             if head is None:
                 head = self._load_head(tenant)
+                self._pending_since.setdefault(tenant, time.monotonic())
             seq += 1
             tenant_seq = head[0] + 1
             row["seq"] = seq
             row["tenant_id"] = tenant
             row["tenant_seq"] = tenant_seq
             row["prev_hash"] = head[1]
-            if self.store_id is not None:
-                row["store_id"] = self.store_id
-            row.setdefault("timestamp", stamp)
+            if store_id is not None:
+                row["store_id"] = store_id
+            if "timestamp" not in row:
+                row["timestamp"] = stamp
             digest, body = seal(row)
             heads[tenant] = (tenant_seq, digest)
-            params.append(
-                (seq, tenant, tenant_seq, digest, row["event_type"], row["severity"],
-                 row["timestamp"], body)
-            )
+            params.append((seq, tenant, tenant_seq, digest, row["event_type"], row["severity"],
+                           row["timestamp"], body))
             stored.append(Stored(seq, tenant, tenant_seq, digest))
-            if tenant not in self._pending_since:
-                self._pending_since[tenant] = time.monotonic()
-        self._db.executemany(_INSERT_ROW, params)
+        db.executemany(_INSERT_ROW, params)
         return stored
 
     def _load_head(self, tenant: str) -> tuple[int, str]:
