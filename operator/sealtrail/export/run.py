@@ -4,24 +4,18 @@ Until the worker process exists (it adds ingest, status and reload), this is how
 shipped: `--until-drained` delivers everything stored and exits, otherwise it runs until
 SIGTERM or SIGINT and then stops after the attempt in flight (cursors are always durable).
 
-Once started, the process settles its garbage collector as a worker does (see
-`sealtrail.worker.memory`, which this layer may not import): what start-up loaded (modules,
-pydantic's schemas, the config) is frozen out of the collector's sight, since it lives as long
-as the process and every full collection would walk it to find nothing, and young collections
-come every `YOUNG_THRESHOLD` allocations instead of 700, so that a batch's rows, which hold no
-cycles, die by reference counting before the collector looks.
+Once started, the process settles its memory as a worker does (`sealtrail/memory.py`): freed
+heap kept for reuse, and start-up's objects frozen out of the garbage collector's sight.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Final
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -30,11 +24,9 @@ from sealtrail.api.configfile import ConfigFileError, load_config
 from sealtrail.api.export import ExportsConfig
 from sealtrail.chain.store import ChainStore
 from sealtrail.export.engine import ConfigError, ExportEngine
+from sealtrail.memory import settle_after_start
 
-__all__ = ["YOUNG_THRESHOLD", "run_export"]
-
-#: Allocations (net) between young collections; CPython's default is 700.
-YOUNG_THRESHOLD: Final = 20_000
+__all__ = ["run_export"]
 
 
 def run_export(db: Path, config_path: Path, *, until_drained: bool,
@@ -54,10 +46,7 @@ def run_export(db: Path, config_path: Path, *, until_drained: bool,
 async def _run(store: ChainStore, config: ExportsConfig, until_drained: bool,
                timeout_seconds: float) -> int:
     engine = ExportEngine(store, config, CollectorRegistry())
-    gc.collect()  # see the module docstring
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
+    settle_after_start()  # as the worker does: sealtrail/memory.py
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

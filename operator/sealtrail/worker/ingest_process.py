@@ -24,11 +24,11 @@ from prometheus_client import CollectorRegistry
 
 from sealtrail.api.configfile import load_config
 from sealtrail.api.worker_config import WorkerConfig
+from sealtrail.memory import settle_after_start
 from sealtrail.worker.config_watch import watch_config
 from sealtrail.worker.core import IngestCore
 from sealtrail.worker.http import TOKENS, build_ingest_app, make_runner, tokens_of
 from sealtrail.worker.ingest_tls import listening_context
-from sealtrail.worker.memory import settle_after_start
 from sealtrail.worker.processes import REPORT_PATH, listen_socket
 
 __all__ = ["run_ingest_process"]

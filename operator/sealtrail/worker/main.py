@@ -27,12 +27,12 @@ from sealtrail.api.worker_api import restart_changes
 from sealtrail.api.worker_config import NatsSpec, WorkerConfig
 from sealtrail.export.credentials import CredentialError
 from sealtrail.export.engine import ConfigError
+from sealtrail.memory import settle_after_start
 from sealtrail.worker.config_watch import watch_config
 from sealtrail.worker.core import WorkerCore
 from sealtrail.worker.http import TOKENS, build_admin_app, build_app, make_runner, tokens_of
 from sealtrail.worker.ingest_process import run_ingest_process
 from sealtrail.worker.ingest_tls import listening_context
-from sealtrail.worker.memory import settle_after_start
 from sealtrail.worker.nats_source import NatsSource
 from sealtrail.worker.processes import IngestProcesses, listen_socket
 
