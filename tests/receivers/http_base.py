@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import socket
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,19 @@ class Response:
 class _Injected:
     response: Response
     remaining: int
+
+
+class _Server(ThreadingHTTPServer):
+    """Quiet about connections that end mid-request; loud about any other handler error.
+
+    `stop` cuts connections on purpose, as a crash would, and a client may give up: neither is
+    news. Anything else a handler raises still prints its traceback.
+    """
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (OSError, ValueError)):  # ValueError: a closed file
+            return
+        super().handle_error(request, client_address)
 
 
 def free_port() -> int:
@@ -116,7 +130,7 @@ class HttpReceiver:
 
         for _ in range(50):  # the port may linger briefly after a stop
             try:
-                server = ThreadingHTTPServer((self.host, self.port), Handler)
+                server = _Server((self.host, self.port), Handler)
                 break
             except OSError:
                 time.sleep(0.1)
