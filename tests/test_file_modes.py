@@ -53,7 +53,8 @@ def test_files_have_their_modes_under_umask_0(tmp_path: Path) -> None:
         assert holder.stdout is not None
         assert holder.stdout.readline() == b"open\n"
         run(tmp_path, "append", "--db", db, stdin=EVENTS)
-        for name in ("audit.db", "audit.db-wal", "audit.db-shm", "audit.db.lock"):
+        for name in ("audit.db", "audit.db-wal", "audit.db-shm", "audit.db.lock",
+                     "audit.db.cursors", "audit.db.cursors-wal", "audit.db.cursors-shm"):
             assert mode(tmp_path / name) == 0o600, name
     finally:
         holder.communicate(b"", timeout=30)
