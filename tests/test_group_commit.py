@@ -146,3 +146,43 @@ def test_nothing_waits_for_company(tmp_path: Path, count: int) -> None:
     assert len(asyncio.run(main())) == count + 1
     assert store.transactions == 1
     store.close()
+
+
+def test_a_cancelled_commit_never_keeps_the_write_lock(tmp_path: Path) -> None:
+    """Cancelled while its thread waits for the lock, the committer lets the lock go."""
+    path = tmp_path / "audit.db"
+    store, other = ChainStore(path), ChainStore(path)
+    release = threading.Event()
+
+    def hold() -> None:  # another ingest process in a long transaction
+        fcntl.flock(other._lock_fd, fcntl.LOCK_EX)
+        release.wait(10)
+        fcntl.flock(other._lock_fd, fcntl.LOCK_UN)
+
+    async def main() -> None:
+        commits = GroupCommit(store)
+        holder = threading.Thread(target=hold)
+        holder.start()
+        request = asyncio.create_task(commits.append(rows("a", 1, "x"), None))
+        await asyncio.sleep(0.2)  # the committer's thread now waits for the lock
+        committer = commits._committer
+        assert committer is not None
+        committer.cancel()
+        release.set()  # its thread gets the lock, and must let it go again
+        await asyncio.wait([committer], timeout=10)
+        assert committer.cancelled()
+        request.cancel()
+        holder.join()
+
+    asyncio.run(main())
+    done = threading.Event()
+
+    def append_elsewhere() -> None:
+        other.append_fields(rows("b", 1, "y"))
+        done.set()
+
+    threading.Thread(target=append_elsewhere, daemon=True).start()
+    assert done.wait(10), "the cancelled commit kept the store's write lock"
+    assert store.last_seq() == 1  # only the other process's row: the cancelled one never was
+    store.close()
+    other.close()

@@ -74,6 +74,9 @@ class GroupCommit:
         transaction = self._store.group_transaction()
         try:
             await _in_thread(transaction.begin)
+        except asyncio.CancelledError:  # begin ran to its end: the lock is held, let it go
+            transaction.abort(asyncio.CancelledError())
+            raise
         except Exception as error:  # noqa: BLE001 - each queued request gets the error
             self._fail([self._queue.popleft() for _ in range(len(self._queue))], error)
             return
@@ -91,10 +94,17 @@ class GroupCommit:
             return
         try:
             await _in_thread(transaction.commit)
+        except asyncio.CancelledError:  # the commit ran to its end: the rows are stored
+            self._answer(taken, outcomes)
+            raise
         except Exception as error:  # noqa: BLE001 - each request in the group gets the error
             self._fail(taken, error)
             return
-        for item, outcome in zip(taken, outcomes, strict=True):
+        self._answer(taken, outcomes)
+
+    @staticmethod
+    def _answer(items: list[_Waiting], outcomes: list[Outcome]) -> None:
+        for item, outcome in zip(items, outcomes, strict=True):
             if not item.answer.done():
                 item.answer.set_result(outcome)
 
@@ -120,7 +130,7 @@ async def _in_thread(step: Callable[[], None]) -> None:
 
     Never abandoned half way: if the caller is cancelled meanwhile, the step still finishes
     (a lock taken and never let go would stop every ingest process) before the cancellation
-    goes on.
+    goes on; a CancelledError from here means the step itself succeeded.
     """
     running = asyncio.ensure_future(asyncio.to_thread(step))
     try:
