@@ -73,6 +73,32 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def child_pids(pid: int) -> list[int]:
+    """Live processes whose parent is `pid`, from /proc (a worker's further processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:
+    """SIGTERM this one process, then SIGKILL it if it has not exited in `timeout` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def rss_kib(pid: int, field: str = "VmRSS") -> int | None:
     """A memory figure of `pid` from /proc (VmRSS: resident now; VmHWM: its peak so far)."""
     try:
@@ -178,18 +204,8 @@ def start_sink(backend: str, directory: Path) -> Sink:  # noqa: C901 - one case 
             time.sleep(0.05)
         else:
             return sink
-    stop_sink(sink)
+    stop_process(sink.process, 10)
     raise RuntimeError(f"the {backend} sink did not start")
-
-
-def stop_sink(sink: Sink) -> None:
-    if sink.process.poll() is None:
-        sink.process.send_signal(signal.SIGTERM)
-        try:
-            sink.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            sink.process.kill()
-            sink.process.wait(timeout=10)
 
 
 def drain(backend: str, db: Path, rows: int, directory: Path,
@@ -240,7 +256,7 @@ def drain(backend: str, db: Path, rows: int, directory: Path,
             time.sleep(0.02)
         elapsed = max(exited, time.perf_counter() - started if backend == "syslog" else 0)
     finally:
-        stop_sink(sink)
+        stop_process(sink.process, 10)
     delivered = counts.get("events", 0)
     if exporter.returncode != 0 or delivered < expected or counts.get("refused"):
         raise RuntimeError(f"{backend}: exporter exit {exporter.returncode}, delivered "

@@ -47,8 +47,8 @@ from sealtrail.demo import sample_events
 
 sys.path.insert(0, str(Path(__file__).parent))
 from chain_bench import machine
-from export_bench import free_port
-from worker_bench import cpu_seconds, stop_process
+from export_bench import free_port, stop_process
+from worker_bench import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-handoff-token-0001"  # noqa: S105 - the loopback collector's, not a secret

@@ -99,7 +99,7 @@ from sealtrail.demo import sample_events
 
 sys.path.insert(0, str(Path(__file__).parent))
 from chain_bench import machine
-from export_bench import free_port
+from export_bench import child_pids, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path.home() / ".cache" / "sealtrail" / "peers"
@@ -244,16 +244,7 @@ class Shipper:
         """The shipper's processes: the one started, and its children."""
         if self.process is None or self.process.poll() is not None:
             return []
-        found = [self.process.pid]
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == self.process.pid:
-                    found.append(int(entry.name))
-        return found
+        return [self.process.pid, *child_pids(self.process.pid)]
 
     def kill(self) -> None:
         """SIGKILL every process of the shipper, by pid, and reap the one started."""
@@ -433,14 +424,8 @@ class Sink:
         self.call("POST", "/reset")
 
     def stop(self) -> None:
-        """SIGTERM the sink by its pid."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """SIGTERM the sink by its pid (SIGKILL after 10 s)."""
+        stop_process(self.process, 10)
 
 
 # -- senders ---------------------------------------------------------------------------------

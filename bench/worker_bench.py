@@ -36,7 +36,6 @@ import math
 import os
 import queue
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -56,7 +55,7 @@ from sealtrail.demo import sample_events
 
 sys.path.insert(0, str(Path(__file__).parent))
 from chain_bench import BATCH, event_lines, machine
-from export_bench import free_port, rss_kib
+from export_bench import child_pids, free_port, rss_kib, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token-0001"  # noqa: S105 - the loopback sink's, not a secret
@@ -130,16 +129,7 @@ class Worker:
 
     def pids(self) -> list[int]:
         """The first process and the further ingest processes it started."""
-        found = [self.pid]
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == self.pid:
-                    found.append(int(entry.name))
-        return found
+        return [self.pid, *child_pids(self.pid)]
 
     def tail(self) -> str:
         """The end of the worker's log, for an error message."""
@@ -151,18 +141,6 @@ class Worker:
     def stop(self) -> None:
         """Stop the process by its pid (SIGTERM, then SIGKILL)."""
         stop_process(self.process)
-
-
-def stop_process(process: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM this one process, then SIGKILL it if it has not exited in 20 s."""
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
 class RssSampler(threading.Thread):

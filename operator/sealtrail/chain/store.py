@@ -443,25 +443,15 @@ class ChainStore:
         if not rows:
             return []
         check_sizes(rows, source_bytes)
-        return self.append_group(lambda: [(rows, key)])[0]
-
-    def append_group(self, take: Callable[[], list[Batch]]) -> list[Outcome]:
-        """Several batches in one transaction (one commit, one fsync); each one's outcome.
-
-        `take` is called once the write lock is held and says what to append. Each batch is
-        what `append_keyed` (with a key) or `append_fields` would do alone, sizes already
-        checked (`check_sizes`); if anything fails, nothing of any batch is stored. A worker's
-        ingest process runs the same steps apart (`group_transaction`).
-        """
         transaction = self.group_transaction()
         transaction.begin()
         try:
-            outcomes = transaction.append(take())
+            (outcome,) = transaction.append([(rows, key)])
         except BaseException as error:
             transaction.abort(error)
             raise
         transaction.commit()
-        return outcomes
+        return outcome
 
     def group_transaction(self) -> GroupTransaction:
         """A write transaction in three steps, for a caller that runs each where it costs least.

@@ -168,9 +168,10 @@ class IngestCore:
                             ) -> list[Stored] | KeyReplay | KeyConflict:
         """`append` for validated row fields, under an `Idempotency-Key` if one is given.
 
-        With a key that another request committed first, nothing is stored and its answer
-        (or the conflict) comes back instead (`ChainStore.append_keyed`). `source_bytes`: the
-        size of the JSON the rows were decoded from (`ChainStore.append_fields`).
+        The rows go into the process's next group commit (worker/group_commit.py). With a key
+        that another request committed first, nothing is stored and its answer (or the
+        conflict) comes back instead. `source_bytes`: the size of the JSON the rows were
+        decoded from (`check_sizes`).
         """
         await self.backpressure.admit(size_hint)
         check_sizes(rows, source_bytes)

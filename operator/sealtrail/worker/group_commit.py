@@ -13,7 +13,8 @@ fsync run in a thread, GIL released, so the event loop goes on reading and valid
 requests meanwhile; appending the rows (canonical JSON, hashing, inserts) runs on the event
 loop itself. Run in a thread, it shared the GIL with the event loop's validation of the next
 requests and took about twice as long, and the write lock it holds is every process's
-bottleneck (measured: 13.6 µs of lock per row with it in a thread, see docs/performance.md).
+bottleneck (about 13.6 µs of lock per row with it in a thread, ~8 on the loop: see
+docs/performance.md, and how it was measured).
 
 Nothing waits for company: a request that finds the queue empty and no commit running is
 committed at once, alone. A group is at most `MAX_GROUP_ROWS` rows, so that the write lock is
