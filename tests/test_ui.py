@@ -706,6 +706,32 @@ def test_a_pruned_row_is_explained_not_just_missing(tmp_path: Path) -> None:
 
 
 
+def test_with_two_ingest_processes_no_browser_is_ever_given_another_ones_session(
+        tmp_path: Path) -> None:
+    """The processes that forward to the first keep no cookies of their own.
+
+    A forwarding process that kept the cookies the first process set (a client library's
+    cookie jar) would send one person's session with everyone's requests it forwards.
+    """
+    config = _worker_config(tmp_path)
+    config["ingest"]["processes"] = 2
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    with running_worker(tmp_path, env=ENV, **config) as running:
+        with running.client(follow_redirects=False, limits=fresh) as person:
+            for _ in range(4):  # sign-ins through both forwarding processes
+                form = person.get("/ui/signin")
+                csrf = CSRF.search(form.text)
+                assert csrf is not None
+                signed = person.post("/ui/signin", data={
+                    "csrf": csrf.group(1), "token": TOKEN_ACME, "next": "/ui/events"})
+                assert signed.status_code == 303, signed.text
+        with running.client(follow_redirects=False, limits=fresh) as stranger:
+            for _ in range(12):
+                page = stranger.get("/ui/events")
+                assert page.status_code == 303, "a browser without a session was let in"
+                assert page.headers["location"].startswith("/ui/signin")
+
+
 def test_with_two_ingest_processes_the_ui_works_on_every_connection(tmp_path: Path) -> None:
     """Connections land on either process; the second forwards to the first, streaming.
 

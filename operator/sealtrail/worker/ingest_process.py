@@ -94,8 +94,13 @@ class _Reporter:
 
 
 async def _serve(config_path: Path, config: WorkerConfig, parent: int, control: str) -> int:
+    # No cookie jar: this session forwards every client's requests, each with the Cookie
+    # header its client sent. A jar would keep the cookies the first process sets (the UI's
+    # session) and send them with other clients' requests: one person's session on another's
+    # request, or a signed-in browser's cookie replaced by a stale one.
     primary = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=control),
-                                    timeout=aiohttp.ClientTimeout(total=60))
+                                    timeout=aiohttp.ClientTimeout(total=60),
+                                    cookie_jar=aiohttp.DummyCookieJar())
     reporter: _Reporter
     core = IngestCore(config, CollectorRegistry(), lambda: reporter.lag)
     reporter = _Reporter(core, primary, parent)
