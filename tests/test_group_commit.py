@@ -186,3 +186,37 @@ def test_a_cancelled_commit_never_keeps_the_write_lock(tmp_path: Path) -> None:
     assert store.last_seq() == 1  # only the other process's row: the cancelled one never was
     store.close()
     other.close()
+
+
+def test_what_status_reads_never_waits_for_a_group_commit_in_flight(tmp_path: Path) -> None:
+    """Status, the UI and new export loops read on the event loop that runs the appends.
+
+    Between `begin` (in a thread) and `append` (on the loop) the group commit holds the write
+    lock; a read on the loop that waited for it would wait for itself, and the worker would
+    hang (CI saw status polls do this: a request then got no answer at all).
+    """
+    path = tmp_path / "audit.db"
+    store = ChainStore(path)
+    store.append_fields(rows("a", 3, "before"))
+    transaction = store.group_transaction()
+    transaction.begin()  # the write lock is held, as between a group commit's steps
+    read: dict[str, Any] = {}
+
+    def status_reads() -> None:
+        read["heads"] = store.heads()
+        read["checkpoints"] = store.latest_checkpoints()
+        read["tenants"] = store.tenants()
+        read["anchors"] = store.anchors()
+        read["cursor"] = store.cursor("new-export")
+
+    reader = threading.Thread(target=status_reads, daemon=True)
+    reader.start()
+    reader.join(10)
+    try:
+        assert not reader.is_alive(), "a read waited for the write lock"
+        assert [head.tenant_seq for head in read["heads"]] == [3]
+        assert read["tenants"] == ["a"]
+        assert (read["checkpoints"], read["anchors"], read["cursor"]) == ([], [], 0)
+    finally:
+        transaction.abort(RuntimeError("test over"))
+        store.close()

@@ -627,25 +627,32 @@ class ChainStore:
         if tenant is not None:
             query += " AND c.tenant_id = ?"
             params = (tenant,)
-        with self._lock:
-            found = self._db.execute(query + " ORDER BY c.tenant_id", params).fetchall()
+        with self._read_lock:
+            found = self._reader_db().execute(query + " ORDER BY c.tenant_id",
+                                              params).fetchall()
         return [self._checkpoint(values) for values in found]
 
     # -- reading -----------------------------------------------------------------------------
 
-    def _tenant_names(self) -> list[str]:
-        found = self._db.execute("SELECT DISTINCT tenant_id FROM audit_rows ORDER BY tenant_id")
+    def _tenant_names(self, db: sqlite3.Connection | None = None) -> list[str]:
+        found = (db or self._db).execute(
+            "SELECT DISTINCT tenant_id FROM audit_rows ORDER BY tenant_id")
         return [name for (name,) in found]
+
+    # What status, the UI and new export loops read runs on the worker's event loop, so it
+    # never takes the write lock (`_lock`): the event loop may be the one holding it, between
+    # the steps of a group commit (`GroupTransaction`), and would wait for itself for good.
+    # Reads go to the reader connection; WAL shows them every committed row.
 
     def tenants(self) -> list[str]:
         """Every tenant that has a chain."""
-        with self._lock:
-            return self._tenant_names()
+        with self._read_lock:
+            return self._tenant_names(self._reader_db())
 
     def heads(self) -> list[Head]:
         """The last row of every tenant's chain."""
-        with self._lock:
-            found = self._db.execute(
+        with self._read_lock:
+            found = self._reader_db().execute(
                 "SELECT tenant_id, tenant_seq, record_hash, seq FROM audit_rows r "
                 "WHERE tenant_seq = (SELECT MAX(tenant_seq) FROM audit_rows "
                 "WHERE tenant_id = r.tenant_id) ORDER BY tenant_id"
@@ -770,8 +777,12 @@ class ChainStore:
             ).fetchone()
         if found is not None:
             return int(found[0])
-        with self._lock:  # a store from before the cursor file: its own table, if it has one
-            legacy = self._db.execute(
+        return self._cursor_in_store(export_name)
+
+    def _cursor_in_store(self, export_name: str) -> int:
+        """A store from before the cursor file: the cursor in its own table, if any (or 0)."""
+        with self._read_lock:
+            legacy = self._reader_db().execute(
                 "SELECT last_seq FROM audit_export_cursor WHERE export_name = ?", (export_name,)
             ).fetchone()
         return int(legacy[0]) if legacy else 0
@@ -796,11 +807,7 @@ class ChainStore:
             "SELECT 1 FROM audit_export_cursor WHERE export_name = ?", (export_name,)).fetchone()
         if found is not None:
             return 0
-        with self._lock:
-            legacy = self._db.execute(
-                "SELECT last_seq FROM audit_export_cursor WHERE export_name = ?", (export_name,)
-            ).fetchone()
-        return int(legacy[0]) if legacy else 0
+        return self._cursor_in_store(export_name)
 
     # -- retention ---------------------------------------------------------------------------
 
@@ -1041,8 +1048,8 @@ class ChainStore:
 
     def anchors(self) -> list[Anchor]:
         """Where each pruned chain now starts (see `chain/anchor.py`), by tenant."""
-        with self._lock:
-            found = read_anchors(self._db, self.store_id)
+        with self._read_lock:
+            found = read_anchors(self._reader_db(), self.store_id)
         return [] if found is None else list(found[0].values())
 
     def disk_bytes(self) -> int:
