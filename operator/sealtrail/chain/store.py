@@ -1141,7 +1141,9 @@ class GroupTransaction:
     """`ChainStore.group_transaction`: begin, append, then commit (or abort), each a call.
 
     Between `begin` and `commit` or `abort` the caller holds the store's write lock; exactly
-    one of the two must follow `begin`, from any thread.
+    one of the two must follow `begin`, from any thread. Whatever else runs on the caller's
+    event loop must not take that lock meanwhile (it would wait for itself): the store's reads
+    use the reader connection for this reason.
     """
 
     def __init__(self, store: ChainStore) -> None:
